@@ -1,0 +1,54 @@
+"""Message Vault: publish-subscribe with replay and batching on Azure Storage.
+
+    store = vault_core.open_store("./data")          # or a connection string, or an account URL
+    with store.writer("orders") as writer:
+        writer.append([vault_core.Message("order-created", b"{...}")], batch_id="order-42")
+    for message in store.reader("orders").replay():
+        ...
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import (
+    BatchIdConflict,
+    CorruptDataError,
+    FencedError,
+    InvalidPosition,
+    InvalidStreamName,
+    MessageTooLarge,
+    StreamBusyError,
+    VaultError,
+)
+from .format import Message, StoredMessage
+from .reader import ReadResult, StreamReader
+from .stores import Store, open_source, open_store
+from .writer import AppendResult, StreamWriter
+
+__all__ = [
+    "AppendResult",
+    "BatchIdConflict",
+    "CorruptDataError",
+    "FencedError",
+    "InvalidPosition",
+    "InvalidStreamName",
+    "Message",
+    "MessageTooLarge",
+    "ReadResult",
+    "Store",
+    "StoredMessage",
+    "StreamBusyError",
+    "StreamReader",
+    "StreamWriter",
+    "VaultError",
+    "open_reader",
+    "open_store",
+]
+
+
+def open_reader(read_url: str, *, credential: Any = None) -> StreamReader:
+    """A reader for the one stream behind a read URL from `Store.read_url` (a SAS URL or a
+    file:// URL); nothing else is needed. A plain blob URL works with an Azure `credential`."""
+    stream, source = open_source(read_url, credential=credential)
+    return StreamReader(stream, source)

@@ -1,0 +1,41 @@
+"""The errors a caller of vault_core must be ready for. Every one is a `VaultError`."""
+
+from __future__ import annotations
+
+
+class VaultError(Exception):
+    """Base class of every error raised on purpose by vault_core."""
+
+
+class StreamBusyError(VaultError):
+    """Another live writer owns the stream (its lease or file lock is held)."""
+
+
+class FencedError(VaultError):
+    """This writer lost ownership of its stream and must stop; nothing more it writes is accepted."""
+
+
+class CorruptDataError(VaultError):
+    """Stored bytes failed their checksum or structure check; `position` says where."""
+
+    def __init__(self, stream: str, position: int, detail: str) -> None:
+        super().__init__(f"stream {stream!r} is damaged at position {position}: {detail}")
+        self.stream = stream
+        self.position = position
+        self.detail = detail
+
+
+class InvalidStreamName(VaultError, ValueError):
+    """A stream name broke the naming rule."""
+
+
+class MessageTooLarge(VaultError, ValueError):
+    """A key, a value or a whole batch is over its limit."""
+
+
+class InvalidPosition(VaultError, ValueError):
+    """A read position is not a record boundary of the stream, or lies above its committed length."""
+
+
+class BatchIdConflict(VaultError, ValueError):
+    """A batch id was reused for a batch with different messages."""

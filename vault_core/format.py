@@ -1,0 +1,360 @@
+"""The storage format of a stream, version 1: the one place it is defined.
+
+docs/format.md describes the same bytes for readers in other languages. In short, a stream's log
+is one byte sequence (a page blob, or a file with identical bytes):
+
+    [0, 65536)          header: two commit slots, A at 0 and B at SLOT_SIZE
+    [65536, ...)        data: batches back to back; logical position p is byte 65536 + p
+
+A commit slot holds the committed position and the ring of recent batch ids. The writer alternates
+slots, so a torn commit write can only damage the slot that was not yet acknowledged; readers take
+the valid slot with the higher counter. A batch is a header, its batch id, then its records, all
+covered by one CRC32C. Integers are little-endian.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+import time
+from datetime import datetime, timedelta, timezone
+from typing import NamedTuple
+
+from crc32c import crc32c
+
+from .errors import CorruptDataError, InvalidStreamName, MessageTooLarge
+
+VERSION = 1
+PAGE = 512
+DATA_START = 64 * 1024
+
+MAX_KEY_BYTES = 255
+MAX_VALUE_BYTES = 1024 * 1024
+MAX_BATCH_MESSAGES = 10_000
+# Bounds the memory a writer or reader needs for one batch; a full batch of 1 MiB values is 64 of them.
+MAX_BATCH_BYTES = 64 * 1024 * 1024
+MAX_BATCH_ID_BYTES = 128
+
+BATCH_MAGIC = b"MVB\xff"
+# magic, crc, version, flags, id length, reserved, length, position, timestamp ms, count, reserved
+BATCH_HEADER = struct.Struct("<4sIBBBBIQQII")
+# back-pointer to the batch start, value length, key length
+RECORD_HEADER = struct.Struct("<IIB")
+# The 4th byte of a record's back-pointer is below 0x80 (batches are far smaller than 2 GiB), so
+# the batch magic, whose 4th byte is 0xff, never reads as the start of a record.
+
+COMMIT_MAGIC = b"MVC\xff"
+# magic, crc, version, flags, reserved, ring length, counter, position, timestamp ms
+COMMIT_HEADER = struct.Struct("<4sIBBHIQQQ")
+COMMIT_HEADER_SIZE = 64
+RING_ENTRY = struct.Struct("<QQ")  # batch id hash, batch start position
+RING_CAPACITY = 1024
+SLOT_SIZE = 33 * PAGE  # a 64-byte header and 1024 ring entries, rounded up to whole pages
+SLOTS = (0, SLOT_SIZE)
+assert COMMIT_HEADER_SIZE + RING_CAPACITY * RING_ENTRY.size <= SLOT_SIZE
+assert 2 * SLOT_SIZE <= DATA_START
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_STREAM_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+_BATCH_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+class Message(NamedTuple):
+    """A message to append: a key (UTF-8, at most 255 bytes) and a value (at most 1 MiB)."""
+
+    key: str
+    value: bytes
+
+
+class StoredMessage(NamedTuple):
+    """A committed message as read back from a stream."""
+
+    offset: int
+    timestamp_ms: int
+    key: str
+    value: bytes
+
+    @property
+    def timestamp(self) -> datetime:
+        """When the writer appended it: an aware UTC datetime, millisecond precision."""
+        return EPOCH + timedelta(milliseconds=self.timestamp_ms)
+
+
+class BatchHeader(NamedTuple):
+    position: int  # where the batch starts in the stream
+    length: int  # bytes, header included
+    timestamp_ms: int
+    count: int
+    batch_id: bytes  # empty when the batch had none
+
+    @property
+    def end(self) -> int:
+        return self.position + self.length
+
+    @property
+    def records_at(self) -> int:
+        """Where the first record starts, relative to the batch start."""
+        return BATCH_HEADER.size + len(self.batch_id)
+
+
+class Commit(NamedTuple):
+    counter: int  # commits so far; slot = counter % 2
+    position: int  # committed length of the stream
+    timestamp_ms: int  # timestamp of the last batch
+    ring: bytes  # RING_ENTRY records, oldest first
+
+
+EMPTY_COMMIT = Commit(0, 0, 0, b"")
+
+
+def check_stream_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise InvalidStreamName(f"stream name must be a string, got {type(name).__name__}")
+    if not (1 <= len(name) <= 50 and _STREAM_NAME.fullmatch(name)):
+        raise InvalidStreamName(
+            f"invalid stream name {name!r}: use 1-50 lowercase letters, digits and single hyphens, "
+            "starting and ending with a letter or digit"
+        )
+    return name
+
+
+def check_batch_id(batch_id: object) -> bytes:
+    """The batch id as stored, or b"" for none."""
+    if batch_id is None:
+        return b""
+    if not isinstance(batch_id, str) or not _BATCH_ID.fullmatch(batch_id):
+        raise ValueError(
+            f"invalid batch id {batch_id!r}: use 1-128 characters of letters, digits and ._:-"
+        )
+    return batch_id.encode("ascii")
+
+
+def batch_id_hash(batch_id: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(batch_id, digest_size=8).digest(), "little")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class EncodedBatch(NamedTuple):
+    buffer: bytearray  # prefix + batch + zero padding to the alignment
+    length: int  # bytes of the batch alone
+    offsets: list[int]
+
+
+def encode_batch(
+    messages: object,
+    *,
+    position: int,
+    timestamp_ms: int,
+    batch_id: bytes = b"",
+    prefix: bytes = b"",
+    align: int = 1,
+) -> EncodedBatch:
+    """Encode messages as one batch starting at `position`, in a buffer that begins with `prefix`
+    and is zero-padded to a multiple of `align`. Raises before anything is stored if any message
+    is wrong."""
+    if isinstance(messages, (str, bytes)) or not hasattr(messages, "__len__"):
+        raise TypeError("messages must be a list of Message(key, value)")
+    count = len(messages)  # type: ignore[arg-type]
+    if not 1 <= count <= MAX_BATCH_MESSAGES:
+        raise ValueError(f"a batch holds 1 to {MAX_BATCH_MESSAGES} messages, got {count}")
+    parts: list[bytes | bytearray] = [prefix, b"", batch_id]
+    offsets = []
+    pack = RECORD_HEADER.pack
+    at = BATCH_HEADER.size + len(batch_id)
+    for index, message in enumerate(messages):  # type: ignore[arg-type]
+        try:
+            key, value = message
+            key_bytes = key.encode()
+        except (TypeError, ValueError, AttributeError):
+            raise TypeError(
+                f"message {index}: expected Message(key: str, value: bytes), got {message!r:.80}"
+            ) from None
+        if type(value) is not bytes:
+            if isinstance(value, memoryview):
+                value = value.tobytes()
+            elif not isinstance(value, bytearray):
+                raise TypeError(
+                    f"message {index}: value must be bytes, got {type(value).__name__}"
+                )
+        if len(key_bytes) > MAX_KEY_BYTES:
+            raise MessageTooLarge(
+                f"message {index}: key is {len(key_bytes)} bytes in UTF-8, "
+                f"above the {MAX_KEY_BYTES}-byte limit"
+            )
+        if len(value) > MAX_VALUE_BYTES:
+            raise MessageTooLarge(
+                f"message {index}: value is {len(value)} bytes, above the {MAX_VALUE_BYTES}-byte limit"
+            )
+        parts.append(pack(at, len(value), len(key_bytes)))
+        parts.append(key_bytes)
+        parts.append(value)
+        offsets.append(position + at)
+        at += RECORD_HEADER.size + len(key_bytes) + len(value)
+    if at > MAX_BATCH_BYTES:
+        raise MessageTooLarge(
+            f"the batch encodes to {at} bytes, above the {MAX_BATCH_BYTES}-byte limit; "
+            "split it into smaller batches"
+        )
+    end = len(prefix) + at
+    parts.append(bytes(-end % align))
+    parts[1] = bytes(BATCH_HEADER.size)
+    buffer = bytearray().join(parts)
+    BATCH_HEADER.pack_into(
+        buffer, len(prefix),
+        BATCH_MAGIC, 0, VERSION, 0, len(batch_id), 0, at, position, timestamp_ms, count, 0,
+    )
+    crc = crc32c(memoryview(buffer)[len(prefix) + 8 : end])
+    struct.pack_into("<I", buffer, len(prefix) + 4, crc)
+    return EncodedBatch(buffer, at, offsets)
+
+
+def is_batch_start(buffer: bytes, at: int = 0) -> bool:
+    return buffer[at : at + 4] == BATCH_MAGIC
+
+
+def decode_batch_header(stream: str, buffer: bytes, at: int, position: int) -> BatchHeader:
+    """Read and sanity-check the header of the batch expected at `position` (buffer[at:]).
+    The checksum is checked by `verify_batch`, once the whole batch is at hand."""
+    if len(buffer) - at < BATCH_HEADER.size:
+        raise CorruptDataError(stream, position, "batch header cut short")
+    magic, _crc, version, _flags, id_len, _r, length, stored_position, timestamp, count, _r2 = (
+        BATCH_HEADER.unpack_from(buffer, at)
+    )
+    if magic != BATCH_MAGIC:
+        raise CorruptDataError(stream, position, "no batch header where one should start")
+    if version != VERSION:
+        raise CorruptDataError(stream, position, f"unknown batch format version {version}")
+    if stored_position != position:
+        raise CorruptDataError(
+            stream, position, f"batch header says it starts at {stored_position}"
+        )
+    if not BATCH_HEADER.size + id_len <= length <= MAX_BATCH_BYTES:
+        raise CorruptDataError(stream, position, f"impossible batch length {length}")
+    id_at = at + BATCH_HEADER.size
+    batch_id = bytes(buffer[id_at : id_at + id_len])
+    return BatchHeader(position, length, timestamp, count, batch_id)
+
+
+def verify_batch(stream: str, buffer: bytes, at: int, header: BatchHeader) -> None:
+    (stored,) = struct.unpack_from("<I", buffer, at + 4)
+    if crc32c(memoryview(buffer)[at + 8 : at + header.length]) != stored:
+        raise CorruptDataError(
+            stream, header.position,
+            f"checksum mismatch in the batch of {header.length} bytes at {header.position}",
+        )
+
+
+def decode_records(
+    stream: str, buffer: bytes, at: int, header: BatchHeader, start: int | None = None
+) -> list[StoredMessage]:
+    """The messages of a verified batch at buffer[at:], from offset `start` (default: all).
+    Raises CorruptDataError if the records do not fill the batch exactly."""
+    unpack = RECORD_HEADER.unpack_from
+    make = tuple.__new__
+    timestamp = header.timestamp_ms
+    base = header.position - at  # stream offset of buffer[0]
+    end = at + header.length
+    index = at + header.records_at
+    skip = -1 if start is None else start - base
+    out: list[StoredMessage] = []
+    append = out.append
+    keys: dict[bytes, str] = {}
+    try:
+        while index < end:
+            _back, value_len, key_len = unpack(buffer, index)
+            key_at = index + 9
+            value_at = key_at + key_len
+            next_index = value_at + value_len
+            if index >= skip:
+                raw_key = buffer[key_at:value_at]
+                key = keys.get(raw_key)
+                if key is None:
+                    key = keys[raw_key] = raw_key.decode()
+                append(make(StoredMessage, (base + index, timestamp, key, buffer[value_at:next_index])))
+            index = next_index
+    except (struct.error, UnicodeDecodeError) as error:
+        raise CorruptDataError(stream, header.position, f"malformed record: {error}") from None
+    if index != end:
+        raise CorruptDataError(stream, header.position, "records overrun the batch")
+    return out
+
+
+def record_offsets(stream: str, buffer: bytes, at: int, header: BatchHeader) -> list[int]:
+    """The offsets of every record of a verified batch at buffer[at:]."""
+    unpack = RECORD_HEADER.unpack_from
+    index = at + header.records_at
+    end = at + header.length
+    offsets = []
+    while index < end:
+        _back, value_len, key_len = unpack(buffer, index)
+        offsets.append(header.position + index - at)
+        index += RECORD_HEADER.size + key_len + value_len
+    if index != end or len(offsets) != header.count:
+        raise CorruptDataError(stream, header.position, "records do not match the batch header")
+    return offsets
+
+
+def back_pointer(buffer: bytes) -> int:
+    """For the first bytes of a record: the distance back to its batch start."""
+    return struct.unpack_from("<I", buffer)[0]
+
+
+def encode_commit(commit: Commit) -> bytes:
+    """A commit slot's bytes, padded to whole pages."""
+    ring_len = len(commit.ring) // RING_ENTRY.size
+    header = bytearray(COMMIT_HEADER_SIZE)
+    COMMIT_HEADER.pack_into(
+        header, 0, COMMIT_MAGIC, 0, VERSION, 0, 0, ring_len,
+        commit.counter, commit.position, commit.timestamp_ms,
+    )
+    body = bytes(header) + commit.ring
+    crc = crc32c(body[8:])
+    record = body[:4] + struct.pack("<I", crc) + body[8:]
+    return record + bytes(-len(record) % PAGE)
+
+
+def _decode_slot(buffer: bytes) -> Commit | None:
+    """The commit in one slot, or None if the slot is empty (never written) or damaged."""
+    if len(buffer) < COMMIT_HEADER_SIZE or buffer[:4] != COMMIT_MAGIC:
+        return None
+    _magic, crc, version, _flags, _r, ring_len, counter, position, timestamp = (
+        COMMIT_HEADER.unpack_from(buffer)
+    )
+    ring_end = COMMIT_HEADER_SIZE + ring_len * RING_ENTRY.size
+    if version != VERSION or ring_len > RING_CAPACITY or len(buffer) < ring_end:
+        return None
+    if crc32c(buffer[8:ring_end]) != crc:
+        return None
+    return Commit(counter, position, timestamp, bytes(buffer[COMMIT_HEADER_SIZE:ring_end]))
+
+
+def decode_commit(stream: str, header: bytes) -> Commit:
+    """The newest valid commit in a log's header bytes (both slots). A log that was never
+    committed (short or zero bytes) is empty; both slots written and damaged is corruption."""
+    slots = [header[at : at + SLOT_SIZE] for at in SLOTS]
+    commits = [_decode_slot(slot) for slot in slots]
+    valid = [c for c in commits if c is not None]
+    if valid:
+        return max(valid, key=lambda c: c.counter)
+    if any(slot.strip(b"\0") for slot in slots):
+        raise CorruptDataError(stream, 0, "both commit slots are damaged")
+    return EMPTY_COMMIT
+
+
+def ring_entries(ring: bytes) -> list[tuple[int, int]]:
+    return list(RING_ENTRY.iter_unpack(ring))
+
+
+def ring_add(ring: bytes, batch_id: bytes, position: int) -> bytes:
+    """The ring with one more batch id, the oldest dropped past RING_CAPACITY entries."""
+    ring = ring + RING_ENTRY.pack(batch_id_hash(batch_id), position)
+    return ring[-RING_CAPACITY * RING_ENTRY.size :]
+
+
+def data_at(position: int) -> int:
+    """The byte of the log where logical stream position `position` is stored."""
+    return DATA_START + position

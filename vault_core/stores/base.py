@@ -1,0 +1,103 @@
+"""The seam between the vault and a place that keeps bytes.
+
+A backend supplies a `Store` (the namespace of streams) whose logs are plain byte sequences:
+`LogSource` to read one, `LogWriter` to own and write one. The format, the commit protocol and the
+batch ids live in the writer and reader above this seam; a backend only moves bytes, keeps them
+durable, and fences a writer that lost ownership.
+"""
+
+from __future__ import annotations
+
+import abc
+from datetime import timedelta
+from typing import TYPE_CHECKING, Protocol
+
+from ..format import check_stream_name
+
+if TYPE_CHECKING:
+    from ..reader import StreamReader
+    from ..writer import StreamWriter
+
+
+class LogSource(Protocol):
+    """One stream's log, read-only. Reading needs no lease and never blocks the writer."""
+
+    def read(self, start: int, length: int) -> bytes:
+        """Bytes [start, start + length) of the log; fewer (possibly none) past its end, and
+        none if the stream does not exist."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LogWriter(Protocol):
+    """One stream's log, owned by this process alone (a blob lease, a file lock) while open."""
+
+    def read(self, start: int, length: int) -> bytes:
+        """As `LogSource.read`."""
+        ...
+
+    def write(self, start: int, data: bytes | bytearray) -> None:
+        """Store data pages at `start` (both whole 512-byte pages); durable when it returns.
+        Raises FencedError if ownership was lost."""
+        ...
+
+    def commit(self, start: int, record: bytes) -> None:
+        """Store a commit slot, after the data it covers is durable: atomic, durable and fenced
+        (FencedError if ownership was lost or the log changed since this writer's last write)."""
+        ...
+
+    def refresh(self) -> None:
+        """Re-learn the log's state after a write whose outcome is unknown."""
+        ...
+
+    def close(self) -> None:
+        """Give up ownership."""
+        ...
+
+
+class Store(abc.ABC):
+    """A namespace of streams: a local directory, or a blob container."""
+
+    @abc.abstractmethod
+    def streams(self) -> list[str]:
+        """Names of the streams that exist, sorted."""
+
+    @abc.abstractmethod
+    def open_log(self, stream: str, *, lease_seconds: int) -> LogWriter:
+        """Create the stream's log if needed and take ownership of it; StreamBusyError if another
+        live writer owns it."""
+
+    @abc.abstractmethod
+    def open_source(self, stream: str) -> LogSource:
+        """The stream's log for reading (it need not exist yet)."""
+
+    @abc.abstractmethod
+    def read_url(self, stream: str, *, expires_in: timedelta = timedelta(hours=1)) -> str:
+        """A URL granting read access to this one stream and nothing else."""
+
+    def writer(self, stream: str, *, lease_seconds: int = 60) -> StreamWriter:
+        """The stream's single writer; creates the stream. StreamBusyError if it has another."""
+        from ..writer import StreamWriter
+
+        check_stream_name(stream)
+        if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, int):
+            raise TypeError("lease_seconds must be an int")
+        if not 15 <= lease_seconds <= 60:
+            raise ValueError(f"lease_seconds must be 15 to 60, got {lease_seconds}")
+        return StreamWriter(stream, self.open_log(stream, lease_seconds=lease_seconds))
+
+    def reader(self, stream: str) -> StreamReader:
+        from ..reader import StreamReader
+
+        check_stream_name(stream)
+        return StreamReader(stream, self.open_source(stream))
+
+    def close(self) -> None:  # noqa: B027 - backends with nothing to release keep this
+        """Release connections."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,306 @@
+"""Azure Storage: one page blob `<stream>/log` per stream in a container.
+
+Every data and commit write carries the writer's blob lease; a commit also carries `If-Match` with
+the ETag of this writer's last data write, so nothing written by anyone else in between can be
+committed over. Readers need only read access to the one blob (a blob SAS, or Entra ID).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from typing import Any, NoReturn
+from urllib.parse import urlparse
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.storage.blob import (
+    BlobClient,
+    BlobLeaseClient,
+    BlobSasPermissions,
+    BlobServiceClient,
+    ContainerClient,
+    ExponentialRetry,
+    generate_blob_sas,
+)
+
+from ..errors import FencedError, StreamBusyError
+from ..format import check_stream_name
+from .base import LogSource, LogWriter, Store
+
+LOG_BLOB = "log"
+MAX_PUT_PAGE = 4 * 1024 * 1024  # Azure's limit for one Put Page
+GROWTH_STEP = 4 * 1024 * 1024
+MAX_GROWTH = 1024 * 1024 * 1024
+PARALLEL_PUTS = 4
+CLOCK_SKEW = timedelta(minutes=5)
+_CONTAINER_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
+def client_options() -> dict[str, Any]:
+    """Options for every blob client: quick retries (the SDK default first waits 15 s)."""
+    return {"retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=4)}
+
+
+class BlobStore(Store):
+    def __init__(self, service: BlobServiceClient, container: str) -> None:
+        if not (3 <= len(container) <= 63 and _CONTAINER_NAME.fullmatch(container)):
+            raise ValueError(
+                f"invalid container name {container!r}: use 3-63 lowercase letters, digits and "
+                "single hyphens, starting and ending with a letter or digit"
+            )
+        self._service = service
+        self._container: ContainerClient = service.get_container_client(container)
+        self.container = container
+
+    def __repr__(self) -> str:
+        return f"BlobStore({self._container.url!r})"
+
+    @classmethod
+    def from_connection_string(cls, connection_string: str, *, container: str) -> BlobStore:
+        service = BlobServiceClient.from_connection_string(connection_string, **client_options())
+        return cls(service, container)
+
+    @classmethod
+    def from_url(cls, url: str, *, credential: Any, container: str) -> BlobStore:
+        """An account URL, optionally followed by /<container> (the path-style
+        http://127.0.0.1:10000/<account>/<container> of the emulator works too)."""
+        parsed = urlparse(url)
+        segments = [s for s in parsed.path.split("/") if s]
+        path_style = parsed.hostname in ("127.0.0.1", "localhost") or (parsed.hostname or "")[:1].isdigit()
+        account_segments = 1 if path_style else 0
+        if len(segments) > account_segments:
+            container = segments[account_segments]
+        account_url = f"{parsed.scheme}://{parsed.netloc}" + "".join(
+            f"/{s}" for s in segments[:account_segments]
+        )
+        if credential is None:
+            from azure.identity import DefaultAzureCredential
+
+            credential = DefaultAzureCredential()
+        service = BlobServiceClient(account_url, credential=credential, **client_options())
+        return cls(service, container)
+
+    def streams(self) -> list[str]:
+        names = []
+        try:
+            for blob in self._container.list_blobs():
+                stream, _, leaf = blob.name.rpartition("/")
+                if leaf == LOG_BLOB:
+                    try:
+                        names.append(check_stream_name(stream))
+                    except ValueError:
+                        continue
+        except ResourceNotFoundError:
+            return []
+        return sorted(names)
+
+    def _blob(self, stream: str) -> BlobClient:
+        return self._container.get_blob_client(f"{stream}/{LOG_BLOB}")
+
+    def open_log(self, stream: str, *, lease_seconds: int) -> LogWriter:
+        blob = self._blob(stream)
+        try:
+            _create_page_blob(blob)
+        except ResourceNotFoundError:  # the container is new too
+            try:
+                self._container.create_container()
+            except ResourceExistsError:
+                pass
+            _create_page_blob(blob)
+        return BlobLog(blob, stream, lease_seconds)
+
+    def open_source(self, stream: str) -> LogSource:
+        return BlobSource(self._blob(stream))
+
+    def read_url(self, stream: str, *, expires_in: timedelta = timedelta(hours=1)) -> str:
+        """A read-only SAS URL for the stream's blob: signed with the account key when the store
+        has one, else a user delegation SAS (the identity needs the Storage Blob Delegator role)."""
+        check_stream_name(stream)
+        blob = self._blob(stream)
+        now = datetime.now(timezone.utc)
+        start, expiry = now - CLOCK_SKEW, now + expires_in
+        credential = self._service.credential
+        signing: dict[str, Any]
+        account_key = getattr(credential, "account_key", None)
+        if account_key:
+            signing = {"account_key": account_key}
+        else:
+            signing = {"user_delegation_key": self._service.get_user_delegation_key(start, expiry)}
+        sas = generate_blob_sas(
+            blob.account_name, blob.container_name, blob.blob_name,
+            permission=BlobSasPermissions(read=True), start=start, expiry=expiry, **signing,
+        )
+        return f"{blob.url}?{sas}"
+
+    def close(self) -> None:
+        self._service.close()
+
+
+def _create_page_blob(blob: BlobClient) -> None:
+    try:
+        blob.create_page_blob(GROWTH_STEP, match_condition=MatchConditions.IfMissing)
+    except (ResourceExistsError, ResourceModifiedError):
+        pass  # it exists: the lease decides who writes
+
+
+class BlobSource:
+    def __init__(self, blob: BlobClient) -> None:
+        self._blob = blob
+
+    def read(self, start: int, length: int) -> bytes:
+        try:
+            return self._blob.download_blob(offset=start, length=length, max_concurrency=1).readall()
+        except ResourceNotFoundError:
+            return b""
+        except HttpResponseError as error:
+            if error.status_code == 416:  # the range starts past the end of the blob
+                return b""
+            raise
+
+    def close(self) -> None:
+        self._blob.close()
+
+
+class BlobLog:
+    """A stream's page blob, leased for writing."""
+
+    def __init__(self, blob: BlobClient, stream: str, lease_seconds: int) -> None:
+        self._blob = blob
+        self._source = BlobSource(blob)
+        self._stream = stream
+        self._lease_seconds = lease_seconds
+        try:
+            self._lease: BlobLeaseClient = blob.acquire_lease(lease_seconds)
+        except HttpResponseError as error:
+            if error.status_code == 409:
+                raise StreamBusyError(
+                    f"stream {stream!r} has another live writer (its blob lease is held; "
+                    f"it frees within {lease_seconds} s of that writer stopping)"
+                ) from None
+            raise
+        self._renewed = time.monotonic()
+        self._pool: ThreadPoolExecutor | None = None
+        self._etag = ""
+        self._size = 0
+        self.refresh()
+
+    def refresh(self) -> None:
+        properties = self._blob.get_blob_properties()
+        self._etag = properties.etag
+        self._size = properties.size
+
+    def read(self, start: int, length: int) -> bytes:
+        return self._source.read(start, length)
+
+    def write(self, start: int, data: bytes | bytearray) -> None:
+        self._keep_lease()
+        end = start + len(data)
+        if end > self._size:
+            self._grow(end)
+        view = memoryview(data)
+        pieces = [(at, view[at - start : at - start + MAX_PUT_PAGE]) for at in range(start, end, MAX_PUT_PAGE)]
+        *first, last = pieces
+        if first:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(PARALLEL_PUTS, thread_name_prefix="vault-put-page")
+            for future in [self._pool.submit(self._put, at, piece) for at, piece in first]:
+                future.result()
+        # The last piece goes alone, after the others: its ETag is the log's latest.
+        self._etag = self._put(*last)
+
+    def commit(self, start: int, record: bytes) -> None:
+        self._keep_lease()
+        try:
+            result = self._blob.upload_page(
+                record, offset=start, length=len(record), lease=self._lease,
+                etag=self._etag, match_condition=MatchConditions.IfNotModified,
+            )
+        except HttpResponseError as error:
+            if error.status_code == 412 and self._landed(start, record):
+                return  # a retry of a commit whose first attempt succeeded
+            self._raise_fenced(error)
+        self._etag = result["etag"]
+
+    def _landed(self, start: int, record: bytes) -> bool:
+        """Whether the log already holds exactly this commit (then our lease still stands)."""
+        try:
+            self.refresh()
+            return self.read(start, len(record)) == record and self._renew()
+        except (HttpResponseError, FencedError):
+            return False
+
+    def _put(self, at: int, piece: memoryview) -> str:
+        try:
+            result = self._blob.upload_page(piece, offset=at, length=len(piece), lease=self._lease)
+        except HttpResponseError as error:
+            self._raise_fenced(error)
+        return result["etag"]
+
+    def _grow(self, end: int) -> None:
+        size = max(end, min(self._size * 2, self._size + MAX_GROWTH))
+        size += -size % GROWTH_STEP
+        try:
+            result = self._blob.resize_blob(size, lease=self._lease)
+        except HttpResponseError as error:
+            self._raise_fenced(error)
+        self._size = size
+        self._etag = result["etag"]
+
+    def _keep_lease(self) -> None:
+        """Renew the lease once half of it has passed. A lease that expired while this writer was
+        idle is taken back only if nobody else took it and the log did not change."""
+        elapsed = time.monotonic() - self._renewed
+        if elapsed < self._lease_seconds / 2:
+            return
+        before = self._etag
+        self._renew()
+        if elapsed >= self._lease_seconds - 1:
+            self.refresh()
+            if self._etag != before:
+                raise FencedError(
+                    f"stream {self._stream!r} changed while this writer's lease had expired"
+                )
+
+    def _renew(self) -> bool:
+        started = time.monotonic()
+        try:
+            self._lease.renew()
+        except HttpResponseError as error:
+            self._raise_fenced(error)
+        self._renewed = started
+        return True
+
+    def _raise_fenced(self, error: HttpResponseError) -> NoReturn:
+        if error.status_code in (409, 412):
+            raise FencedError(
+                f"the writer of stream {self._stream!r} lost ownership "
+                f"({error.error_code or error.status_code}): another writer took over or the "
+                "stream changed; stop and open a new writer"
+            ) from error
+        raise error
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+        try:
+            self._lease.release()
+        except HttpResponseError:
+            pass  # lost already: nothing to give up
+        self._blob.close()
+
+
+def source_from_url(url: str, *, credential: Any = None) -> tuple[str, LogSource]:
+    """The stream name and log of a blob read URL (a SAS URL, or a plain URL with a credential)."""
+    blob = BlobClient.from_blob_url(url, credential=credential, **client_options())
+    stream, _, leaf = blob.blob_name.rpartition("/")
+    if leaf != LOG_BLOB:
+        raise ValueError(f"not a stream read URL: {url!r} (expected .../<stream>/{LOG_BLOB})")
+    return check_stream_name(stream), BlobSource(blob)
