@@ -30,11 +30,18 @@ class Azurite:
         self._log = open(Path(self._workdir.name) / "azurite.log", "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
             [
-                str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
+                str(binary),
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                str(self.port),
                 "--inMemoryPersistence",
-                "--skipApiVersionCheck", "--loose",
+                "--skipApiVersionCheck",
+                "--loose",
             ],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=self._workdir.name,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self._workdir.name,
         )
         deadline = time.monotonic() + 30
         while True:

@@ -1,10 +1,10 @@
 """Message Vault: publish-subscribe with replay and batching on Azure Storage.
 
-    store = vault_core.open_store("./data")          # or a connection string, or an account URL
-    with store.writer("orders") as writer:
-        writer.append([vault_core.Message("order-created", b"{...}")], batch_id="order-42")
-    for message in store.reader("orders").replay():
-        ...
+store = vault_core.open_store("./data")          # or a connection string, or an account URL
+with store.writer("orders") as writer:
+    writer.append([vault_core.Message("order-created", b"{...}")], batch_id="order-42")
+for message in store.reader("orders").replay():
+    ...
 """
 
 from __future__ import annotations

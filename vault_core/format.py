@@ -18,7 +18,7 @@ import hashlib
 import re
 import struct
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 from crc32c import crc32c
@@ -55,7 +55,7 @@ SLOTS = (0, SLOT_SIZE)
 assert COMMIT_HEADER_SIZE + RING_CAPACITY * RING_ENTRY.size <= SLOT_SIZE
 assert 2 * SLOT_SIZE <= DATA_START
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _STREAM_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _BATCH_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
@@ -124,9 +124,7 @@ def check_batch_id(batch_id: object) -> bytes:
     if batch_id is None:
         return b""
     if not isinstance(batch_id, str) or not _BATCH_ID.fullmatch(batch_id):
-        raise ValueError(
-            f"invalid batch id {batch_id!r}: use 1-128 characters of letters, digits and ._:-"
-        )
+        raise ValueError(f"invalid batch id {batch_id!r}: use 1-128 characters of letters, digits and ._:-")
     return batch_id.encode("ascii")
 
 
@@ -177,9 +175,7 @@ def encode_batch(
             if isinstance(value, memoryview):
                 value = value.tobytes()
             elif not isinstance(value, bytearray):
-                raise TypeError(
-                    f"message {index}: value must be bytes, got {type(value).__name__}"
-                )
+                raise TypeError(f"message {index}: value must be bytes, got {type(value).__name__}")
         if len(key_bytes) > MAX_KEY_BYTES:
             raise MessageTooLarge(
                 f"message {index}: key is {len(key_bytes)} bytes in UTF-8, "
@@ -204,8 +200,19 @@ def encode_batch(
     parts[1] = bytes(BATCH_HEADER.size)
     buffer = bytearray().join(parts)
     BATCH_HEADER.pack_into(
-        buffer, len(prefix),
-        BATCH_MAGIC, 0, VERSION, 0, len(batch_id), 0, at, position, timestamp_ms, count, 0,
+        buffer,
+        len(prefix),
+        BATCH_MAGIC,
+        0,
+        VERSION,
+        0,
+        len(batch_id),
+        0,
+        at,
+        position,
+        timestamp_ms,
+        count,
+        0,
     )
     crc = crc32c(memoryview(buffer)[len(prefix) + 8 : end])
     struct.pack_into("<I", buffer, len(prefix) + 4, crc)
@@ -229,9 +236,7 @@ def decode_batch_header(stream: str, buffer: bytes, at: int, position: int) -> B
     if version != VERSION:
         raise CorruptDataError(stream, position, f"unknown batch format version {version}")
     if stored_position != position:
-        raise CorruptDataError(
-            stream, position, f"batch header says it starts at {stored_position}"
-        )
+        raise CorruptDataError(stream, position, f"batch header says it starts at {stored_position}")
     if not BATCH_HEADER.size + id_len <= length <= MAX_BATCH_BYTES:
         raise CorruptDataError(stream, position, f"impossible batch length {length}")
     id_at = at + BATCH_HEADER.size
@@ -243,7 +248,8 @@ def verify_batch(stream: str, buffer: bytes, at: int, header: BatchHeader) -> No
     (stored,) = struct.unpack_from("<I", buffer, at + 4)
     if crc32c(memoryview(buffer)[at + 8 : at + header.length]) != stored:
         raise CorruptDataError(
-            stream, header.position,
+            stream,
+            header.position,
             f"checksum mismatch in the batch of {header.length} bytes at {header.position}",
         )
 
@@ -308,8 +314,17 @@ def encode_commit(commit: Commit) -> bytes:
     ring_len = len(commit.ring) // RING_ENTRY.size
     header = bytearray(COMMIT_HEADER_SIZE)
     COMMIT_HEADER.pack_into(
-        header, 0, COMMIT_MAGIC, 0, VERSION, 0, 0, ring_len,
-        commit.counter, commit.position, commit.timestamp_ms,
+        header,
+        0,
+        COMMIT_MAGIC,
+        0,
+        VERSION,
+        0,
+        0,
+        ring_len,
+        commit.counter,
+        commit.position,
+        commit.timestamp_ms,
     )
     body = bytes(header) + commit.ring
     crc = crc32c(body[8:])
@@ -321,8 +336,8 @@ def _decode_slot(buffer: bytes) -> Commit | None:
     """The commit in one slot, or None if the slot is empty (never written) or damaged."""
     if len(buffer) < COMMIT_HEADER_SIZE or buffer[:4] != COMMIT_MAGIC:
         return None
-    _magic, crc, version, _flags, _r, ring_len, counter, position, timestamp = (
-        COMMIT_HEADER.unpack_from(buffer)
+    _magic, crc, version, _flags, _r, ring_len, counter, position, timestamp = COMMIT_HEADER.unpack_from(
+        buffer
     )
     ring_end = COMMIT_HEADER_SIZE + ring_len * RING_ENTRY.size
     if version != VERSION or ring_len > RING_CAPACITY or len(buffer) < ring_end:

@@ -107,9 +107,7 @@ class StreamReader:
         if isinstance(position, bool) or not isinstance(position, int):
             raise TypeError(f"position must be an int, got {type(position).__name__}")
         if not 0 <= position <= end:
-            raise InvalidPosition(
-                f"position {position} is outside stream {self.stream!r} (0 to {end})"
-            )
+            raise InvalidPosition(f"position {position} is outside stream {self.stream!r} (0 to {end})")
         if position == end:
             return position
         probe = self._source.read(fmt.data_at(position), fmt.BATCH_HEADER.size)
@@ -118,9 +116,7 @@ class StreamReader:
         back = fmt.back_pointer(probe) if len(probe) >= 4 else 0
         start = position - back
         if back < fmt.BATCH_HEADER.size or start < 0:
-            raise InvalidPosition(
-                f"position {position} is not a record boundary of stream {self.stream!r}"
-            )
+            raise InvalidPosition(f"position {position} is not a record boundary of stream {self.stream!r}")
         header = self._source.read(fmt.data_at(start), fmt.BATCH_HEADER.size + fmt.MAX_BATCH_ID_BYTES)
         try:
             batch = fmt.decode_batch_header(self.stream, header, 0, start)
@@ -129,9 +125,7 @@ class StreamReader:
                 f"position {position} is not a record boundary of stream {self.stream!r}"
             ) from None
         if not start + batch.records_at <= position < batch.end:
-            raise InvalidPosition(
-                f"position {position} is not a record boundary of stream {self.stream!r}"
-            )
+            raise InvalidPosition(f"position {position} is not a record boundary of stream {self.stream!r}")
         return start
 
     def _batches(
@@ -141,7 +135,7 @@ class StreamReader:
         back to back; only a batch that straddles two chunks is copied into a buffer of its own."""
         position = start
         carry = bytearray()  # the beginning of a batch that straddles chunks
-        for chunk_start, data in self._chunks(start, end, chunk, read_ahead):
+        for _chunk_start, data in self._chunks(start, end, chunk, read_ahead):
             index = 0
             if carry:
                 needed = _bytes_needed(self.stream, carry, position)
@@ -171,15 +165,11 @@ class StreamReader:
     def _verified(self, buffer: bytes, at: int, position: int, end: int) -> fmt.BatchHeader:
         header = fmt.decode_batch_header(self.stream, buffer, at, position)
         if header.end > end:
-            raise fmt.CorruptDataError(
-                self.stream, position, f"batch runs past the committed position {end}"
-            )
+            raise fmt.CorruptDataError(self.stream, position, f"batch runs past the committed position {end}")
         fmt.verify_batch(self.stream, buffer, at, header)
         return header
 
-    def _chunks(
-        self, start: int, end: int, chunk: int, read_ahead: bool
-    ) -> Iterator[tuple[int, bytes]]:
+    def _chunks(self, start: int, end: int, chunk: int, read_ahead: bool) -> Iterator[tuple[int, bytes]]:
         """The log's bytes for stream positions [start, end), in chunks, optionally fetching the
         next one while the caller decodes the current one."""
 

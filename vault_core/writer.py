@@ -53,9 +53,7 @@ class StreamWriter:
         """The committed length of the stream."""
         return self._commit.position
 
-    def append(
-        self, messages: Sequence[fmt.Message], *, batch_id: str | None = None
-    ) -> AppendResult:
+    def append(self, messages: Sequence[fmt.Message], *, batch_id: str | None = None) -> AppendResult:
         """Append messages as one batch: all become visible at once, or none do.
 
         With a `batch_id`, an append retried with the same id (by this writer, a later one, or
@@ -86,8 +84,12 @@ class StreamWriter:
         timestamp = max(fmt.now_ms(), commit.timestamp_ms)  # never decreases within a stream
         at = fmt.data_at(commit.position)
         batch = fmt.encode_batch(
-            messages, position=commit.position, timestamp_ms=timestamp, batch_id=batch_id,
-            prefix=self._tail, align=fmt.PAGE,
+            messages,
+            position=commit.position,
+            timestamp_ms=timestamp,
+            batch_id=batch_id,
+            prefix=self._tail,
+            align=fmt.PAGE,
         )
         end = commit.position + batch.length
         ring = fmt.ring_add(commit.ring, batch_id, commit.position) if batch_id else commit.ring
@@ -140,7 +142,7 @@ class StreamWriter:
 def _same_messages(stored: list[fmt.StoredMessage], messages: Sequence[fmt.Message]) -> bool:
     try:
         return len(stored) == len(messages) and all(
-            s.key == key and s.value == value for s, (key, value) in zip(stored, messages)
+            s.key == key and s.value == value for s, (key, value) in zip(stored, messages, strict=False)
         )
     except (TypeError, ValueError):
         return False

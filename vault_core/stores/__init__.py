@@ -7,7 +7,7 @@ from typing import Any
 
 from .base import LogSource, LogWriter, Store
 
-__all__ = ["LogSource", "LogWriter", "Store", "open_store", "open_source"]
+__all__ = ["LogSource", "LogWriter", "Store", "open_source", "open_store"]
 
 DEFAULT_CONTAINER = "vault"
 _CONNECTION_KEYS = ("usedevelopmentstorage=", "accountname=", "blobendpoint=", "sharedaccesssignature=")

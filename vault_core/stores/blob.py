@@ -7,10 +7,11 @@ committed over. Readers need only read access to the one blob (a blob SAS, or En
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 from urllib.parse import urlparse
 
@@ -110,10 +111,8 @@ class BlobStore(Store):
         try:
             _create_page_blob(blob)
         except ResourceNotFoundError:  # the container is new too
-            try:
+            with contextlib.suppress(ResourceExistsError):
                 self._container.create_container()
-            except ResourceExistsError:
-                pass
             _create_page_blob(blob)
         return BlobLog(blob, stream, lease_seconds)
 
@@ -125,7 +124,7 @@ class BlobStore(Store):
         has one, else a user delegation SAS (the identity needs the Storage Blob Delegator role)."""
         check_stream_name(stream)
         blob = self._blob(stream)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         start, expiry = now - CLOCK_SKEW, now + expires_in
         credential = self._service.credential
         signing: dict[str, Any]
@@ -135,8 +134,13 @@ class BlobStore(Store):
         else:
             signing = {"user_delegation_key": self._service.get_user_delegation_key(start, expiry)}
         sas = generate_blob_sas(
-            blob.account_name, blob.container_name, blob.blob_name,
-            permission=BlobSasPermissions(read=True), start=start, expiry=expiry, **signing,
+            blob.account_name,
+            blob.container_name,
+            blob.blob_name,
+            permission=BlobSasPermissions(read=True),
+            start=start,
+            expiry=expiry,
+            **signing,
         )
         return f"{blob.url}?{sas}"
 
@@ -145,10 +149,9 @@ class BlobStore(Store):
 
 
 def _create_page_blob(blob: BlobClient) -> None:
-    try:
+    # If it exists already, the lease decides who writes.
+    with contextlib.suppress(ResourceExistsError, ResourceModifiedError):
         blob.create_page_blob(GROWTH_STEP, match_condition=MatchConditions.IfMissing)
-    except (ResourceExistsError, ResourceModifiedError):
-        pass  # it exists: the lease decides who writes
 
 
 class BlobSource:
@@ -206,7 +209,9 @@ class BlobLog:
         if end > self._size:
             self._grow(end)
         view = memoryview(data)
-        pieces = [(at, view[at - start : at - start + MAX_PUT_PAGE]) for at in range(start, end, MAX_PUT_PAGE)]
+        pieces = [
+            (at, view[at - start : at - start + MAX_PUT_PAGE]) for at in range(start, end, MAX_PUT_PAGE)
+        ]
         *first, last = pieces
         if first:
             if self._pool is None:
@@ -220,8 +225,12 @@ class BlobLog:
         self._keep_lease()
         try:
             result = self._blob.upload_page(
-                record, offset=start, length=len(record), lease=self._lease,
-                etag=self._etag, match_condition=MatchConditions.IfNotModified,
+                record,
+                offset=start,
+                length=len(record),
+                lease=self._lease,
+                etag=self._etag,
+                match_condition=MatchConditions.IfNotModified,
             )
         except HttpResponseError as error:
             if error.status_code == 412 and self._landed(start, record):
@@ -265,9 +274,7 @@ class BlobLog:
         if elapsed >= self._lease_seconds - 1:
             self.refresh()
             if self._etag != before:
-                raise FencedError(
-                    f"stream {self._stream!r} changed while this writer's lease had expired"
-                )
+                raise FencedError(f"stream {self._stream!r} changed while this writer's lease had expired")
 
     def _renew(self) -> bool:
         started = time.monotonic()
@@ -290,10 +297,8 @@ class BlobLog:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
-        try:
+        with contextlib.suppress(HttpResponseError):  # a lost lease has nothing to give up
             self._lease.release()
-        except HttpResponseError:
-            pass  # lost already: nothing to give up
         self._blob.close()
 
 
