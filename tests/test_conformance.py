@@ -1,0 +1,299 @@
+"""The behaviour every store backend must have. Each test runs against the local store and Azurite."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import vault_core
+from vault_core import Message
+
+MiB = 1024 * 1024
+
+
+def batch(n: int, tag: str = "m", size: int = 10) -> list[Message]:
+    return [Message(f"{tag}-{i}", f"{tag}:{i}:".encode() + bytes(size)) for i in range(n)]
+
+
+def contents(store: vault_core.Store, stream: str) -> list[tuple[str, bytes]]:
+    return [(m.key, m.value) for m in store.reader(stream).replay()]
+
+
+def test_round_trip(store):
+    batches = [batch(1, "a"), batch(5, "b", 100), batch(200, "c", 3)]
+    with store.writer("orders") as writer:
+        results = [writer.append(b) for b in batches]
+        assert writer.position == results[-1].position
+    messages = list(store.reader("orders").replay())
+    assert [(m.key, m.value) for m in messages] == [(k, v) for b in batches for k, v in b]
+    assert [m.offset for m in messages] == [o for r in results for o in r.offsets]
+    assert store.reader("orders").position() == results[-1].position
+    offsets = [m.offset for m in messages]
+    assert offsets == sorted(set(offsets))  # unique, strictly increasing
+    stamps = [m.timestamp for m in messages]
+    assert stamps == sorted(stamps)
+    assert all(s.tzinfo is UTC and s.microsecond % 1000 == 0 for s in stamps)
+    assert abs(datetime.now(UTC) - stamps[-1]) < timedelta(minutes=1)
+
+
+def test_batch_shares_one_timestamp_and_contiguous_offsets(store):
+    with store.writer("s") as writer:
+        result = writer.append(batch(10))
+    messages = list(store.reader("s").replay())
+    assert len({m.timestamp_ms for m in messages}) == 1
+    sizes = [9 + len(m.key.encode()) + len(m.value) for m in messages]
+    assert [b - a for a, b in zip(result.offsets, result.offsets[1:], strict=False)] == sizes[:-1]
+    assert result.position == result.offsets[-1] + sizes[-1]
+
+
+def test_read_from_every_offset_and_position(store):
+    with store.writer("s") as writer:
+        results = [writer.append(batch(n, f"b{n}")) for n in (3, 1, 4, 1, 5)]
+    everything = list(store.reader("s").replay())
+    reader = store.reader("s")
+    for index, message in enumerate(everything):
+        got = reader.read(message.offset, max_messages=10_000).messages
+        assert got == everything[index:]
+    for result in results:
+        got = reader.read(result.position).messages
+        assert got == [m for m in everything if m.offset >= result.position]
+        assert list(reader.replay(result.position)) == got
+    assert list(reader.replay(everything[7].offset)) == everything[7:]
+
+
+def test_read_pages_through_with_limits(store):
+    with store.writer("s") as writer:
+        for n in range(1, 8):
+            writer.append(batch(n, f"b{n}", size=1000))
+    everything = list(store.reader("s").replay())
+    reader = store.reader("s")
+    for max_messages, max_bytes in [(1, 4 * MiB), (3, 4 * MiB), (1000, 2500), (1000, 1)]:
+        seen, position = [], 0
+        while True:
+            result = reader.read(position, max_messages=max_messages, max_bytes=max_bytes)
+            if not result.messages:
+                assert result.next_position == position == reader.position()
+                break
+            assert len(result.messages) <= max_messages
+            if len(result.messages) > 1:
+                assert sum(len(m.key) + len(m.value) for m in result.messages) <= max_bytes
+            seen += result.messages
+            position = result.next_position
+        assert seen == everything
+
+
+def test_batches_above_4_mib_and_1_mib_values(store):
+    big = [Message(f"big-{i}", bytes([i]) * MiB) for i in range(6)]  # ~6 MiB: several page writes
+    with store.writer("s") as writer:
+        first = writer.append(big)
+        second = writer.append([Message("after", b"x")])
+    messages = list(store.reader("s").replay())
+    assert [(m.key, m.value) for m in messages] == [*big, ("after", b"x")]
+    assert messages[-1].offset == second.offsets[0] > first.position - 1
+    assert store.reader("s").read(first.offsets[3], max_messages=1).messages[0].value == bytes([3]) * MiB
+
+
+def test_many_streams(store):
+    names = [f"stream-{i}" for i in range(12)]
+    for i, name in enumerate(names):
+        with store.writer(name) as writer:
+            writer.append(batch(i + 1, name))
+    assert store.streams() == sorted(names)
+    for i, name in enumerate(names):
+        assert contents(store, name) == batch(i + 1, name)
+
+
+def test_missing_stream_reads_empty(store):
+    reader = store.reader("nothing-here")
+    assert reader.position() == 0
+    assert reader.read(0).messages == []
+    assert list(reader.replay()) == []
+    assert store.streams() == []
+
+
+def test_writer_reopens_and_continues(store):
+    with store.writer("s") as writer:
+        first = writer.append(batch(3, "a"))
+    with store.writer("s") as writer:
+        assert writer.position == first.position
+        writer.append(batch(2, "b"))
+    assert contents(store, "s") == batch(3, "a") + batch(2, "b")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "Orders", "orders_1", "-orders", "orders-", "or--ders", "a" * 51, "ørders", "a b", "a/b", None, 7],
+)
+def test_bad_stream_names_are_refused(store, name):
+    with pytest.raises((vault_core.InvalidStreamName, TypeError)) as error:
+        store.writer(name)
+    assert isinstance(error.value, ValueError | TypeError)
+    with pytest.raises((vault_core.InvalidStreamName, TypeError)):
+        store.reader(name)
+    assert store.streams() == []
+
+
+def test_good_stream_names(store):
+    for name in ["a", "0", "a" * 50, "order-events-2", "9-lives"]:
+        with store.writer(name) as writer:
+            writer.append(batch(1))
+    assert len(store.streams()) == 5
+
+
+@pytest.mark.parametrize(
+    ("messages", "error", "says"),
+    [
+        ([], ValueError, "1 to 10000"),
+        (batch(10_001), ValueError, "1 to 10000"),
+        ([Message("k" * 256, b"")], vault_core.MessageTooLarge, "key is 256 bytes"),
+        ([Message("é" * 128, b"")], vault_core.MessageTooLarge, "key is 256 bytes"),
+        ([Message("k", bytes(MiB + 1))], vault_core.MessageTooLarge, "1048576-byte limit"),
+        ([Message("k", bytes(MiB))] * 65, vault_core.MessageTooLarge, "split it"),
+        ([Message("k", "text")], TypeError, "value must be bytes"),
+        ([Message(b"k", b"v")], TypeError, "expected Message"),
+        ([("k", b"v", 3)], TypeError, "expected Message"),
+        ([None], TypeError, "expected Message"),
+        ("kv", TypeError, "list of Message"),
+        ([Message("ok", b"v"), Message("k", bytes(MiB + 1))], vault_core.MessageTooLarge, "message 1"),
+    ],
+)
+def test_bad_input_changes_nothing(store, messages, error, says):
+    with store.writer("s") as writer:
+        before = writer.append(batch(2))
+        with pytest.raises(error, match=says):
+            writer.append(messages)
+        assert writer.position == before.position
+        after = writer.append(batch(1, "z"))  # the writer is still usable
+    assert contents(store, "s") == batch(2) + batch(1, "z")
+    assert after.offsets[0] >= before.position
+
+
+@pytest.mark.parametrize("batch_id", ["", "a" * 129, "has space", "ünï", 5])
+def test_bad_batch_ids_are_refused(store, batch_id):
+    with store.writer("s") as writer, pytest.raises(ValueError, match="batch id"):
+        writer.append(batch(1), batch_id=batch_id)
+    assert store.reader("s").position() == 0
+
+
+def test_lease_seconds_are_checked(store):
+    for bad in (14, 61):
+        with pytest.raises(ValueError, match="15 to 60"):
+            store.writer("s", lease_seconds=bad)
+
+
+def test_invalid_positions(store):
+    with store.writer("s") as writer:
+        result = writer.append([Message("key", b"value-bytes"), Message("k2", b"v2")])
+    reader = store.reader("s")
+    for position in [-1, result.position + 1, 10**12]:
+        with pytest.raises(vault_core.InvalidPosition, match="outside"):
+            reader.read(position)
+    for position in [1, result.offsets[0] - 1, result.offsets[0] + 1, result.offsets[1] + 3]:
+        with pytest.raises(vault_core.InvalidPosition, match="not a record boundary"):
+            reader.read(position)
+        with pytest.raises(vault_core.InvalidPosition):
+            list(reader.replay(position))
+    with pytest.raises(TypeError):
+        reader.read("0")
+    with pytest.raises(ValueError):
+        reader.read(0, max_messages=0)
+    assert reader.read(result.position).messages == []
+
+
+def test_batch_id_makes_append_exactly_once(store):
+    with store.writer("s") as writer:
+        first = writer.append(batch(3, "a"), batch_id="order-1")
+        writer.append(batch(1, "b"))
+        assert writer.append(batch(3, "a"), batch_id="order-1") == first
+        with pytest.raises(vault_core.BatchIdConflict, match="order-1"):
+            writer.append(batch(3, "other"), batch_id="order-1")
+    with store.writer("s") as writer:  # a new writer remembers
+        assert writer.append(batch(3, "a"), batch_id="order-1") == first
+        position = writer.position
+    assert store.reader("s").position() == position
+    assert contents(store, "s") == batch(3, "a") + batch(1, "b")
+
+
+def test_batch_id_window_covers_the_last_1024_batches(store):
+    with store.writer("s") as writer:
+        results = [writer.append([Message("k", b"%d" % i)], batch_id=f"id-{i}") for i in range(1030)]
+        position = writer.position
+    with store.writer("s") as writer:
+        for i in (6, 500, 1029):
+            assert writer.append([Message("k", b"%d" % i)], batch_id=f"id-{i}") == results[i]
+        assert writer.position == position
+        # Past the window an id is forgotten: the same id appends again.
+        assert writer.append([Message("k", b"0")], batch_id="id-0").position > position
+
+
+def test_closed_writer_refuses(store):
+    writer = store.writer("s")
+    writer.close()
+    with pytest.raises(vault_core.VaultError, match="closed"):
+        writer.append(batch(1))
+    with store.writer("s") as again:  # closing released ownership
+        again.append(batch(1))
+
+
+def test_follow_chases_the_tail(store):
+    with store.writer("s") as writer:
+        writer.append(batch(2, "early"))
+    expected = batch(2, "early") + [m for i in range(5) for m in batch(3, f"late{i}")]
+    received: list[tuple[str, bytes]] = []
+
+    def produce() -> None:
+        with store.writer("s") as w:
+            for i in range(5):
+                time.sleep(0.05)
+                w.append(batch(3, f"late{i}"))
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    deadline = time.monotonic() + 30
+    for message in store.reader("s").follow(poll_interval=0.02):
+        received.append((message.key, message.value))
+        if len(received) == len(expected) or time.monotonic() > deadline:
+            break
+    producer.join()
+    assert received == expected
+
+
+def test_follow_from_an_offset_then_sees_new_batches(store):
+    with store.writer("s") as writer:
+        result = writer.append(batch(4))
+        follower = store.reader("s").follow(result.offsets[2], poll_interval=0.01)
+        assert [next(follower).key, next(follower).key] == ["m-2", "m-3"]
+        writer.append(batch(1, "new"))
+        assert next(follower).key == "new-0"
+
+
+def test_read_url_reads_the_stream(store):
+    with store.writer("s") as writer:
+        writer.append(batch(5))
+    reader = vault_core.open_reader(store.read_url("s"))
+    assert [(m.key, m.value) for m in reader.replay()] == batch(5)
+    assert reader.position() == store.reader("s").position()
+
+
+_property_streams = itertools.count()
+keys = st.text(max_size=40).filter(lambda k: len(k.encode()) <= 255)
+messages_strategy = st.lists(st.builds(Message, keys, st.binary(max_size=3000)), min_size=1, max_size=30)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(messages_strategy, min_size=1, max_size=6), data=st.data())
+def test_property_round_trip(store, batches, data):
+    stream = f"p-{next(_property_streams)}"  # examples share the store
+    with store.writer(stream) as writer:
+        results = [writer.append(b) for b in batches]
+    messages = list(store.reader(stream).replay())
+    assert [(m.key, m.value) for m in messages] == [tuple(m) for b in batches for m in b]
+    assert [m.offset for m in messages] == [o for r in results for o in r.offsets]
+    some = data.draw(st.sampled_from(messages))
+    assert store.reader(stream).read(some.offset, max_messages=1).messages == [some]

@@ -1,0 +1,241 @@
+"""Faults: competing and stale writers, killed processes, damaged bytes."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from azure.storage.blob import BlobLeaseClient
+
+import vault_core
+from tests.crash_writer import ROOT_HINT, batch_messages
+from vault_core import Message
+from vault_core import format as fmt
+
+
+def batch(n: int, tag: str = "m") -> list[Message]:
+    return [Message(f"{tag}-{i}", f"{tag}{i}".encode()) for i in range(n)]
+
+
+def keys(store: vault_core.Store, stream: str) -> list[str]:
+    return [m.key for m in store.reader(stream).replay()]
+
+
+def test_second_writer_is_refused_at_once(store):
+    with store.writer("s") as writer:
+        writer.append(batch(1))
+        started = time.monotonic()
+        with pytest.raises(vault_core.StreamBusyError, match="another live writer"):
+            store.writer("s")
+        assert time.monotonic() - started < 5
+        writer.append(batch(1, "still-mine"))
+    assert keys(store, "s") == ["m-0", "still-mine-0"]
+
+
+def blob_of(store, stream: str):
+    return store._container.get_blob_client(f"{stream}/log")
+
+
+def test_stale_writer_is_fenced_after_takeover(azurite_store):
+    store = azurite_store
+    stale = store.writer("s", lease_seconds=15)
+    stale.append(batch(2, "stale-before"))
+    # The lease is taken from under it (as when it froze past its lease and another took over).
+    BlobLeaseClient(blob_of(store, "s")).break_lease(lease_break_period=0)
+    with store.writer("s") as new:
+        new.append(batch(1, "new"))
+        with pytest.raises(vault_core.FencedError, match="lost ownership"):
+            stale.append(batch(3, "stale-after"))
+        with pytest.raises(vault_core.FencedError):  # and it stays fenced
+            stale.append(batch(1, "stale-again"))
+        new.append(batch(1, "new-again"))
+    assert keys(store, "s") == ["stale-before-0", "stale-before-1", "new-0", "new-again-0"]
+
+
+def test_stale_writer_is_fenced_after_its_lease_expired(azurite_store):
+    """The real thing: a writer idle past its 15 s lease while another writer took over."""
+    store = azurite_store
+    stale = store.writer("s", lease_seconds=15)
+    stale.append(batch(1, "before"))
+    time.sleep(16)
+    with store.writer("s", lease_seconds=15) as new:
+        new.append(batch(1, "new"))
+        with pytest.raises(vault_core.FencedError):
+            stale.append(batch(1, "stale"))
+    assert keys(store, "s") == ["before-0", "new-0"]
+
+
+def test_idle_writer_takes_its_lease_back_if_nobody_else_did(azurite_store):
+    store = azurite_store
+    with store.writer("s", lease_seconds=15) as writer:
+        writer.append(batch(1, "before"))
+        time.sleep(16)
+        writer.append(batch(1, "after"))
+    assert keys(store, "s") == ["before-0", "after-0"]
+
+
+def test_expired_writer_is_fenced_if_the_stream_changed(azurite_store):
+    store = azurite_store
+    stale = store.writer("s", lease_seconds=15)
+    stale.append(batch(1, "before"))
+    time.sleep(16)
+    with store.writer("s", lease_seconds=15) as other:  # takes over, appends, releases
+        other.append(batch(1, "other"))
+    with pytest.raises(vault_core.FencedError):
+        stale.append(batch(1, "stale"))
+    assert keys(store, "s") == ["before-0", "other-0"]
+
+
+def start_writer(target: str, container: str, first: int, last: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.crash_writer", target, container, "s", str(first), str(last)],
+        cwd=ROOT_HINT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stored_batches(store: vault_core.Store) -> list[int]:
+    """The indexes of the batches in the stream, checking each is whole and in sequence."""
+    messages = list(store.reader("s").replay())
+    found, at = [], 0
+    while at < len(messages):
+        index = len(found)
+        expected = batch_messages(index)
+        assert [(m.key, m.value) for m in messages[at : at + len(expected)]] == expected
+        found.append(index)
+        at += len(expected)
+    return found
+
+
+@pytest.mark.parametrize("backend", ["local", "azurite"])
+def test_killed_writer_loses_nothing_acknowledged_and_duplicates_nothing(backend, request, tmp_path):
+    if backend == "local":
+        target, container, kills = str(tmp_path / "vault"), "vault", 12
+    else:
+        target, container, kills = request.getfixturevalue("azurite").connection_string, "crash", 4
+    store = vault_core.open_store(target, container=container)
+    rng = random.Random(20261122)
+    total, acked = 60, -1
+    for _ in range(kills):
+        writer = start_writer(target, container, acked + 1, total)
+        assert writer.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.05, 0.6))
+        writer.send_signal(signal.SIGKILL)
+        output, _ = writer.communicate()
+        for line in output.splitlines():
+            _, index, _position = line.split()
+            assert int(index) == acked + 1
+            acked = int(index)
+        found = stored_batches(store)
+        # Every acknowledged batch is there; at most the one in flight is there too, whole.
+        assert len(found) in (acked + 1, acked + 2)
+    writer = start_writer(target, container, acked + 1, total)  # retries the in-flight batch first
+    output, _ = writer.communicate(timeout=300)
+    assert writer.returncode == 0
+    assert stored_batches(store) == list(range(total))
+
+
+def flip_byte(store: vault_core.Store, stream: str, at: int) -> None:
+    """Damage one byte of the log behind the vault's back."""
+    if isinstance(store, vault_core.stores.local.LocalStore):
+        with open(store.root / stream / "log", "r+b") as f:
+            f.seek(at)
+            value = f.read(1)[0]
+            f.seek(at)
+            f.write(bytes([value ^ 0x20]))
+        return
+    blob = blob_of(store, stream)
+    page = at - at % 512
+    data = bytearray(blob.download_blob(offset=page, length=512).readall())
+    data[at - page] ^= 0x20
+    blob.upload_page(bytes(data), offset=page, length=512)
+
+
+def test_flipped_byte_is_reported_with_its_position(store):
+    with store.writer("s") as writer:
+        first = writer.append(batch(3, "a"))
+        second = writer.append(batch(3, "b"))
+        writer.append(batch(3, "c"))
+    flip_byte(store, "s", fmt.data_at(second.offsets[1] + 10))
+    reader = store.reader("s")
+    with pytest.raises(vault_core.CorruptDataError) as error:
+        list(reader.replay())
+    assert error.value.position == first.position  # the damaged batch starts where the first ended
+    assert f"position {first.position}" in str(error.value)
+    with pytest.raises(vault_core.CorruptDataError):
+        reader.read(second.offsets[2])
+    # Undamaged data around it still reads.
+    assert [m.key for m in reader.read(0, max_messages=3).messages] == ["a-0", "a-1", "a-2"]
+    assert [m.key for m in reader.read(second.position).messages] == ["c-0", "c-1", "c-2"]
+
+
+def test_torn_commit_falls_back_to_the_previous_one(store):
+    with store.writer("s") as writer:
+        writer.append(batch(2, "a"))
+        last_good = writer.append(batch(2, "b")).position
+        writer.append(batch(2, "c"))  # commit 3 lands in slot 1
+    flip_byte(store, "s", fmt.SLOTS[1] + 30)  # the newest commit is torn
+    assert store.reader("s").position() == last_good
+    assert keys(store, "s") == ["a-0", "a-1", "b-0", "b-1"]
+    with store.writer("s") as writer:  # the next writer overwrites what was past the commit
+        writer.append(batch(1, "d"))
+    assert keys(store, "s") == ["a-0", "a-1", "b-0", "b-1", "d-0"]
+    flip_byte(store, "s", fmt.SLOTS[0] + 30)
+    flip_byte(store, "s", fmt.SLOTS[1] + 30)
+    with pytest.raises(vault_core.CorruptDataError, match="both commit slots"):
+        store.reader("s").position()
+
+
+def test_bytes_past_the_commit_are_invisible_and_overwritten(store):
+    with store.writer("s") as writer:
+        position = writer.append(batch(2)).position
+    # A crashed writer's uncommitted batch: valid-looking data past the committed position.
+    junk = fmt.encode_batch(batch(5, "junk"), position=position, timestamp_ms=1, align=512).buffer
+    if isinstance(store, vault_core.stores.local.LocalStore):
+        with open(store.root / "s" / "log", "r+b") as f:
+            f.seek(fmt.data_at(position))
+            f.write(junk)
+    else:
+        blob = blob_of(store, "s")
+        start = fmt.data_at(position)
+        page = start - start % 512
+        head = blob.download_blob(offset=page, length=start - page).readall()
+        data = head + bytes(junk)
+        blob.upload_page(data + bytes(-len(data) % 512), offset=page, length=len(data) + (-len(data) % 512))
+    assert store.reader("s").position() == position
+    assert keys(store, "s") == ["m-0", "m-1"]
+    with pytest.raises(vault_core.InvalidPosition):
+        store.reader("s").read(position + 100)
+    with store.writer("s") as writer:
+        writer.append(batch(1, "real"))
+    assert keys(store, "s") == ["m-0", "m-1", "real-0"]
+
+
+def test_a_copied_stream_reads_the_same_on_the_other_store(local_store, azurite_store):
+    with local_store.writer("s") as writer:
+        writer.append(batch(3, "local"))
+        writer.append([Message(f"big-{i}", bytes([i]) * 1024 * 1024) for i in range(5)])
+    data = (local_store.root / "s" / "log").read_bytes()
+    azurite_store._container.create_container()
+    blob = blob_of(azurite_store, "s")
+    size = len(data) + (-len(data) % 512)
+    blob.create_page_blob(size)
+    for at in range(0, size, 4 * 1024 * 1024):
+        piece = data[at : at + 4 * 1024 * 1024]
+        piece += bytes(-len(piece) % 512)
+        blob.upload_page(piece, offset=at, length=len(piece))
+    expected = list(local_store.reader("s").replay())
+    assert list(azurite_store.reader("s").replay()) == expected
+    with azurite_store.writer("s") as writer:  # and the copy can be written on
+        writer.append(batch(1, "azure"))
+    back = blob.download_blob().readall()
+    os.makedirs(local_store.root / "t")
+    (local_store.root / "t" / "log").write_bytes(back)
+    assert [m.key for m in local_store.reader("t").replay()][-1] == "azure-0"
+    assert list(local_store.reader("t").replay())[:-1] == expected
