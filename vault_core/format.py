@@ -269,9 +269,13 @@ def decode_records(
     out: list[StoredMessage] = []
     append = out.append
     keys: dict[bytes, str] = {}
+    count = 0
     try:
         while index < end:
-            _back, value_len, key_len = unpack(buffer, index)
+            back, value_len, key_len = unpack(buffer, index)
+            if index - back != at:
+                raise CorruptDataError(stream, header.position, f"record at {base + index} points elsewhere")
+            count += 1
             key_at = index + 9
             value_at = key_at + key_len
             next_index = value_at + value_len
@@ -284,24 +288,9 @@ def decode_records(
             index = next_index
     except (struct.error, UnicodeDecodeError) as error:
         raise CorruptDataError(stream, header.position, f"malformed record: {error}") from None
-    if index != end:
-        raise CorruptDataError(stream, header.position, "records overrun the batch")
-    return out
-
-
-def record_offsets(stream: str, buffer: bytes, at: int, header: BatchHeader) -> list[int]:
-    """The offsets of every record of a verified batch at buffer[at:]."""
-    unpack = RECORD_HEADER.unpack_from
-    index = at + header.records_at
-    end = at + header.length
-    offsets = []
-    while index < end:
-        _back, value_len, key_len = unpack(buffer, index)
-        offsets.append(header.position + index - at)
-        index += RECORD_HEADER.size + key_len + value_len
-    if index != end or len(offsets) != header.count:
+    if index != end or count != header.count:
         raise CorruptDataError(stream, header.position, "records do not match the batch header")
-    return offsets
+    return out
 
 
 def back_pointer(buffer: bytes) -> int:
@@ -332,7 +321,7 @@ def encode_commit(commit: Commit) -> bytes:
     return record + bytes(-len(record) % PAGE)
 
 
-def _decode_slot(buffer: bytes) -> Commit | None:
+def _decode_slot(stream: str, buffer: bytes) -> Commit | None:
     """The commit in one slot, or None if the slot is empty (never written) or damaged."""
     if len(buffer) < COMMIT_HEADER_SIZE or buffer[:4] != COMMIT_MAGIC:
         return None
@@ -340,10 +329,12 @@ def _decode_slot(buffer: bytes) -> Commit | None:
         buffer
     )
     ring_end = COMMIT_HEADER_SIZE + ring_len * RING_ENTRY.size
-    if version != VERSION or ring_len > RING_CAPACITY or len(buffer) < ring_end:
+    if ring_len > RING_CAPACITY or len(buffer) < ring_end or crc32c(buffer[8:ring_end]) != crc:
         return None
-    if crc32c(buffer[8:ring_end]) != crc:
-        return None
+    if version != VERSION:  # intact but newer: falling back to the other slot would read stale data
+        raise CorruptDataError(
+            stream, 0, f"the stream uses format version {version}; this reader knows version {VERSION}"
+        )
     return Commit(counter, position, timestamp, bytes(buffer[COMMIT_HEADER_SIZE:ring_end]))
 
 
@@ -351,7 +342,7 @@ def decode_commit(stream: str, header: bytes) -> Commit:
     """The newest valid commit in a log's header bytes (both slots). A log that was never
     committed (short or zero bytes) is empty; both slots written and damaged is corruption."""
     slots = [header[at : at + SLOT_SIZE] for at in SLOTS]
-    commits = [_decode_slot(slot) for slot in slots]
+    commits = [_decode_slot(stream, slot) for slot in slots]
     valid = [c for c in commits if c is not None]
     if valid:
         return max(valid, key=lambda c: c.counter)
@@ -364,9 +355,9 @@ def ring_entries(ring: bytes) -> list[tuple[int, int]]:
     return list(RING_ENTRY.iter_unpack(ring))
 
 
-def ring_add(ring: bytes, batch_id: bytes, position: int) -> bytes:
+def ring_add(ring: bytes, id_hash: int, position: int) -> bytes:
     """The ring with one more batch id, the oldest dropped past RING_CAPACITY entries."""
-    ring = ring + RING_ENTRY.pack(batch_id_hash(batch_id), position)
+    ring = ring + RING_ENTRY.pack(id_hash, position)
     return ring[-RING_CAPACITY * RING_ENTRY.size :]
 
 

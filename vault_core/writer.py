@@ -38,9 +38,18 @@ class StreamWriter:
             raise
 
     def _load(self) -> None:
-        commit = fmt.decode_commit(self.stream, self._log.read(0, 2 * fmt.SLOT_SIZE))
+        header = self._log.read(0, 2 * fmt.SLOT_SIZE)
+        if not header.strip(b"\0"):
+            # A new log: commit "empty" into slot A first, so that a torn first real commit (into
+            # slot B) leaves a valid slot behind rather than two unreadable ones.
+            self._log.commit(fmt.SLOTS[0], fmt.encode_commit(fmt.EMPTY_COMMIT))
+        commit = fmt.decode_commit(self.stream, header)
         self._commit = commit
-        self._batch_starts = {h: start for h, start in fmt.ring_entries(commit.ring)}
+        # Batch id hash -> starts of the batches in the ring with that hash (collisions are rare,
+        # not impossible: every candidate is checked against the id stored in its batch).
+        self._batch_starts: dict[int, list[int]] = {}
+        for id_hash, start in fmt.ring_entries(commit.ring):
+            self._batch_starts.setdefault(id_hash, []).append(start)
         at = fmt.data_at(commit.position)
         tail_length = at % fmt.PAGE
         self._tail = self._log.read(at - tail_length, tail_length) if tail_length else b""
@@ -92,7 +101,8 @@ class StreamWriter:
             align=fmt.PAGE,
         )
         end = commit.position + batch.length
-        ring = fmt.ring_add(commit.ring, batch_id, commit.position) if batch_id else commit.ring
+        id_hash = fmt.batch_id_hash(batch_id) if batch_id else 0
+        ring = fmt.ring_add(commit.ring, id_hash, commit.position) if batch_id else commit.ring
         new_commit = fmt.Commit(commit.counter + 1, end, timestamp, ring)
         # From the first byte written until the commit is known, a failure leaves the outcome
         # unknown: the next append re-reads the log before doing anything.
@@ -102,9 +112,13 @@ class StreamWriter:
         self._in_doubt = False
         self._commit = new_commit
         if batch_id:
-            self._batch_starts[fmt.batch_id_hash(batch_id)] = commit.position
-            if len(self._batch_starts) > fmt.RING_CAPACITY:
-                self._batch_starts = dict(fmt.ring_entries(ring))
+            self._batch_starts.setdefault(id_hash, []).append(commit.position)
+            if len(commit.ring) == fmt.RING_CAPACITY * fmt.RING_ENTRY.size:  # the oldest fell out
+                oldest_hash, oldest_start = fmt.RING_ENTRY.unpack_from(commit.ring)
+                starts = self._batch_starts[oldest_hash]
+                starts.remove(oldest_start)
+                if not starts:
+                    del self._batch_starts[oldest_hash]
         data_end = len(self._tail) + batch.length
         tail_length = fmt.data_at(end) % fmt.PAGE
         self._tail = bytes(batch.buffer[data_end - tail_length : data_end])
@@ -112,19 +126,18 @@ class StreamWriter:
 
     def _find(self, batch_id: bytes, messages: Sequence[fmt.Message]) -> AppendResult | None:
         """The result of an earlier batch with this id, if it is still remembered."""
-        start = self._batch_starts.get(fmt.batch_id_hash(batch_id))
-        if start is None:
-            return None
-        buffer, header = read_batch(self.stream, self._log, start)
-        if header.batch_id != batch_id:  # a hash collision: a different id
-            return None
-        stored = fmt.decode_records(self.stream, buffer, 0, header)
-        if not _same_messages(stored, messages):
-            raise BatchIdConflict(
-                f"batch id {batch_id.decode()!r} was already used on stream {self.stream!r} "
-                "for different messages"
-            )
-        return AppendResult(header.end, [m.offset for m in stored])
+        for start in self._batch_starts.get(fmt.batch_id_hash(batch_id), ()):
+            buffer, header = read_batch(self.stream, self._log, start)
+            if header.batch_id != batch_id:  # a hash collision: a different id
+                continue
+            stored = fmt.decode_records(self.stream, buffer, 0, header)
+            if not _same_messages(stored, messages):
+                raise BatchIdConflict(
+                    f"batch id {batch_id.decode()!r} was already used on stream {self.stream!r} "
+                    "for different messages"
+                )
+            return AppendResult(header.end, [m.offset for m in stored])
+        return None
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Creates .venv (Python 3.11+) with the project installed; `bootstrap.sh dev` adds the test tools
+# and the storage emulator (Azurite, from npm). Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || { echo "Message Vault needs Python 3.11 or newer (set PYTHON=...)" >&2; exit 1; }
+    "$python" -m venv .venv
+fi
+if [ "${1:-}" = dev ]; then
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+    npm ci --no-audit --no-fund --loglevel=error
+else
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
+fi

@@ -1,0 +1,315 @@
+"""docs/format.md is enough to read a stream: an independent decoder, written from that document
+alone (no vault_core.format, no vault_core.reader), must read back exactly what the library wrote."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+from crc32c import crc32c
+
+import vault_core
+
+# ---- the independent decoder: every constant and rule below comes from docs/format.md ----
+
+SLOT_SIZE = 16896
+DATA_START = 65536
+PAGE = 512
+COMMIT_MAGIC = b"MVC\xff"
+BATCH_MAGIC = b"MVB\xff"
+COMMIT_HEADER = struct.Struct("<4sIBBHIQQQ24x")  # 64 bytes
+RING_ENTRY = struct.Struct("<QQ")
+BATCH_HEADER = struct.Struct("<4sIBBBBIQQII")  # 40 bytes
+RECORD_HEADER = struct.Struct("<IIB")  # back, value_length, key_length
+MAX_BATCH_BYTES = 64 * 1024 * 1024
+RING_CAPACITY = 1024
+
+
+class Corrupt(Exception):
+    pass
+
+
+class BadPosition(Exception):
+    pass
+
+
+class Commit(NamedTuple):
+    slot: int | None  # 0 = A, 1 = B, None for an empty stream
+    counter: int
+    position: int
+    timestamp_ms: int
+    ring: list[tuple[int, int]]  # (id_hash, batch_start), oldest first
+
+
+class Batch(NamedTuple):
+    position: int
+    length: int
+    timestamp_ms: int
+    batch_id: str
+    messages: list[tuple[int, int, str, bytes]]  # (offset, timestamp_ms, key, value)
+
+
+def id_hash(batch_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(batch_id.encode("ascii"), digest_size=8).digest(), "little")
+
+
+def decode_slot(slot: int, data: bytes) -> Commit | None:
+    if len(data) < COMMIT_HEADER.size or data[:4] != COMMIT_MAGIC:
+        return None
+    _magic, crc, version, _flags, _reserved, ring_length, counter, position, timestamp = (
+        COMMIT_HEADER.unpack_from(data)
+    )
+    ring_end = COMMIT_HEADER.size + RING_ENTRY.size * ring_length
+    if ring_length > RING_CAPACITY or len(data) < ring_end or crc32c(data[8:ring_end]) != crc:
+        return None
+    if version != 1:
+        raise Corrupt(f"commit slot of unknown version {version}")
+    ring = list(RING_ENTRY.iter_unpack(data[COMMIT_HEADER.size : ring_end]))
+    return Commit(slot, counter, position, timestamp, ring)
+
+
+def decode_commit(log: bytes) -> Commit:
+    slots = [log[0:SLOT_SIZE], log[SLOT_SIZE : 2 * SLOT_SIZE]]
+    valid = [c for c in (decode_slot(i, data) for i, data in enumerate(slots)) if c is not None]
+    if valid:
+        return max(valid, key=lambda c: c.counter)
+    if any(any(data) for data in slots):
+        raise Corrupt("both commit slots are damaged")
+    return Commit(None, 0, 0, 0, [])
+
+
+def decode_batch(log: bytes, start: int, end: int) -> Batch:
+    head = log[DATA_START + start : DATA_START + start + BATCH_HEADER.size]
+    if len(head) < BATCH_HEADER.size:
+        raise Corrupt(f"batch header cut short at {start}")
+    magic, crc, version, _flags, id_length, _r, length, position, timestamp, count, _r2 = BATCH_HEADER.unpack(
+        head
+    )
+    if magic != BATCH_MAGIC or version != 1 or position != start:
+        raise Corrupt(f"no version 1 batch at {start}")
+    if not BATCH_HEADER.size + id_length <= length <= MAX_BATCH_BYTES or start + length > end:
+        raise Corrupt(f"impossible batch length {length} at {start}")
+    data = log[DATA_START + start : DATA_START + start + length]
+    if len(data) != length:
+        raise Corrupt(f"log ends inside the batch at {start}")
+    if crc32c(data[8:]) != crc:
+        raise Corrupt(f"checksum mismatch in the batch at {start}")
+    messages = []
+    at = BATCH_HEADER.size + id_length
+    while at < length:
+        if at + RECORD_HEADER.size > length:
+            raise Corrupt(f"record header cut short in the batch at {start}")
+        back, value_length, key_length = RECORD_HEADER.unpack_from(data, at)
+        key_at = at + RECORD_HEADER.size
+        value_at = key_at + key_length
+        following = value_at + value_length
+        if back != at or following > length:
+            raise Corrupt(f"malformed record in the batch at {start}")
+        key = data[key_at:value_at].decode("utf-8")
+        messages.append((start + at, timestamp, key, data[value_at:following]))
+        at = following
+    if len(messages) != count:
+        raise Corrupt(f"batch at {start} has {len(messages)} records, its header says {count}")
+    batch_id = data[BATCH_HEADER.size : BATCH_HEADER.size + id_length].decode("ascii")
+    return Batch(start, length, timestamp, batch_id, messages)
+
+
+def decode_stream(log: bytes) -> tuple[Commit, list[Batch]]:
+    commit = decode_commit(log)
+    batches = []
+    position = 0
+    while position < commit.position:
+        batch = decode_batch(log, position, commit.position)
+        batches.append(batch)
+        position += batch.length
+    return commit, batches
+
+
+def locate(log: bytes, position: int, end: int) -> int:
+    """The start of the batch holding a valid read position (the end maps to itself)."""
+    if not 0 <= position <= end:
+        raise BadPosition(position)
+    if position == end:
+        return position
+    head = log[DATA_START + position : DATA_START + position + 4]
+    if head == BATCH_MAGIC:
+        return position
+    (back,) = struct.unpack("<I", head)
+    start = position - back
+    if back < BATCH_HEADER.size or start < 0:
+        raise BadPosition(position)
+    if position not in [offset for offset, *_ in decode_batch(log, start, end).messages]:
+        raise BadPosition(position)
+    return start
+
+
+# ---- the tests ----
+
+STREAM = "orders"
+BIG = bytes(range(256)) * 400  # 100 KiB
+APPENDS: list[tuple[list[vault_core.Message], str | None]] = [
+    ([vault_core.Message("order-created", b'{"id": 1}'), vault_core.Message("", b"")], None),
+    ([vault_core.Message("注文-作成", b""), vault_core.Message("Bestellung-ändern", b"x")], "b-1"),
+    ([vault_core.Message("blob-🙂", BIG), vault_core.Message("after-big", b"tail")], "order:42.retry_1"),
+    ([vault_core.Message(f"event-{i}", str(i).encode() * i) for i in range(50)], None),
+    ([vault_core.Message("k" * 255, b"\x00\xff" * 7)], "Z_9"),
+    ([vault_core.Message("注文-作成", b""), vault_core.Message("Bestellung-ändern", b"x")], "b-1"),  # a retry
+    ([vault_core.Message("é", b"")], "last"),
+]
+
+
+def write_stream(root: Path) -> tuple[vault_core.Store, list[vault_core.AppendResult]]:
+    store = vault_core.open_store(root)
+    with store.writer(STREAM) as writer:
+        results = [writer.append(messages, batch_id=batch_id) for messages, batch_id in APPENDS]
+    return store, results
+
+
+def read_log(root: Path) -> bytes:
+    return (root / STREAM / "log").read_bytes()
+
+
+def test_documented_crc_variant_and_check_value():
+    def crc32c_by_the_doc(data: bytes) -> int:
+        crc = 0xFFFFFFFF
+        for byte in data:
+            crc ^= byte
+            for _ in range(8):
+                crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+        return crc ^ 0xFFFFFFFF
+
+    assert crc32c(b"123456789") == crc32c_by_the_doc(b"123456789") == 0xE3069283
+    sample = bytes(range(256)) * 3
+    assert crc32c(sample) == crc32c_by_the_doc(sample)
+
+
+def test_documented_batch_id_hash():
+    assert hashlib.blake2b(b"b-1", digest_size=8).hexdigest() == "2d47d6245e046c9b"
+    assert id_hash("b-1") == 0x9B6C045E24D6472D
+
+
+def test_independent_decoder_reads_what_the_library_wrote(tmp_path):
+    store, results = write_stream(tmp_path)
+    log = read_log(tmp_path)
+    commit, batches = decode_stream(log)
+
+    decoded = [message for batch in batches for message in batch.messages]
+    with store.reader(STREAM) as reader:
+        library = reader.commit()
+        replayed = [tuple(message) for message in reader.replay()]
+    assert decoded == replayed
+    assert len(batches) == len(APPENDS) - 1  # the retry appended nothing
+    assert (commit.counter, commit.position, commit.timestamp_ms) == (
+        library.counter,
+        library.position,
+        library.timestamp_ms,
+    )
+    assert commit.position == results[-1].position == batches[-1].position + batches[-1].length
+    assert commit.timestamp_ms == batches[-1].timestamp_ms
+    assert results[5] == results[1]
+    assert [r.offsets for r in results[:5] + results[6:]] == [
+        [offset for offset, *_ in b.messages] for b in batches
+    ]
+    assert [[(key, value) for _o, _t, key, value in b.messages] for b in batches] == [
+        [tuple(m) for m in messages] for messages, _ in APPENDS[:5] + APPENDS[6:]
+    ]
+    timestamps = [b.timestamp_ms for b in batches]
+    assert timestamps == sorted(timestamps)
+
+
+def test_ring_names_the_batch_starts_of_batch_ids(tmp_path):
+    write_stream(tmp_path)
+    commit, batches = decode_stream(read_log(tmp_path))
+    with_ids = [b for b in batches if b.batch_id]
+    assert [b.batch_id for b in with_ids] == ["b-1", "order:42.retry_1", "Z_9", "last"]
+    assert commit.ring == [(id_hash(b.batch_id), b.position) for b in with_ids]  # oldest first
+    starts = {b.position: b for b in batches}
+    for hash_, start in commit.ring:
+        assert id_hash(starts[start].batch_id) == hash_
+
+
+def test_commit_slots_alternate_and_writes_are_whole_pages(tmp_path):
+    write_stream(tmp_path)
+    log = read_log(tmp_path)
+    commit = decode_commit(log)
+    assert commit.slot == commit.counter % 2
+    other = 1 - commit.slot
+    previous = decode_slot(other, log[other * SLOT_SIZE : (other + 1) * SLOT_SIZE])
+    assert previous is not None and previous.counter == commit.counter - 1
+    assert len(log) % PAGE == 0
+    assert not any(log[2 * SLOT_SIZE : DATA_START])
+
+
+def test_valid_read_positions(tmp_path):
+    store, _results = write_stream(tmp_path)
+    log = read_log(tmp_path)
+    commit, batches = decode_stream(log)
+    with store.reader(STREAM) as reader:
+        for batch in batches:
+            assert locate(log, batch.position, commit.position) == batch.position
+            for offset, *rest in batch.messages:
+                assert locate(log, offset, commit.position) == batch.position
+                (first,) = reader.read(offset, max_messages=1).messages
+                assert tuple(first) == (offset, *rest)
+        assert locate(log, commit.position, commit.position) == commit.position
+        for inside in (batches[0].messages[0][0] + 1, batches[2].messages[0][0] + 5000):
+            with pytest.raises(BadPosition):
+                locate(log, inside, commit.position)
+            with pytest.raises(vault_core.InvalidPosition):
+                reader.read(inside)
+
+
+def test_empty_streams(tmp_path):
+    assert decode_commit(b"") == Commit(None, 0, 0, 0, [])
+    store = vault_core.open_store(tmp_path)
+    store.writer(STREAM).close()  # creates the log and its initial, empty commit in slot A
+    assert decode_commit(read_log(tmp_path)) == Commit(0, 0, 0, 0, [])
+    with store.reader(STREAM) as reader:
+        assert reader.position() == 0
+
+
+def test_a_damaged_newest_slot_falls_back_to_the_other(tmp_path):
+    store, results = write_stream(tmp_path)
+    path = tmp_path / STREAM / "log"
+    log = bytearray(path.read_bytes())
+    newest = decode_commit(bytes(log))
+    log[newest.slot * SLOT_SIZE + 30] ^= 0x01  # as a torn commit write would
+    path.write_bytes(log)
+    commit, batches = decode_stream(bytes(log))
+    assert commit.counter == newest.counter - 1
+    with store.reader(STREAM) as reader:
+        assert commit.position == results[4].position == reader.position()  # results[5] was a retry
+        assert [m for b in batches for m in b.messages] == [tuple(m) for m in reader.replay()]
+
+
+def test_a_damaged_batch_is_corruption(tmp_path):
+    store, _results = write_stream(tmp_path)
+    path = tmp_path / STREAM / "log"
+    log = bytearray(path.read_bytes())
+    _commit, batches = decode_stream(bytes(log))
+    big_value_offset = batches[2].messages[0][0]
+    log[DATA_START + big_value_offset + 1000] ^= 0x40
+    path.write_bytes(log)
+    with pytest.raises(Corrupt, match="checksum"):
+        decode_stream(bytes(log))
+    with store.reader(STREAM) as reader, pytest.raises(vault_core.CorruptDataError) as error:
+        list(reader.replay())
+    assert error.value.position == batches[2].position
+
+
+def test_a_newer_version_in_the_newest_slot_is_an_error_not_a_stale_read(tmp_path):
+    store, _results = write_stream(tmp_path)
+    log = bytearray(read_log(tmp_path))
+    newest = decode_commit(bytes(log))
+    at = newest.slot * SLOT_SIZE
+    log[at + 8] = 2  # version 2, with the CRC made valid again
+    ring_end = at + COMMIT_HEADER.size + RING_ENTRY.size * len(newest.ring)
+    struct.pack_into("<I", log, at + 4, crc32c(bytes(log[at + 8 : ring_end])))
+    (tmp_path / STREAM / "log").write_bytes(bytes(log))
+    with pytest.raises(Corrupt, match="unknown version 2"):
+        decode_commit(bytes(log))
+    with pytest.raises(vault_core.CorruptDataError, match="format version 2"):
+        store.reader(STREAM).position()
