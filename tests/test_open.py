@@ -1,0 +1,60 @@
+"""Choosing a store and a reader from what the caller gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import vault_core
+from vault_core.stores.blob import BlobStore
+from vault_core.stores.local import LocalStore
+
+
+def test_targets_choose_the_backend(tmp_path):
+    assert isinstance(vault_core.open_store(tmp_path), LocalStore)
+    assert isinstance(vault_core.open_store(str(tmp_path)), LocalStore)
+    emulator = vault_core.open_store("UseDevelopmentStorage=true")
+    assert isinstance(emulator, BlobStore) and emulator.container == "vault"
+    assert vault_core.open_store("UseDevelopmentStorage=true", container="events").container == "events"
+
+
+@pytest.mark.parametrize(
+    ("target", "error", "says"),
+    [
+        ("", ValueError, "empty"),
+        (3, TypeError, "path or a string"),
+        (None, TypeError, "path or a string"),
+    ],
+)
+def test_bad_targets(target, error, says):
+    with pytest.raises(error, match=says):
+        vault_core.open_store(target)
+
+
+@pytest.mark.parametrize("container", ["ab", "Vault", "a--b", "-ab", "x" * 64])
+def test_bad_container_names(container):
+    with pytest.raises(ValueError, match="container name"):
+        vault_core.open_store("UseDevelopmentStorage=true", container=container)
+
+
+@pytest.mark.parametrize(
+    ("url", "error", "says"),
+    [
+        ("ftp://host/s/log", ValueError, "unsupported read URL"),
+        ("file:///tmp/s/data", ValueError, "not a stream read URL"),
+        ("file:///tmp/Bad_Name/log", vault_core.InvalidStreamName, "invalid stream name"),
+        (b"file:///tmp/s/log", TypeError, "must be a string"),
+    ],
+)
+def test_bad_read_urls(url, error, says):
+    with pytest.raises(error, match=says):
+        vault_core.open_reader(url)
+
+
+def test_a_local_read_url_names_the_stream(tmp_path):
+    store = vault_core.open_store(tmp_path)
+    url = store.read_url("orders")
+    assert url.startswith("file://") and Path(url[len("file://") :]) == tmp_path.resolve() / "orders" / "log"
+    reader = vault_core.open_reader(url)
+    assert reader.stream == "orders" and reader.position() == 0
