@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import pytest
 
 import vault_core
-from tests.azurite import Azurite
+from tests.azurite import Azurite, FakeEntraCredential
 
 _containers = itertools.count()
 
@@ -22,6 +22,41 @@ def azurite() -> Iterator[Azurite]:
 def azurite_store(azurite: Azurite) -> Iterator[vault_core.Store]:
     """A blob store in a container of its own."""
     store = vault_core.open_store(azurite.connection_string, container=f"test-{next(_containers)}")
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="session")
+def azurite_oauth() -> Iterator[Azurite]:
+    """A second Azurite, over HTTPS with a self-signed certificate, that accepts Entra ID bearer
+    tokens (`--oauth basic`) besides the account key."""
+    emulator = Azurite(oauth=True)
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def trust_azurite_oauth(azurite_oauth: Azurite, monkeypatch: pytest.MonkeyPatch) -> Azurite:
+    """azurite_oauth, its certificate trusted by the Azure SDK for this test. vault_core takes no
+    `connection_verify`, so through REQUESTS_CA_BUNDLE, which requests reads on every request."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(azurite_oauth.ca_path))
+    return azurite_oauth
+
+
+@pytest.fixture
+def entra_credential() -> FakeEntraCredential:
+    """An Entra ID identity of its own (object and tenant ids) whose tokens azurite_oauth accepts."""
+    return FakeEntraCredential()
+
+
+@pytest.fixture
+def entra_store(
+    trust_azurite_oauth: Azurite, entra_credential: FakeEntraCredential
+) -> Iterator[vault_core.Store]:
+    """A blob store opened by account URL with entra_credential (no account key), in a container
+    of its own on azurite_oauth."""
+    url = f"{trust_azurite_oauth.blob_endpoint}/entra-{next(_containers)}"
+    store = vault_core.open_store(url, credential=entra_credential)
     yield store
     store.close()
 

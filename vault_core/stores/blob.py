@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -134,7 +134,7 @@ class BlobStore(Store):
         else:
             signing = {"user_delegation_key": self._service.get_user_delegation_key(start, expiry)}
         sas = generate_blob_sas(
-            blob.account_name,
+            self._service.account_name,  # blob.account_name includes the container on path-style URLs
             blob.container_name,
             blob.blob_name,
             permission=BlobSasPermissions(read=True),
@@ -304,6 +304,11 @@ class BlobLog:
 
 def source_from_url(url: str, *, credential: Any = None) -> tuple[str, LogSource]:
     """The stream name and log of a blob read URL (a SAS URL, or a plain URL with a credential)."""
+    if credential is None and "sig" not in parse_qs(urlparse(url).query):
+        # Anonymous reads of a private blob answer "not found", which would read as an empty stream.
+        raise ValueError(
+            f"{url!r} carries no SAS token: pass credential= (e.g. DefaultAzureCredential()) to read it"
+        )
     blob = BlobClient.from_blob_url(url, credential=credential, **client_options())
     stream, _, leaf = blob.blob_name.rpartition("/")
     if leaf != LOG_BLOB:
