@@ -297,3 +297,31 @@ def test_property_round_trip(store, batches, data):
     assert [m.offset for m in messages] == [o for r in results for o in r.offsets]
     some = data.draw(st.sampled_from(messages))
     assert store.reader(stream).read(some.offset, max_messages=1).messages == [some]
+
+
+@pytest.mark.parametrize(("first", "largest"), [(7, 64), (100, 1000), (4096, 4096)])
+def test_replay_across_any_chunk_boundary(store, monkeypatch, first, largest):
+    """Batches that straddle chunks, headers cut in two, batches bigger than a chunk."""
+    monkeypatch.setattr(vault_core.reader, "FIRST_CHUNK", first)
+    monkeypatch.setattr(vault_core.reader, "REPLAY_CHUNK", largest)
+    sizes = [1, 40, 3, 700, 2, 5000, 1, 13]
+    with store.writer("s") as writer:
+        for n, size in enumerate(sizes):
+            writer.append(batch(1 + n % 3, f"b{n}", size))
+    expected = [m for n, size in enumerate(sizes) for m in batch(1 + n % 3, f"b{n}", size)]
+    reader = store.reader("s")
+    assert [(m.key, m.value) for m in reader.replay()] == expected
+    offsets = [m.offset for m in reader.replay()]
+    assert [(m.key, m.value) for m in reader.replay(offsets[5])] == expected[5:]
+    assert [m.offset for m in reader.read(0, max_messages=100, max_bytes=50).messages] == offsets[:1]
+
+
+def test_a_replay_abandoned_early_stops_its_reader_thread(store):
+    with store.writer("s") as writer:
+        for n in range(50):
+            writer.append(batch(100, f"b{n}", 500))
+    before = threading.active_count()
+    replay = store.reader("s").replay()
+    assert next(replay).key == "b0-0"
+    replay.close()
+    assert threading.active_count() == before

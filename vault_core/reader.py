@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import NamedTuple
+from collections.abc import Generator, Iterator
+from itertools import chain
+from queue import Empty, Full, Queue
+from typing import NamedTuple, TypeVar
 
 from . import format as fmt
 from .errors import InvalidPosition
 from .stores.base import LogSource
 
-# Replay reads this much per request, one request ahead of decoding.
+# A replay's first request is small, so decoding starts early; each next one doubles up to the last.
+FIRST_CHUNK = 256 * 1024
 REPLAY_CHUNK = 16 * 1024 * 1024
 # Slack beyond max_bytes that one read() fetches, so batch headers and keys fit in one request.
 READ_SLACK = 64 * 1024
+
+Frame = tuple[bytes, int, fmt.BatchHeader]  # a verified batch: buffer, where in it, its header
 
 
 class ReadResult(NamedTuple):
@@ -23,7 +29,7 @@ class ReadResult(NamedTuple):
 
 
 class StreamReader:
-    """Reads one stream. Every byte returned has passed its batch checksum."""
+    """Reads one stream. Every message returned comes from a batch whose checksum was verified."""
 
     def __init__(self, stream: str, source: LogSource) -> None:
         self.stream = stream
@@ -49,7 +55,8 @@ class StreamReader:
         messages: list[fmt.StoredMessage] = []
         size = 0
         chunk = min(max_bytes + READ_SLACK, REPLAY_CHUNK)
-        for batch, header in self._decoded(position, batch_start, end, chunk, read_ahead=False):
+        frames = self._frames(batch_start, end, chunk)
+        for batch, header in self._decoded(position, chain.from_iterable(frames)):
             for message in batch:
                 size += len(message.key) + len(message.value)
                 if messages and (len(messages) >= max_messages or size > max_bytes):
@@ -59,19 +66,19 @@ class StreamReader:
                 return ReadResult(messages, header.end)
         return ReadResult(messages, end)
 
-    def replay(self, position: int = 0, *, end: int | None = None) -> Iterator[fmt.StoredMessage]:
-        """Every message from `position` up to `end` (default: the position when called), reading
-        large chunks one request ahead of decoding, in bounded memory."""
+    def replay(self, position: int = 0, *, end: int | None = None) -> Replay:
+        """Every message from `position` up to `end` (default: the position when called). Batches
+        are fetched and verified in a background thread while earlier ones are decoded; memory
+        stays bounded by a few chunks."""
         committed = self.position()
         end = committed if end is None else end
         if isinstance(end, bool) or not isinstance(end, int) or not 0 <= end <= committed:
             raise InvalidPosition(f"end {end} is outside stream {self.stream!r} (0 to {committed})")
         return self._replay(position, end)
 
-    def _replay(self, position: int, end: int) -> Iterator[fmt.StoredMessage]:
-        batch_start = self._locate(position, end)
-        for batch, _header in self._decoded(position, batch_start, end, REPLAY_CHUNK, read_ahead=True):
-            yield from batch
+    def _replay(self, position: int, end: int) -> Replay:
+        frames = _in_background(self._frames(self._locate(position, end), end, FIRST_CHUNK))
+        return Replay(batch for batch, _header in self._decoded(position, frames))
 
     def follow(self, position: int = 0, *, poll_interval: float = 1.0) -> Iterator[fmt.StoredMessage]:
         """Every committed message from `position` on, in order, exactly once; then waits for new
@@ -81,16 +88,17 @@ class StreamReader:
         while True:
             end = self.position()
             if end != position:
-                yield from self._replay(position, end)
+                with self._replay(position, end) as messages:
+                    yield from messages
                 position = end
             else:
                 time.sleep(poll_interval)
 
     def _decoded(
-        self, position: int, batch_start: int, end: int, chunk: int, *, read_ahead: bool
+        self, position: int, frames: Iterator[Frame]
     ) -> Iterator[tuple[list[fmt.StoredMessage], fmt.BatchHeader]]:
-        """The messages of each batch from `batch_start`, those before `position` left out."""
-        for buffer, at, header in self._batches(batch_start, end, chunk, read_ahead=read_ahead):
+        """The messages of each batch, those before `position` left out."""
+        for buffer, at, header in frames:
             if header.position < position:
                 batch = fmt.decode_records(self.stream, buffer, at, header, position)
                 if not batch or batch[0].offset != position:
@@ -108,91 +116,90 @@ class StreamReader:
             raise TypeError(f"position must be an int, got {type(position).__name__}")
         if not 0 <= position <= end:
             raise InvalidPosition(f"position {position} is outside stream {self.stream!r} (0 to {end})")
-        if position == end:
+        if position in (0, end):
             return position
+        not_a_boundary = InvalidPosition(
+            f"position {position} is not a record boundary of stream {self.stream!r}"
+        )
         probe = self._source.read(fmt.data_at(position), fmt.BATCH_HEADER.size)
         if fmt.is_batch_start(probe):
             return position
         back = fmt.back_pointer(probe) if len(probe) >= 4 else 0
         start = position - back
         if back < fmt.BATCH_HEADER.size or start < 0:
-            raise InvalidPosition(f"position {position} is not a record boundary of stream {self.stream!r}")
-        header = self._source.read(fmt.data_at(start), fmt.BATCH_HEADER.size + fmt.MAX_BATCH_ID_BYTES)
+            raise not_a_boundary
+        head = self._source.read(fmt.data_at(start), fmt.BATCH_HEADER.size)
         try:
-            batch = fmt.decode_batch_header(self.stream, header, 0, start)
+            batch = fmt.decode_batch_header(self.stream, head, 0, start)
         except fmt.CorruptDataError:
-            raise InvalidPosition(
-                f"position {position} is not a record boundary of stream {self.stream!r}"
-            ) from None
+            raise not_a_boundary from None
         if not start + batch.records_at <= position < batch.end:
-            raise InvalidPosition(f"position {position} is not a record boundary of stream {self.stream!r}")
+            raise not_a_boundary
         return start
 
-    def _batches(
-        self, start: int, end: int, chunk: int, *, read_ahead: bool
-    ) -> Iterator[tuple[bytes, int, fmt.BatchHeader]]:
-        """Verified batches in [start, end) as (buffer, index in buffer, header). Chunks are read
-        back to back; only a batch that straddles two chunks is copied into a buffer of its own."""
-        position = start
-        carry = bytearray()  # the beginning of a batch that straddles chunks
-        for _chunk_start, data in self._chunks(start, end, chunk, read_ahead):
-            index = 0
-            if carry:
-                needed = _bytes_needed(self.stream, carry, position)
-                while needed and index < len(data):
-                    taken = min(needed, len(data) - index)
-                    carry += data[index : index + taken]
-                    index += taken
-                    needed = _bytes_needed(self.stream, carry, position)
-                if needed:
-                    continue
-                buffer = bytes(carry)
-                carry.clear()
-                header = self._verified(buffer, 0, position, end)
-                yield buffer, 0, header
-                position = header.end
-            while index < len(data):
-                if _bytes_needed(self.stream, data, position, index):
-                    carry += data[index:]
-                    break
-                header = self._verified(data, index, position, end)
-                yield data, index, header
-                position = header.end
-                index += header.length
+    def _frames(self, start: int, end: int, first_chunk: int) -> Iterator[list[Frame]]:
+        """The verified batches in [start, end), one list per chunk read. Chunks are read back to
+        back, growing from `first_chunk`; only a batch that straddles two chunks is copied."""
+        chunk, fetched, position = first_chunk, start, start
+        pending: bytes | memoryview = b""  # the beginning of a batch that straddles chunks
+        while fetched < end:
+            length = min(chunk, end - fetched)
+            data = self._source.read(fmt.data_at(fetched), length)
+            if len(data) != length:
+                raise fmt.CorruptDataError(self.stream, fetched + len(data), "log is shorter than committed")
+            fetched += length
+            chunk = min(2 * chunk, REPLAY_CHUNK)
+            frames: list[Frame] = []
+            try:
+                pending, position = self._frame_chunk(data, pending, position, end, frames)
+            except fmt.CorruptDataError:
+                if frames:  # what comes before the damage is still good
+                    yield frames
+                raise
+            if frames:
+                yield frames
         if position != end:
             raise fmt.CorruptDataError(self.stream, position, "log ends before the committed position")
 
-    def _verified(self, buffer: bytes, at: int, position: int, end: int) -> fmt.BatchHeader:
-        header = fmt.decode_batch_header(self.stream, buffer, at, position)
+    def _frame_chunk(
+        self, data: bytes, pending: bytes | memoryview, position: int, end: int, frames: list[Frame]
+    ) -> tuple[bytes | memoryview, int]:
+        """Append the verified batches of one chunk (and the batch that `pending` began) to
+        `frames`; return the bytes of a batch left incomplete and the next batch's position."""
+        header_size = fmt.BATCH_HEADER.size
+        length = len(data)
+        index = 0
+        if pending:
+            head = bytes(pending[:header_size]) + data[: max(0, header_size - len(pending))]
+            if len(head) < header_size:
+                return b"".join((pending, data)), position
+            needed = fmt.decode_batch_header(self.stream, head, 0, position).length - len(pending)
+            if needed > length:
+                return b"".join((pending, data)), position
+            buffer = b"".join((pending, memoryview(data)[:needed]))
+            frames.append(self._verified(buffer, 0, position, end))
+            position += len(buffer)
+            index, pending = needed, b""
+        while index < length:
+            if length - index < header_size:
+                return memoryview(data)[index:], position
+            header = fmt.decode_batch_header(self.stream, data, index, position)
+            if index + header.length > length:
+                return memoryview(data)[index:], position
+            frames.append(self._verified(data, index, position, end, header))
+            position = header.end
+            index += header.length
+        return b"", position
+
+    def _verified(
+        self, buffer: bytes, at: int, position: int, end: int, header: fmt.BatchHeader | None = None
+    ) -> Frame:
+        if header is None:
+            header = fmt.decode_batch_header(self.stream, buffer, at, position)
         if header.end > end:
             raise fmt.CorruptDataError(self.stream, position, f"batch runs past the committed position {end}")
         fmt.verify_batch(self.stream, buffer, at, header)
-        return header
-
-    def _chunks(self, start: int, end: int, chunk: int, read_ahead: bool) -> Iterator[tuple[int, bytes]]:
-        """The log's bytes for stream positions [start, end), in chunks, optionally fetching the
-        next one while the caller decodes the current one."""
-
-        def fetch(at: int) -> bytes:
-            length = min(chunk, end - at)
-            data = self._source.read(fmt.data_at(at), length)
-            if len(data) != length:
-                raise fmt.CorruptDataError(self.stream, at + len(data), "log is shorter than committed")
-            return data
-
-        if not read_ahead:
-            for at in range(start, end, chunk):
-                yield at, fetch(at)
-            return
-        with ThreadPoolExecutor(1, thread_name_prefix="vault-read-ahead") as pool:
-            pending: Future[bytes] | None = pool.submit(fetch, start) if start < end else None
-            at = start
-            while pending is not None:
-                data = pending.result()
-                following = at + len(data)
-                pending = pool.submit(fetch, following) if following < end else None
-                yield at, data
-                at = following
+        return buffer, at, header
 
     def close(self) -> None:
         self._source.close()
@@ -204,13 +211,74 @@ class StreamReader:
         self.close()
 
 
-def _bytes_needed(stream: str, buffer: bytes | bytearray, position: int, at: int = 0) -> int:
-    """How many more bytes buffer[at:] needs to hold the whole batch at `position`."""
-    have = len(buffer) - at
-    if have < fmt.BATCH_HEADER.size:
-        return fmt.BATCH_HEADER.size - have
-    header = fmt.decode_batch_header(stream, buffer, at, position)
-    return max(0, header.length - have)
+class Replay(Iterator[fmt.StoredMessage]):
+    """The messages of a replay. Stopping early with close() (or a `with` block, or by dropping
+    it) stops its read-ahead thread."""
+
+    def __init__(self, batches: Generator[list[fmt.StoredMessage], None, None]) -> None:
+        self._batches = batches
+        self._messages = chain.from_iterable(batches)
+
+    def __iter__(self) -> Iterator[fmt.StoredMessage]:
+        return self._messages  # a for loop runs at the speed of itertools.chain
+
+    def __next__(self) -> fmt.StoredMessage:
+        return next(self._messages)
+
+    def close(self) -> None:
+        self._batches.close()
+
+    def __enter__(self) -> Replay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+T = TypeVar("T")
+
+
+def _in_background(groups: Iterator[list[T]]) -> Iterator[T]:
+    """Runs `groups` in a thread one group ahead of the caller; errors surface in the caller, and
+    a caller that stops early stops the thread."""
+    queue: Queue[tuple[list[T] | None, BaseException | None]] = Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(item: tuple[list[T] | None, BaseException | None]) -> None:
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=0.1)
+                return
+            except Full:
+                continue
+
+    def run() -> None:
+        try:
+            for group in groups:
+                put((group, None))
+                if stop.is_set():
+                    return
+            put((None, None))
+        except BaseException as error:  # handed to the caller, who raises it
+            put((None, error))
+        finally:
+            groups.close()  # type: ignore[attr-defined]
+
+    thread = threading.Thread(target=run, name="vault-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            group, error = queue.get()
+            if group is None:
+                if error is not None:
+                    raise error
+                return
+            yield from group
+    finally:
+        stop.set()
+        with contextlib.suppress(Empty):
+            queue.get_nowait()  # unblock a thread waiting to hand over one more group
+        thread.join()
 
 
 def _check_limit(name: str, value: int) -> None:
