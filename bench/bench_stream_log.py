@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -119,11 +120,19 @@ def encode_like_writer(batches: Sequence[Sequence[vault_core.Message]]) -> list[
 # --- timed operations: each returns the seconds of its timed part alone ----------------------
 
 
-def vault_append(store: vault_core.Store, batches: Sequence[Sequence[vault_core.Message]]) -> float:
+def vault_append(
+    store: vault_core.Store, batches: Sequence[Sequence[vault_core.Message]], producers: int = 1
+) -> float:
+    """Appends by one producer, or by several threads sharing the writer (whose appends then
+    commit together: one data write and one commit for all batches queued meanwhile)."""
     with store.writer(STREAM) as writer:  # opening (lock or lease) is not timed
         start = time.perf_counter()
-        for messages in batches:
-            writer.append(messages)
+        if producers == 1:
+            for messages in batches:
+                writer.append(messages)
+        else:
+            with ThreadPoolExecutor(producers) as pool:
+                deque(pool.map(writer.append, batches), maxlen=0)
         return time.perf_counter() - start
 
 
@@ -291,7 +300,9 @@ class Case:
         self.writes = encode_like_writer(batches)
         self.messages = 0  # in the stream the vault wrote last
 
-    def vault_append(self, count: int) -> float:
+    producers = 1  # > 1: also measure appends by that many threads sharing one writer
+
+    def vault_append(self, count: int, producers: int = 1) -> float:
         raise NotImplementedError
 
     def base_append(self, count: int) -> float:
@@ -317,10 +328,16 @@ class Case:
         def row(op: str, baseline: str, seconds: tuple[float, float], target: float) -> Row:
             return Row(self.values, self.store_name, op, baseline, nbytes, messages, *seconds, target)
 
-        return [
+        rows = [
             row("append", self.append_baseline, append, targets[0]),
             row("read", self.read_baseline, read, targets[1]),
         ]
+        if self.producers > 1:
+            grouped = best_of(
+                repeats, lambda: self.vault_append(count, self.producers), lambda: self.base_append(count)
+            )
+            rows.append(row(f"append x{self.producers}", self.append_baseline, grouped, targets[0]))
+        return rows
 
     def stream_length(self) -> int:
         """The length of the stream the vault wrote last."""
@@ -350,9 +367,9 @@ class LocalCase(Case):
             self.append_baseline = "file write+fdatasync per batch"
             self.read_baseline = "sequential file read, 16 MiB"
 
-    def vault_append(self, count: int) -> float:
+    def vault_append(self, count: int, producers: int = 1) -> float:
         shutil.rmtree(self.root / "vault" / STREAM, ignore_errors=True)
-        elapsed = vault_append(self.store, self.batches[:count])
+        elapsed = vault_append(self.store, self.batches[:count], producers)
         self.messages = count * len(self.batches[0])
         return elapsed
 
@@ -394,9 +411,9 @@ class AzuriteCase(Case):
         self.log = self.container.get_blob_client(f"{STREAM}/log")
         self.raw = self.container.get_blob_client("raw")
 
-    def vault_append(self, count: int) -> float:
+    def vault_append(self, count: int, producers: int = 1) -> float:
         _delete_blob(self.log)  # Azurite holds everything in memory: keep one copy
-        elapsed = vault_append(self.store, self.batches[:count])
+        elapsed = vault_append(self.store, self.batches[:count], producers)
         self.messages = count * len(self.batches[0])
         return elapsed
 
@@ -604,6 +621,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--small-azurite", type=int, help="100-byte messages, Azurite (200,000)")
     parser.add_argument("--replay-mib", type=int, help="MiB of the stream replayed for peak memory (1024)")
     parser.add_argument("--repeats", type=int, help="timed runs per figure, the best kept (5)")
+    parser.add_argument(
+        "--producers",
+        type=int,
+        default=4,
+        help="threads sharing one writer in the extra 100 B append row (4; 1 leaves it out)",
+    )
     parser.add_argument("--verbose", action="store_true", help="print the seconds of every timed run")
     parser.add_argument("--markdown", metavar="FILE", type=Path, help="also write the tables to FILE")
     args = parser.parse_args(argv)
@@ -671,6 +694,7 @@ def run_cases(cases: Cases) -> list[Row]:
 def local_cases(args: argparse.Namespace, tmp: Path) -> Cases:
     def local(name: str, values: str, batches: list[list[vault_core.Message]], **options: Any) -> list[Row]:
         case = LocalCase(values, batches, tmp / name, floor=options["floor"])
+        case.producers = options.get("producers", 1)
         try:
             return case.run(args.repeats, options["targets"])
         finally:
@@ -685,7 +709,7 @@ def local_cases(args: argparse.Namespace, tmp: Path) -> Cases:
     def small() -> list[Row]:
         batches = make_batches(math.ceil(args.small_local / SMALL_BATCH), SMALL_BATCH, SMALL_VALUE)
         targets = (TARGET_SMALL_APPEND_LOCAL, TARGET_SMALL_READ_LOCAL)
-        return local("small", "100 B", batches, floor=True, targets=targets)
+        return local("small", "100 B", batches, floor=True, targets=targets, producers=args.producers)
 
     yield f"64 KiB values, local store, {args.big_local_mib} MiB", big
     yield f"100 B values, local store, {args.small_local:,} messages", small
@@ -693,9 +717,14 @@ def local_cases(args: argparse.Namespace, tmp: Path) -> Cases:
 
 def azurite_cases(args: argparse.Namespace, connection_string: str) -> Cases:
     def azurite(
-        container: str, values: str, batches: list[list[vault_core.Message]], targets: tuple[float, float]
+        container: str,
+        values: str,
+        batches: list[list[vault_core.Message]],
+        targets: tuple[float, float],
+        producers: int = 1,
     ) -> list[Row]:
         case = AzuriteCase(values, batches, connection_string, container)
+        case.producers = producers
         try:
             return case.run(args.repeats, targets)
         finally:
@@ -707,9 +736,8 @@ def azurite_cases(args: argparse.Namespace, connection_string: str) -> Cases:
 
     def small() -> list[Row]:
         batches = make_batches(math.ceil(args.small_azurite / SMALL_BATCH), SMALL_BATCH, SMALL_VALUE)
-        return azurite(
-            "bench-small", "100 B", batches, (TARGET_SMALL_APPEND_AZURITE, TARGET_SMALL_READ_AZURITE)
-        )
+        targets = (TARGET_SMALL_APPEND_AZURITE, TARGET_SMALL_READ_AZURITE)
+        return azurite("bench-small", "100 B", batches, targets, args.producers)
 
     # The small case first: it is the most sensitive to per-request latency, and the emulator
     # is still collecting the garbage of the big case for a while after it.

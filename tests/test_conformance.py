@@ -325,3 +325,67 @@ def test_a_replay_abandoned_early_stops_its_reader_thread(store):
     assert next(replay).key == "b0-0"
     replay.close()
     assert threading.active_count() == before
+
+
+def test_concurrent_appends_commit_together_each_batch_whole_and_once(store):
+    """Eight threads append at once, some retrying ids, some sending bad batches: every accepted
+    batch is in the stream exactly once, whole, at the offsets its append returned."""
+    results: dict[str, vault_core.AppendResult] = {}
+    refused: list[str] = []
+
+    def produce(thread: int) -> None:
+        for n in range(15):
+            name = f"t{thread}-{n}"
+            messages = batch(1 + (thread + n) % 7, name, size=(thread * 31 + n) % 200)
+            if n % 5 == 4:  # a bad batch among good ones
+                try:
+                    writer.append([*messages, Message("k", bytes(vault_core.format.MAX_VALUE_BYTES + 1))])
+                except vault_core.MessageTooLarge:
+                    refused.append(name)
+                continue
+            result = writer.append(messages, batch_id=name)
+            assert writer.append(messages, batch_id=name) == result  # a retry changes nothing
+            results[name] = result
+
+    with store.writer("s") as writer:
+        threads = [threading.Thread(target=produce, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        position = writer.position
+    assert len(refused) == 8 * 3 and len(results) == 8 * 12
+    messages = list(store.reader("s").replay())
+    by_offset = {m.offset: m for m in messages}
+    for name, result in results.items():
+        thread, n = (int(x) for x in name[1:].split("-"))
+        expected = batch(1 + (thread + n) % 7, name, size=(thread * 31 + n) % 200)
+        assert [(by_offset[o].key, by_offset[o].value) for o in result.offsets] == expected
+    assert len(messages) == sum(len(r.offsets) for r in results.values())
+    assert max(r.position for r in results.values()) == position == store.reader("s").position()
+
+
+def test_the_same_batch_id_twice_in_one_group(store):
+    """Two threads racing with one batch id: one copy, both told the same result."""
+    with store.writer("s") as writer:
+        barrier = threading.Barrier(4)
+        outcomes: list[object] = []
+
+        def send(messages: list[Message]) -> None:
+            barrier.wait()
+            try:
+                outcomes.append(writer.append(messages, batch_id="same"))
+            except vault_core.BatchIdConflict as error:
+                outcomes.append(error)
+
+        threads = [threading.Thread(target=send, args=(batch(3),)) for _ in range(3)]
+        threads.append(threading.Thread(target=send, args=(batch(2, "other"),)))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    results = [o for o in outcomes if isinstance(o, vault_core.AppendResult)]
+    conflicts = [o for o in outcomes if isinstance(o, vault_core.BatchIdConflict)]
+    assert len(results) + len(conflicts) == 4 and all(r == results[0] for r in results)
+    assert contents(store, "s") in (batch(3), batch(2, "other"))
+    assert len(conflicts) == (1 if contents(store, "s") == batch(3) else 3)

@@ -136,30 +136,23 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class EncodedBatch(NamedTuple):
-    buffer: bytearray  # prefix + batch + zero padding to the alignment
-    length: int  # bytes of the batch alone
-    offsets: list[int]
+class PreparedBatch(NamedTuple):
+    """A batch encoded but not yet placed: its header waits for a position and a timestamp."""
+
+    buffer: bytearray
+    count: int
+    offsets: list[int]  # where each record starts, from the batch start
 
 
-def encode_batch(
-    messages: object,
-    *,
-    position: int,
-    timestamp_ms: int,
-    batch_id: bytes = b"",
-    prefix: bytes = b"",
-    align: int = 1,
-) -> EncodedBatch:
-    """Encode messages as one batch starting at `position`, in a buffer that begins with `prefix`
-    and is zero-padded to a multiple of `align`. Raises before anything is stored if any message
-    is wrong."""
+def prepare_batch(messages: object, batch_id: bytes = b"") -> PreparedBatch:
+    """Validate and encode messages as one batch. Raises, before anything is stored, if any
+    message is wrong. Needs no lock: the writer seals the batch when its turn comes."""
     if isinstance(messages, (str, bytes)) or not hasattr(messages, "__len__"):
         raise TypeError("messages must be a list of Message(key, value)")
     count = len(messages)  # type: ignore[arg-type]
     if not 1 <= count <= MAX_BATCH_MESSAGES:
         raise ValueError(f"a batch holds 1 to {MAX_BATCH_MESSAGES} messages, got {count}")
-    parts: list[bytes | bytearray] = [prefix, b"", batch_id]
+    parts: list[bytes | bytearray] = [bytes(BATCH_HEADER.size), batch_id]
     offsets = []
     pack = RECORD_HEADER.pack
     at = BATCH_HEADER.size + len(batch_id)
@@ -188,35 +181,47 @@ def encode_batch(
         parts.append(pack(at, len(value), len(key_bytes)))
         parts.append(key_bytes)
         parts.append(value)
-        offsets.append(position + at)
+        offsets.append(at)
         at += RECORD_HEADER.size + len(key_bytes) + len(value)
     if at > MAX_BATCH_BYTES:
         raise MessageTooLarge(
             f"the batch encodes to {at} bytes, above the {MAX_BATCH_BYTES}-byte limit; "
             "split it into smaller batches"
         )
-    end = len(prefix) + at
-    parts.append(bytes(-end % align))
-    parts[1] = bytes(BATCH_HEADER.size)
     buffer = bytearray().join(parts)
-    BATCH_HEADER.pack_into(
-        buffer,
-        len(prefix),
-        BATCH_MAGIC,
-        0,
-        VERSION,
-        0,
-        len(batch_id),
-        0,
-        at,
-        position,
-        timestamp_ms,
-        count,
-        0,
-    )
-    crc = crc32c(memoryview(buffer)[len(prefix) + 8 : end])
-    struct.pack_into("<I", buffer, len(prefix) + 4, crc)
-    return EncodedBatch(buffer, at, offsets)
+    BATCH_HEADER.pack_into(buffer, 0, BATCH_MAGIC, 0, VERSION, 0, len(batch_id), 0, at, 0, 0, count, 0)
+    return PreparedBatch(buffer, count, offsets)
+
+
+def seal_batch(batch: PreparedBatch, *, position: int, timestamp_ms: int) -> list[int]:
+    """Place a prepared batch at `position`: fill in its header and checksum. Returns the
+    stream offsets of its messages."""
+    struct.pack_into("<QQ", batch.buffer, 16, position, timestamp_ms)
+    struct.pack_into("<I", batch.buffer, 4, crc32c(memoryview(batch.buffer)[8:]))
+    return list(map(position.__add__, batch.offsets))
+
+
+class EncodedBatch(NamedTuple):
+    buffer: bytes  # prefix + batch + zero padding to the alignment
+    length: int  # bytes of the batch alone
+    offsets: list[int]
+
+
+def encode_batch(
+    messages: object,
+    *,
+    position: int,
+    timestamp_ms: int,
+    batch_id: bytes = b"",
+    prefix: bytes = b"",
+    align: int = 1,
+) -> EncodedBatch:
+    """One batch at `position`, in a buffer that begins with `prefix` and is zero-padded to a
+    multiple of `align`: what a writer writes for a single batch."""
+    batch = prepare_batch(messages, batch_id)
+    offsets = seal_batch(batch, position=position, timestamp_ms=timestamp_ms)
+    end = len(prefix) + len(batch.buffer)
+    return EncodedBatch(b"".join((prefix, batch.buffer, bytes(-end % align))), len(batch.buffer), offsets)
 
 
 def is_batch_start(buffer: bytes, at: int = 0) -> bool:

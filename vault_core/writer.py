@@ -11,6 +11,9 @@ from .errors import BatchIdConflict, FencedError, VaultError
 from .reader import read_batch
 from .stores.base import LogWriter
 
+# A group commit takes queued batches until its write reaches this size; the rest wait their turn.
+GROUP_BYTES = 16 * 1024 * 1024
+
 
 class AppendResult(NamedTuple):
     position: int  # committed length of the stream after the batch
@@ -22,13 +25,16 @@ class StreamWriter:
 
     An append writes the batch's data pages, makes them durable, then writes the next commit slot
     (fenced by the lease and the log's ETag). Only then does it return: a crash at any point leaves
-    the stream at its last acknowledged position. Safe to share between threads: appends queue.
+    the stream at its last acknowledged position. Safe to share between threads: batches appended
+    meanwhile by other threads are committed together with one data write and one commit.
     """
 
     def __init__(self, stream: str, log: LogWriter) -> None:
         self.stream = stream
         self._log = log
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held by the thread leading a group commit
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Append] = []
         self._closed = False
         self._fenced: FencedError | None = None
         try:
@@ -48,8 +54,7 @@ class StreamWriter:
         # Batch id hash -> starts of the batches in the ring with that hash (collisions are rare,
         # not impossible: every candidate is checked against the id stored in its batch).
         self._batch_starts: dict[int, list[int]] = {}
-        for id_hash, start in fmt.ring_entries(commit.ring):
-            self._batch_starts.setdefault(id_hash, []).append(start)
+        self._index_ring(fmt.ring_entries(commit.ring), b"")
         at = fmt.data_at(commit.position)
         tail_length = at % fmt.PAGE
         self._tail = self._log.read(at - tail_length, tail_length) if tail_length else b""
@@ -69,60 +74,104 @@ class StreamWriter:
         after a crash) returns the first result and appends nothing; BatchIdConflict if the id was
         used for different messages. The last 1,024 batch ids of the stream are remembered.
         """
-        id_bytes = fmt.check_batch_id(batch_id)
+        batch_id_bytes = fmt.check_batch_id(batch_id)
+        # Encoded here, outside the lock, while the leader of a group commit waits on storage.
+        request = _Append(messages, batch_id_bytes, fmt.prepare_batch(messages, batch_id_bytes))
+        with self._queue_lock:
+            self._queue.append(request)
         with self._lock:
+            if not request.done:  # no leader took it along: lead the next group commit
+                self._lead()
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
+
+    def _lead(self) -> None:
+        with self._queue_lock:
+            group, self._queue = self._queue, []
+        try:
             if self._closed:
                 raise VaultError(f"the writer of stream {self.stream!r} is closed")
             if self._fenced is not None:
                 raise self._fenced
-            try:
-                if self._in_doubt:
-                    self._log.refresh()
-                    self._load()
-                if id_bytes:
-                    earlier = self._find(id_bytes, messages)
-                    if earlier is not None:
-                        return earlier
-                return self._append(messages, id_bytes)
-            except FencedError as error:
+            if self._in_doubt:
+                self._log.refresh()
+                self._load()
+            self._append(group)
+        except BaseException as error:
+            if isinstance(error, FencedError):
                 self._fenced = error
+            for request in group:
+                request.finish(error=error)
+            if not isinstance(error, Exception):
                 raise
 
-    def _append(self, messages: Sequence[fmt.Message], batch_id: bytes) -> AppendResult:
+    def _append(self, group: list[_Append]) -> None:
+        """Commit the batches of `group` with one data write and one commit; requests it leaves
+        for the next group are removed from `group` and put back at the head of the queue."""
         commit = self._commit
         timestamp = max(fmt.now_ms(), commit.timestamp_ms)  # never decreases within a stream
-        at = fmt.data_at(commit.position)
-        batch = fmt.encode_batch(
-            messages,
-            position=commit.position,
-            timestamp_ms=timestamp,
-            batch_id=batch_id,
-            prefix=self._tail,
-            align=fmt.PAGE,
-        )
-        end = commit.position + batch.length
-        id_hash = fmt.batch_id_hash(batch_id) if batch_id else 0
-        ring = fmt.ring_add(commit.ring, id_hash, commit.position) if batch_id else commit.ring
-        new_commit = fmt.Commit(commit.counter + 1, end, timestamp, ring)
-        # From the first byte written until the commit is known, a failure leaves the outcome
-        # unknown: the next append re-reads the log before doing anything.
-        self._in_doubt = True
-        self._log.write(at - len(self._tail), batch.buffer)
-        self._log.commit(fmt.SLOTS[new_commit.counter % 2], fmt.encode_commit(new_commit))
-        self._in_doubt = False
-        self._commit = new_commit
-        if batch_id:
-            self._batch_starts.setdefault(id_hash, []).append(commit.position)
-            if len(commit.ring) == fmt.RING_CAPACITY * fmt.RING_ENTRY.size:  # the oldest fell out
-                oldest_hash, oldest_start = fmt.RING_ENTRY.unpack_from(commit.ring)
-                starts = self._batch_starts[oldest_hash]
-                starts.remove(oldest_start)
+        position, ring = commit.position, commit.ring
+        buffers: list[bytes | bytearray] = [self._tail]
+        added: list[tuple[int, int]] = []  # (batch id hash, batch start) of the ids this commit adds
+        first_with_id: dict[bytes, _Append] = {}
+        for index, request in enumerate(group):
+            if position - commit.position >= GROUP_BYTES:
+                with self._queue_lock:
+                    self._queue[:0] = group[index:]
+                del group[index:]
+                break
+            try:
+                if request.batch_id:
+                    twin = first_with_id.get(request.batch_id)
+                    if twin is not None:  # the same batch twice in one group
+                        request.follow(twin, self.stream)
+                        continue
+                    earlier = self._find(request.batch_id, request.messages)
+                    if earlier is not None:
+                        request.finish(earlier)
+                        continue
+            except BatchIdConflict as error:  # this batch is refused; the others go on
+                request.finish(error=error)
+                continue
+            offsets = fmt.seal_batch(request.prepared, position=position, timestamp_ms=timestamp)
+            if request.batch_id:
+                first_with_id[request.batch_id] = request
+                id_hash = fmt.batch_id_hash(request.batch_id)
+                ring = fmt.ring_add(ring, id_hash, position)
+                added.append((id_hash, position))
+            position += len(request.prepared.buffer)
+            request.result = AppendResult(position, offsets)
+            buffers.append(request.prepared.buffer)
+        if len(buffers) > 1:
+            data = _page_aligned(buffers)
+            new_commit = fmt.Commit(commit.counter + 1, position, timestamp, ring)
+            # From the first byte written until the commit is known, a failure leaves the outcome
+            # unknown: the next append re-reads the log before doing anything.
+            self._in_doubt = True
+            self._log.write(fmt.data_at(commit.position) - len(self._tail), data)
+            self._log.commit(fmt.SLOTS[new_commit.counter % 2], fmt.encode_commit(new_commit))
+            self._in_doubt = False
+            self._commit = new_commit
+            self._index_ring(added, commit.ring)
+            data_end = len(self._tail) + position - commit.position
+            self._tail = bytes(data[data_end - fmt.data_at(position) % fmt.PAGE : data_end])
+        for request in group:
+            request.finish()
+
+    def _index_ring(self, added: list[tuple[int, int]], old_ring: bytes) -> None:
+        """Index the batch ids a commit added to the ring, forgetting those that fell out of it."""
+        for id_hash, start in added:
+            self._batch_starts.setdefault(id_hash, []).append(start)
+        overflow = len(old_ring) // fmt.RING_ENTRY.size + len(added) - fmt.RING_CAPACITY
+        if overflow > 0:
+            entries = fmt.ring_entries(old_ring) + added
+            for id_hash, start in entries[:overflow]:
+                starts = self._batch_starts[id_hash]
+                starts.remove(start)
                 if not starts:
-                    del self._batch_starts[oldest_hash]
-        data_end = len(self._tail) + batch.length
-        tail_length = fmt.data_at(end) % fmt.PAGE
-        self._tail = bytes(batch.buffer[data_end - tail_length : data_end])
-        return AppendResult(end, batch.offsets)
+                    del self._batch_starts[id_hash]
 
     def _find(self, batch_id: bytes, messages: Sequence[fmt.Message]) -> AppendResult | None:
         """The result of an earlier batch with this id, if it is still remembered."""
@@ -132,10 +181,7 @@ class StreamWriter:
                 continue
             stored = fmt.decode_records(self.stream, buffer, 0, header)
             if not _same_messages(stored, messages):
-                raise BatchIdConflict(
-                    f"batch id {batch_id.decode()!r} was already used on stream {self.stream!r} "
-                    "for different messages"
-                )
+                raise _conflict(batch_id, self.stream)
             return AppendResult(header.end, [m.offset for m in stored])
         return None
 
@@ -150,6 +196,51 @@ class StreamWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Append:
+    """One caller's batch, queued for a group commit."""
+
+    __slots__ = ("batch_id", "done", "error", "messages", "prepared", "result", "twin")
+
+    def __init__(self, messages: Sequence[fmt.Message], batch_id: bytes, prepared: fmt.PreparedBatch) -> None:
+        self.messages = messages
+        self.batch_id = batch_id
+        self.prepared = prepared
+        self.result: AppendResult | None = None
+        self.error: BaseException | None = None
+        self.twin: _Append | None = None
+        self.done = False
+
+    def follow(self, twin: _Append, stream: str) -> None:
+        """Share the outcome of an identical batch (same id) in the same group."""
+        try:
+            same = [tuple(m) for m in self.messages] == [tuple(m) for m in twin.messages]
+        except TypeError:
+            same = False
+        if not same:
+            raise _conflict(self.batch_id, stream)
+        self.twin = twin
+
+    def finish(self, result: AppendResult | None = None, *, error: BaseException | None = None) -> None:
+        if self.done:
+            return
+        if self.twin is not None:
+            result, error = self.twin.result, error or self.twin.error
+        self.result = result or self.result
+        self.error = error
+        self.done = True
+
+
+def _page_aligned(buffers: list[bytes | bytearray]) -> bytes:
+    size = sum(map(len, buffers))
+    return b"".join([*buffers, bytes(-size % fmt.PAGE)])
+
+
+def _conflict(batch_id: bytes, stream: str) -> BatchIdConflict:
+    return BatchIdConflict(
+        f"batch id {batch_id.decode()!r} was already used on stream {stream!r} for different messages"
+    )
 
 
 def _same_messages(stored: list[fmt.StoredMessage], messages: Sequence[fmt.Message]) -> bool:
