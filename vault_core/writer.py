@@ -145,18 +145,18 @@ class StreamWriter:
             request.result = AppendResult(position, offsets)
             buffers.append(request.prepared.buffer)
         if len(buffers) > 1:
-            data = _page_aligned(buffers)
+            written = len(self._tail) + position - commit.position
+            buffers.append(bytes(-written % fmt.PAGE))  # whole pages
             new_commit = fmt.Commit(commit.counter + 1, position, timestamp, ring)
             # From the first byte written until the commit is known, a failure leaves the outcome
             # unknown: the next append re-reads the log before doing anything.
             self._in_doubt = True
-            self._log.write(fmt.data_at(commit.position) - len(self._tail), data)
+            self._log.write(fmt.data_at(commit.position) - len(self._tail), buffers)
             self._log.commit(fmt.SLOTS[new_commit.counter % 2], fmt.encode_commit(new_commit))
             self._in_doubt = False
             self._commit = new_commit
             self._index_ring(added, commit.ring)
-            data_end = len(self._tail) + position - commit.position
-            self._tail = bytes(data[data_end - fmt.data_at(position) % fmt.PAGE : data_end])
+            self._tail = _last_bytes(buffers[:-1], fmt.data_at(position) % fmt.PAGE)
         for request in group:
             request.finish()
 
@@ -232,9 +232,15 @@ class _Append:
         self.done = True
 
 
-def _page_aligned(buffers: list[bytes | bytearray]) -> bytes:
-    size = sum(map(len, buffers))
-    return b"".join([*buffers, bytes(-size % fmt.PAGE)])
+def _last_bytes(buffers: list[bytes | bytearray], count: int) -> bytes:
+    """The last `count` bytes of the buffers laid end to end."""
+    parts: list[bytes | bytearray] = []
+    for buffer in reversed(buffers):
+        if count <= 0:
+            break
+        parts.append(buffer[-count:])
+        count -= len(parts[-1])
+    return b"".join(reversed(parts))
 
 
 def _conflict(batch_id: bytes, stream: str) -> BatchIdConflict:

@@ -9,6 +9,7 @@ durable, and fences a writer that lost ownership.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol
 
@@ -37,9 +38,9 @@ class LogWriter(Protocol):
         """As `LogSource.read`."""
         ...
 
-    def write(self, start: int, data: bytes | bytearray) -> None:
-        """Store data pages at `start` (both whole 512-byte pages); durable when it returns.
-        Raises FencedError if ownership was lost."""
+    def write(self, start: int, parts: Sequence[bytes | bytearray]) -> None:
+        """Store the parts end to end at `start` (page-aligned, whole 512-byte pages in all);
+        durable when it returns. Raises FencedError if ownership was lost."""
         ...
 
     def commit(self, start: int, record: bytes) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
@@ -203,8 +204,9 @@ class BlobLog:
     def read(self, start: int, length: int) -> bytes:
         return self._source.read(start, length)
 
-    def write(self, start: int, data: bytes | bytearray) -> None:
+    def write(self, start: int, parts: Sequence[bytes | bytearray]) -> None:
         self._keep_lease()
+        data = parts[0] if len(parts) == 1 else b"".join(parts)  # Put Page takes one buffer
         end = start + len(data)
         if end > self._size:
             self._grow(end)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -15,6 +16,7 @@ from ..format import check_stream_name
 from .base import LogSource, LogWriter, Store
 
 LOG_FILE = "log"
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
 
 
 class LocalStore(Store):
@@ -94,20 +96,26 @@ class LocalLog:
     def read(self, start: int, length: int) -> bytes:
         return _pread(self._fd, start, length)
 
-    def write(self, start: int, data: bytes | bytearray) -> None:
-        self._pwrite(start, data)
+    def write(self, start: int, parts: Sequence[bytes | bytearray]) -> None:
+        self._pwrite(start, parts)
 
     def commit(self, start: int, record: bytes) -> None:
-        self._pwrite(start, record)
+        self._pwrite(start, [record])
 
-    def _pwrite(self, start: int, data: bytes | bytearray) -> None:
+    def _pwrite(self, start: int, parts: Sequence[bytes | bytearray]) -> None:
+        """Write the parts end to end (gathered by the kernel, not copied here), then fdatasync."""
         if self._fd < 0:
             raise VaultError(f"log {self.path} is closed")
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self._fd, view, start)
-            view = view[written:]
+        views = [memoryview(part) for part in parts if len(part)]
+        first = 0
+        while first < len(views):
+            written = os.pwritev(self._fd, views[first : first + _IOV_MAX], start)
             start += written
+            while first < len(views) and written >= len(views[first]):
+                written -= len(views[first])
+                first += 1
+            if written:  # a short write: resume inside this part
+                views[first] = views[first][written:]
         os.fdatasync(self._fd)
 
     def refresh(self) -> None:
