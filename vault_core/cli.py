@@ -54,5 +54,39 @@ def demo(target: str) -> None:
     click.echo(f"\nread-only URL for consumers: {store.read_url(stream)}")
 
 
+@main.command()
+@click.option(
+    "--store",
+    "target",
+    default=".vault",
+    show_default=True,
+    envvar="VAULT_STORE",
+    help="A directory (embedded store), an Azure Storage connection string or an account URL.",
+)
+@click.option("--container", default="vault", show_default=True, help="Blob container, on Azure Storage.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=7071, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--api-key", envvar="VAULT_API_KEY", help="Require this key (x-functions-key header).")
+@click.option(
+    "--wait",
+    "wait_seconds",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0, 600),
+    help="Seconds a POST waits for its commit before answering 202.",
+)
+def serve(
+    target: str, container: str, host: str, port: int, api_key: str | None, wait_seconds: float
+) -> None:
+    """Serve the HTTP API on this machine, with one in-process writer per stream."""
+    import uvicorn
+
+    from .server import create_app
+
+    app = create_app(open_store(target, container=container), api_key=api_key, wait_seconds=wait_seconds)
+    click.echo(f"Message Vault on http://{host}:{port}/api (store: {target})", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 if __name__ == "__main__":
     main()

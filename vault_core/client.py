@@ -1,0 +1,195 @@
+"""The producer client: publishes batches over the HTTP API (the Function App or `vault serve`).
+
+Every publish carries an Idempotency-Key (generated when not given), so retrying a transient
+failure (a dropped connection, 429, 5xx) can never append a batch twice.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
+
+from . import http_models as http
+from .errors import BatchIdConflict, MessageTooLarge, VaultError
+from .format import Message, check_stream_name
+from .writer import AppendResult
+
+RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class RequestRejected(VaultError):
+    """The service refused the request; `status` and `problem` say why."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        super().__init__(f"{status} {problem.get('title', '')}: {problem.get('detail', '')}".strip())
+        self.status = status
+        self.problem = problem
+
+
+class BadRequest(RequestRejected, ValueError):
+    """400: the request is malformed (bad stream name, JSON, base64, empty batch...)."""
+
+
+class Unauthorized(RequestRejected):
+    """401/403: a missing or wrong key."""
+
+
+class NotFound(RequestRejected):
+    """404: no such stream (or route)."""
+
+
+class PayloadTooLarge(RequestRejected, MessageTooLarge):
+    """413: a message or the batch is over a limit."""
+
+
+class KeyReused(RequestRejected, BatchIdConflict):
+    """422: the Idempotency-Key was used before for a different batch."""
+
+
+class Unavailable(RequestRejected):
+    """429/5xx that persisted through every retry."""
+
+
+_ERRORS = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Unauthorized,
+    404: NotFound,
+    413: PayloadTooLarge,
+    422: KeyReused,
+}
+
+
+class _Retry(Exception):
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+
+
+class VaultClient:
+    """Publishes to a Message Vault HTTP API at `base_url` (with or without the /api suffix).
+
+    `key`: the function key (sent as x-functions-key). `binary`: send the compact binary batch
+    encoding (else JSON). `timeout`: seconds a call may take in all, retries and waiting for a
+    202 included.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        key: str | None = None,
+        binary: bool = True,
+        timeout: float = 120.0,
+        attempts: int = 6,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        base = base_url.rstrip("/")
+        base = base.removesuffix(http.API_PREFIX)
+        headers = {"x-functions-key": key} if key else {}
+        self._http = httpx.Client(base_url=base, headers=headers, timeout=60.0, transport=transport)
+        self._binary = binary
+        self._timeout = timeout
+        self._attempts = attempts
+
+    def publish(
+        self, stream: str, messages: Sequence[Message], *, idempotency_key: str | None = None
+    ) -> AppendResult:
+        """Append one batch; returns its committed position and offsets."""
+        check_stream_name(stream)
+        key = http.check_idempotency_key(idempotency_key) or uuid.uuid4().hex
+        batch = list(messages)
+        body, content_type = (
+            (http.encode_binary(batch), http.BINARY_BATCH)
+            if self._binary
+            else (http.encode_json(batch), http.JSON)
+        )
+        deadline = time.monotonic() + self._timeout
+        response = self._send(
+            "POST",
+            f"{http.API_PREFIX}/streams/{stream}",
+            content=body,
+            headers={"content-type": content_type, http.IDEMPOTENCY_KEY: key},
+        )
+        delay = 0.05
+        while response.status_code == 202:  # accepted, not yet committed: ask where it stands
+            if time.monotonic() > deadline:
+                raise Unavailable(
+                    202, {"title": "Not committed in time", "detail": f"batch {key} is pending"}
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            response = self._send("GET", response.headers["location"])
+        body_json = response.json()
+        return AppendResult(body_json["position"], body_json["offsets"])
+
+    def stream_info(self, stream: str) -> http.StreamInfo:
+        """The stream's position and a read-only URL (`vault_core.open_reader` reads it)."""
+        check_stream_name(stream)
+        return http.StreamInfo.model_validate_json(
+            self._send("GET", f"{http.API_PREFIX}/streams/{stream}").content
+        )
+
+    def streams(self) -> list[http.StreamSummary]:
+        return http.StreamList.model_validate_json(
+            self._send("GET", f"{http.API_PREFIX}/streams").content
+        ).streams
+
+    def _send(self, method: str, url: str, **options: Any) -> httpx.Response:
+        """One request, retried with backoff (honouring Retry-After) on connection errors, 429
+        and 5xx; a 4xx raises its typed error."""
+        retrying = Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, _Retry | httpx.TransportError)),
+            stop=stop_after_attempt(self._attempts) | stop_after_delay(self._timeout),
+            wait=_wait,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    response = self._http.request(method, url, **options)
+                    if response.status_code in RETRIED_STATUSES:
+                        raise _Retry(response)
+        except _Retry as exhausted:
+            response = exhausted.response
+        if response.status_code >= 400:
+            raise _rejected(response)
+        return response
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> VaultClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_backoff = wait_exponential(multiplier=0.1, max=5)
+
+
+def _wait(state: Any) -> float:
+    error = state.outcome.exception() if state.outcome else None
+    if isinstance(error, _Retry):
+        retry_after = error.response.headers.get("retry-after", "")
+        if retry_after.isdigit():
+            return min(float(retry_after), 30.0)
+    return _backoff(state)
+
+
+def _rejected(response: httpx.Response) -> RequestRejected:
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = {"title": response.reason_phrase, "detail": response.text[:500]}
+    if not isinstance(problem, dict):
+        problem = {"detail": str(problem)}
+    kind = _ERRORS.get(response.status_code)
+    if kind is None:
+        kind = Unavailable if response.status_code in RETRIED_STATUSES else RequestRejected
+    return kind(response.status_code, problem)

@@ -1,0 +1,224 @@
+"""The HTTP contract, defined once: routes, bodies, limits and problem responses, used by the
+Function App, by `vault serve` and by the producer client.
+
+    POST /api/streams/{stream}   append a batch (JSON or the binary batch encoding below)
+    GET  /api/streams/{stream}   position and a read-only URL
+    GET  /api/streams            every stream with its position
+    GET  /api/health             liveness, anonymous
+
+Every error is an RFC 9457 problem (`application/problem+json`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import struct
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from . import format as fmt
+from .errors import InvalidStreamName
+
+API_PREFIX = "/api"
+MAX_BODY_BYTES = 16 * 1024 * 1024
+JSON = "application/json"
+PROBLEM_JSON = "application/problem+json"
+# The binary batch encoding: messages back to back, each a u8 key length, a u32 value length
+# (little-endian), the UTF-8 key, the value. No header; the count is what the body holds.
+BINARY_BATCH = "application/vnd.message-vault.batch"
+BINARY_RECORD = struct.Struct("<BI")
+IDEMPOTENCY_KEY = "Idempotency-Key"
+PROBLEM_BASE = "https://message-vault.dev/problems/"
+_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def _strict_base64(value: object) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError("must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error as error:
+        raise ValueError(f"is not valid base64 ({error})") from None
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: Annotated[str, Field(max_length=fmt.MAX_KEY_BYTES)]
+    value: Annotated[bytes, BeforeValidator(_strict_base64)]
+
+
+class PublishRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[MessageIn]
+
+
+class AppendResponse(BaseModel):
+    stream: str
+    position: int
+    offsets: list[int]
+
+
+class StreamInfo(BaseModel):
+    stream: str
+    position: int
+    read_url: str
+    expires_on: datetime
+
+
+class StreamSummary(BaseModel):
+    stream: str
+    position: int
+
+
+class StreamList(BaseModel):
+    streams: list[StreamSummary]
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+class ProblemError(Exception):
+    """A request refused with an HTTP status; rendered as problem+json by every host."""
+
+    def __init__(self, status: int, slug: str, title: str, detail: str, **headers: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.problem = Problem(type=PROBLEM_BASE + slug, title=title, status=status, detail=detail)
+        self.headers = headers
+
+    def body(self) -> bytes:
+        return self.problem.model_dump_json().encode()
+
+
+def bad_request(detail: str) -> ProblemError:
+    return ProblemError(400, "bad-request", "The request is malformed", detail)
+
+
+def too_large(detail: str) -> ProblemError:
+    return ProblemError(413, "too-large", "The request is over a limit", detail)
+
+
+def check_stream(stream: str) -> str:
+    try:
+        return fmt.check_stream_name(stream)
+    except InvalidStreamName as error:
+        raise bad_request(str(error)) from None
+
+
+def check_idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not _IDEMPOTENCY_KEY.fullmatch(value):
+        raise bad_request(f"{IDEMPOTENCY_KEY} {value[:140]!r} is invalid: use 1-128 letters, digits and ._:-")
+    return value
+
+
+def check_content_length(value: str | None) -> None:
+    """Refuse a body declared too large before reading any of it."""
+    if value is not None and value.isdigit() and int(value) > MAX_BODY_BYTES:
+        raise body_too_large()
+
+
+def body_too_large() -> ProblemError:
+    return too_large(f"the request body is over {MAX_BODY_BYTES} bytes; send smaller batches")
+
+
+def parse_batch(content_type: str | None, body: bytes) -> list[fmt.Message]:
+    """The messages of a publish request body, or a ProblemError saying what is wrong."""
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if len(body) > MAX_BODY_BYTES:
+        raise body_too_large()
+    if media_type == JSON:
+        messages = _parse_json(body)
+    elif media_type == BINARY_BATCH:
+        messages = _parse_binary(body)
+    else:
+        raise ProblemError(
+            415,
+            "unsupported-media-type",
+            "Unsupported content type",
+            f"content type {media_type or '(none)'!r} is not accepted: use {JSON} or {BINARY_BATCH}",
+        )
+    if not messages:
+        raise bad_request("the batch is empty: send 1 to 10000 messages")
+    if len(messages) > fmt.MAX_BATCH_MESSAGES:
+        raise too_large(f"the batch has {len(messages)} messages, over the limit of {fmt.MAX_BATCH_MESSAGES}")
+    for index, (key, value) in enumerate(messages):
+        if len(key.encode()) > fmt.MAX_KEY_BYTES:
+            raise too_large(f"message {index}: key is over {fmt.MAX_KEY_BYTES} bytes in UTF-8")
+        if len(value) > fmt.MAX_VALUE_BYTES:
+            raise too_large(f"message {index}: value is {len(value)} bytes, over {fmt.MAX_VALUE_BYTES}")
+    return messages
+
+
+def _parse_json(body: bytes) -> list[fmt.Message]:
+    try:
+        request = PublishRequest.model_validate_json(body)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        if first["type"] == "json_invalid":
+            raise bad_request(f"the body is not valid JSON: {first['msg']}") from None
+        if first["type"] == "string_too_long" and where.endswith("key"):
+            raise too_large(f"{where}: keys are at most {fmt.MAX_KEY_BYTES} characters") from None
+        raise bad_request(f"{where}: {first['msg']}") from None
+    return [fmt.Message(m.key, m.value) for m in request.messages]
+
+
+def _parse_binary(body: bytes) -> list[fmt.Message]:
+    messages = []
+    index, end = 0, len(body)
+    unpack = BINARY_RECORD.unpack_from
+    while index < end:
+        if end - index < BINARY_RECORD.size:
+            raise bad_request(f"binary batch: message {len(messages)} is cut short at byte {index}")
+        key_len, value_len = unpack(body, index)
+        key_at = index + BINARY_RECORD.size
+        value_at = key_at + key_len
+        index = value_at + value_len
+        if index > end:
+            raise bad_request(f"binary batch: message {len(messages)} runs past the end of the body")
+        try:
+            key = body[key_at:value_at].decode()
+        except UnicodeDecodeError:
+            raise bad_request(f"binary batch: the key of message {len(messages)} is not UTF-8") from None
+        messages.append(fmt.Message(key, body[value_at:index]))
+        if len(messages) > fmt.MAX_BATCH_MESSAGES:
+            raise too_large(f"the batch has more than {fmt.MAX_BATCH_MESSAGES} messages")
+    return messages
+
+
+def encode_binary(messages: list[fmt.Message]) -> bytes:
+    """A batch in the binary batch encoding (what the client sends)."""
+    pack = BINARY_RECORD.pack
+    parts = []
+    for key, value in messages:
+        key_bytes = key.encode()
+        parts += (pack(len(key_bytes), len(value)), key_bytes, value)
+    return b"".join(parts)
+
+
+def encode_json(messages: list[fmt.Message]) -> bytes:
+    """A batch as the JSON body."""
+    body = {"messages": [{"key": key, "value": base64.b64encode(value).decode()} for key, value in messages]}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def batch_location(stream: str, token: str) -> str:
+    """Where a 202 points: GET it for the append's outcome."""
+    return f"{API_PREFIX}/streams/{stream}/batches/{token}"

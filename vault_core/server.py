@@ -1,0 +1,237 @@
+"""`vault serve`: the HTTP contract of http_models on one machine, with one in-process writer per
+stream (the local analogue of the Function App's durable entity). Concurrent requests for a
+stream share its writer, whose group commit turns them into few writes, each batch still atomic."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import http_models as http
+from .errors import BatchIdConflict, FencedError, MessageTooLarge, StreamBusyError, VaultError
+from .format import Message
+from .stores.base import Store
+from .writer import AppendResult, StreamWriter
+
+log = logging.getLogger("vault.serve")
+READ_URL_LIFETIME = timedelta(hours=1)
+KEY_HEADER = "x-functions-key"  # the header Azure Functions reads function keys from
+FINISHED_KEPT = 10_000  # outcomes of 202-answered appends kept for their status location
+
+
+class Writers:
+    """One open writer per stream, opened on first use and kept."""
+
+    def __init__(self, store: Store, *, lease_seconds: int = 60) -> None:
+        self.store = store
+        self.lease_seconds = lease_seconds
+        self._writers: dict[str, StreamWriter] = {}
+        self._lock = threading.Lock()
+
+    def append(self, stream: str, messages: list[Message], batch_id: str | None) -> AppendResult:
+        for attempt in range(2):
+            writer = self._writer(stream)
+            try:
+                return writer.append(messages, batch_id=batch_id)
+            except FencedError:
+                # Another writer took the stream over; ours is dead. One fresh try: the batch id
+                # (if any) keeps it exactly once.
+                self._drop(stream, writer)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _writer(self, stream: str) -> StreamWriter:
+        with self._lock:
+            writer = self._writers.get(stream)
+            if writer is None:
+                writer = self._writers[stream] = self.store.writer(stream, lease_seconds=self.lease_seconds)
+            return writer
+
+    def _drop(self, stream: str, writer: StreamWriter) -> None:
+        with self._lock:
+            if self._writers.get(stream) is writer:
+                del self._writers[stream]
+        writer.close()
+
+    def close(self) -> None:
+        with self._lock:
+            writers, self._writers = list(self._writers.values()), {}
+        for writer in writers:
+            writer.close()
+
+
+def create_app(store: Store, *, api_key: str | None = None, wait_seconds: float = 30.0) -> Starlette:
+    """The ASGI app. `wait_seconds`: how long a POST waits for its commit before answering 202."""
+    writers = Writers(store)
+    finished: OrderedDict[tuple[str, str], asyncio.Task[AppendResult]] = OrderedDict()
+
+    def authorize(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get(KEY_HEADER) or request.query_params.get("code") or ""
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise http.ProblemError(
+                401, "unauthorized", "A key is required", f"send the API key in the {KEY_HEADER} header"
+            )
+
+    async def publish(request: Request) -> Response:
+        authorize(request)
+        stream = http.check_stream(request.path_params["stream"])
+        key = http.check_idempotency_key(request.headers.get(http.IDEMPOTENCY_KEY))
+        http.check_content_length(request.headers.get("content-length"))
+        messages = http.parse_batch(request.headers.get("content-type"), await _read_body(request))
+        task = asyncio.ensure_future(asyncio.to_thread(writers.append, stream, messages, key))
+        token = key or uuid.uuid4().hex
+        finished[(stream, token)] = task
+        while len(finished) > FINISHED_KEPT:
+            finished.popitem(last=False)
+        try:
+            result = await asyncio.wait_for(asyncio.shield(task), wait_seconds)
+        except TimeoutError:
+            location = http.batch_location(stream, token)
+            return JSONResponse({"stream": stream, "status": location}, 202, headers={"Location": location})
+        return _appended(stream, result)
+
+    async def batch_status(request: Request) -> Response:
+        authorize(request)
+        stream = http.check_stream(request.path_params["stream"])
+        task = finished.get((stream, request.path_params["token"]))
+        if task is None:
+            raise http.ProblemError(404, "not-found", "Unknown batch", "no append is known at this location")
+        if not task.done():
+            location = http.batch_location(stream, request.path_params["token"])
+            return JSONResponse({"stream": stream, "status": location}, 202, headers={"Location": location})
+        return _appended(stream, task.result())
+
+    async def stream_info(request: Request) -> Response:
+        authorize(request)
+        stream = http.check_stream(request.path_params["stream"])
+
+        def info() -> http.StreamInfo:
+            if stream not in store.streams():
+                raise http.ProblemError(
+                    404, "not-found", "Unknown stream", f"stream {stream!r} does not exist"
+                )
+            expires_on = datetime.now(UTC) + READ_URL_LIFETIME
+            return http.StreamInfo(
+                stream=stream,
+                position=store.reader(stream).position(),
+                read_url=store.read_url(stream, expires_in=READ_URL_LIFETIME),
+                expires_on=expires_on,
+            )
+
+        return _json(await asyncio.to_thread(info))
+
+    async def list_streams(request: Request) -> Response:
+        authorize(request)
+
+        def summaries() -> http.StreamList:
+            return http.StreamList(
+                streams=[
+                    http.StreamSummary(stream=name, position=store.reader(name).position())
+                    for name in store.streams()
+                ]
+            )
+
+        return _json(await asyncio.to_thread(summaries))
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    prefix = http.API_PREFIX
+    app = Starlette(
+        routes=[
+            Route(f"{prefix}/health", health, methods=["GET"]),
+            Route(f"{prefix}/streams", list_streams, methods=["GET"]),
+            Route(f"{prefix}/streams/{{stream}}", publish, methods=["POST"]),
+            Route(f"{prefix}/streams/{{stream}}", stream_info, methods=["GET"]),
+            Route(f"{prefix}/streams/{{stream}}/batches/{{token}}", batch_status, methods=["GET"]),
+        ],
+        exception_handlers={
+            http.ProblemError: _problem_response,
+            VaultError: _problem_response,
+            Exception: _problem_response,  # the last resort: a 500 problem, never a stack trace
+            404: _not_found,
+            405: _not_allowed,
+        },
+        lifespan=lambda app: _closing(writers),
+    )
+    return app
+
+
+@contextlib.asynccontextmanager
+async def _closing(writers: Writers) -> AsyncIterator[None]:
+    yield
+    writers.close()  # give the leases back when the server stops
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused as soon as it grows past the limit rather than read whole."""
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > http.MAX_BODY_BYTES:
+            raise http.body_too_large()
+        parts.append(part)
+    return b"".join(parts)
+
+
+def _appended(stream: str, result: AppendResult) -> Response:
+    return _json(http.AppendResponse(stream=stream, position=result.position, offsets=result.offsets))
+
+
+def _json(model: Any, status: int = 200) -> Response:
+    return Response(model.model_dump_json(), status, media_type=http.JSON)
+
+
+def problem_for(error: BaseException) -> http.ProblemError:
+    """The problem a host answers for an error raised while handling a request."""
+    if isinstance(error, http.ProblemError):
+        return error
+    if isinstance(error, BatchIdConflict):
+        return http.ProblemError(422, "idempotency-key-reused", "Idempotency-Key reused", str(error))
+    if isinstance(error, MessageTooLarge):
+        return http.too_large(str(error))
+    if isinstance(error, StreamBusyError):
+        return http.ProblemError(
+            503, "stream-busy", "The stream has another writer", str(error), **{"Retry-After": "2"}
+        )
+    log.exception("request failed", exc_info=error)
+    detail = "the vault could not complete the request; it is safe to retry with the same Idempotency-Key"
+    if isinstance(error, VaultError):
+        detail = f"{type(error).__name__}: {error}"
+    return http.ProblemError(500, "internal", "Internal error", detail)
+
+
+async def _problem_response(request: Request, error: Exception) -> Response:
+    problem = problem_for(error)
+    return Response(problem.body(), problem.status, headers=problem.headers, media_type=http.PROBLEM_JSON)
+
+
+async def _not_found(request: Request, error: Exception) -> Response:
+    return await _problem_response(
+        request, http.ProblemError(404, "not-found", "Not found", f"no route for {request.url.path}")
+    )
+
+
+async def _not_allowed(request: Request, error: Exception) -> Response:
+    return await _problem_response(
+        request,
+        http.ProblemError(
+            405, "method-not-allowed", "Method not allowed", f"{request.method} is not allowed here"
+        ),
+    )
