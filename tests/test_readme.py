@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import vault_core
+from tests.served import Served
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -17,14 +20,29 @@ def python_blocks() -> list[str]:
 
 def test_readme_examples_run(azurite, tmp_path):
     blocks = python_blocks()
-    assert len(blocks) >= 3
-    env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
-    for block in blocks:
-        result = subprocess.run(
-            [sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
-        )
-        assert result.returncode == 0, f"README example failed:\n{block}\n{result.stderr}"
-    assert (tmp_path / "data" / "orders" / "log").exists()
+    assert len(blocks) >= 4
+    server = Served(str(tmp_path / "data"), "vault")  # what `vault serve --store ./data` runs
+    env = {
+        **os.environ,
+        "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string,
+        "VAULT_URL": server.url,
+    }
+    try:
+        for block in blocks:
+            result = subprocess.run(
+                [sys.executable, "-c", block],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert result.returncode == 0, f"README example failed:\n{block}\n{result.stderr}"
+    finally:
+        server.stop()
+    assert "order-shipped" in [
+        m.key for m in vault_core.open_store(tmp_path / "data").reader("orders").replay()
+    ]
 
 
 def test_quickstart_commands_exist():

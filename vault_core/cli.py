@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
+import uuid
 
 import click
 
-from . import Message, open_store
+from . import Message, open_reader, open_store
 
 
 @click.group()
@@ -25,33 +27,58 @@ def main() -> None:
     help="A directory (embedded store), an Azure Storage connection string or an account URL.",
 )
 def demo(target: str) -> None:
-    """Publish a few batches of order events, retry one, then replay the stream."""
-    store = open_store(target)
+    """Serve the HTTP API on a free loopback port, publish a few batches of order events through
+    it (retrying one), then replay the stream straight from storage through its read URL."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from .client import VaultClient
+    from .server import create_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(open_store(target)), "127.0.0.1", port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{port}/api"
     stream = "demo-orders"
-    click.echo(f"store: {store!r}, stream: {stream}")
-    with store.writer(stream) as writer:
-        start = writer.position
-        click.echo(f"\npublishing (the stream is at position {start})")
-        for order in range(1, 4):
-            events = [
-                Message("order-created", json.dumps({"order": order, "items": order * 2}).encode()),
-                Message("order-paid", json.dumps({"order": order, "amount": 9.5 * order}).encode()),
-            ]
-            result = writer.append(events, batch_id=f"demo-{start}-order-{order}")
+    click.echo(f"vault serve on {url}, store {target}")
+    try:
+        with VaultClient(url) as client:
+            click.echo("\npublishing through the HTTP API")
+            run, this_run = uuid.uuid4().hex[:8], 0
+            for order in range(1, 4):
+                events = [
+                    Message("order-created", json.dumps({"order": order, "items": order * 2}).encode()),
+                    Message("order-paid", json.dumps({"order": order, "amount": 9.5 * order}).encode()),
+                ]
+                result = client.publish(stream, events, idempotency_key=f"demo-{run}-{order}")
+                this_run = this_run or result.offsets[0]
+                click.echo(f"  batch {order}: offsets {result.offsets}, committed position {result.position}")
+            retried = client.publish(stream, events, idempotency_key=f"demo-{run}-3")
             click.echo(
-                f"  batch order-{order}: offsets {result.offsets}, committed position {result.position}"
+                f"  batch 3 retried with its Idempotency-Key: offsets {retried.offsets}, nothing appended"
             )
-        retried = writer.append(events, batch_id=f"demo-{start}-order-3")
-        click.echo(f"  retried batch order-3: same result {retried.offsets}, nothing appended")
-    reader = store.reader(stream)
-    click.echo(f"\nreplaying from position {start}")
-    for message in reader.replay(start):
+            info = client.stream_info(stream)
+    finally:
+        server.should_exit = True
+        thread.join()
+    first = result.offsets[0]
+    click.echo(f"\nreplaying this run's batches straight from storage, via {info.read_url}")
+    reader = open_reader(info.read_url)
+    for message in reader.replay(this_run):
         when = message.timestamp.isoformat(timespec="milliseconds")
         click.echo(f"  {message.offset:>8}  {when}  {message.key:<14} {message.value.decode()}")
-    page = reader.read(result.offsets[0], max_messages=1)
-    click.echo(f"\nreading one message from offset {result.offsets[0]}: {page.messages[0].key}")
+    page = reader.read(first, max_messages=1)
+    click.echo(f"\nreading one message from offset {first}: {page.messages[0].key}")
     click.echo(f"the next read continues at {page.next_position}")
-    click.echo(f"\nread-only URL for consumers: {store.read_url(stream)}")
 
 
 @main.command()
