@@ -77,6 +77,14 @@ class Store(abc.ABC):
     def read_url(self, stream: str, *, expires_in: timedelta = timedelta(hours=1)) -> str:
         """A URL granting read access to this one stream and nothing else."""
 
+    @abc.abstractmethod
+    def put_object(self, name: str, data: bytes) -> None:
+        """Store a small named object beside the streams (a staged batch, say), replacing any."""
+
+    @abc.abstractmethod
+    def get_object(self, name: str) -> bytes:
+        """A named object's bytes; FileNotFoundError if there is none."""
+
     def writer(self, stream: str, *, lease_seconds: int = 60) -> StreamWriter:
         """The stream's single writer; creates the stream. StreamBusyError if it has another."""
         from ..writer import StreamWriter

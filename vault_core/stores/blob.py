@@ -145,6 +145,21 @@ class BlobStore(Store):
         )
         return f"{blob.url}?{sas}"
 
+    def put_object(self, name: str, data: bytes) -> None:
+        blob = self._container.get_blob_client(name)
+        try:
+            blob.upload_blob(data, overwrite=True)
+        except ResourceNotFoundError:  # the container is new
+            with contextlib.suppress(ResourceExistsError):
+                self._container.create_container()
+            blob.upload_blob(data, overwrite=True)
+
+    def get_object(self, name: str) -> bytes:
+        try:
+            return self._container.get_blob_client(name).download_blob().readall()
+        except ResourceNotFoundError:
+            raise FileNotFoundError(f"no object {name!r} in container {self.container!r}") from None
+
     def close(self) -> None:
         self._service.close()
 

@@ -53,6 +53,23 @@ class LocalStore(Store):
         check_stream_name(stream)
         return (self.root / stream / LOG_FILE).resolve().as_uri()
 
+    def put_object(self, name: str, data: bytes) -> None:
+        path = self._object_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_bytes(data)
+        os.replace(partial, path)  # readers see all of it or none
+
+    def get_object(self, name: str) -> bytes:
+        return self._object_path(name).read_bytes()
+
+    def _object_path(self, name: str) -> Path:
+        # Objects live under a folder whose name is not a valid stream name.
+        parts = [p for p in name.split("/") if p not in ("", ".", "..")]
+        if not parts:
+            raise ValueError(f"invalid object name {name!r}")
+        return self.root.joinpath("_objects", *parts)
+
 
 class LocalSource:
     def __init__(self, path: Path) -> None:

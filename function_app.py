@@ -1,0 +1,52 @@
+"""Message Vault on Azure Functions: the table of contents. Each function delegates to
+vault_core.function_host; the `stream_writer` entity is the only code in the app that appends."""
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from vault_core import function_host as host
+
+app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+
+@app.route(route="streams/{stream}", methods=["POST"])
+@app.durable_client_input(client_name="client")
+async def publish(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    """Validate a batch, hand it to the stream's entity, answer 200 with its offsets (or 202)."""
+    return await host.publish(req, client)
+
+
+@app.route(route="streams/{stream}/batches/{token}", methods=["GET"])
+@app.durable_client_input(client_name="client")
+async def batch_status(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    """Where a 202 points: the append's result once committed."""
+    return await host.batch_status(req, client)
+
+
+@app.route(route="streams/{stream}", methods=["GET"])
+def stream_info(req: func.HttpRequest) -> func.HttpResponse:
+    """The stream's position and a read-only SAS URL for it."""
+    return host.stream_info(req)
+
+
+@app.route(route="streams", methods=["GET"])
+def list_streams(req: func.HttpRequest) -> func.HttpResponse:
+    """Every stream with its position."""
+    return host.list_streams(req)
+
+
+@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    return host.health(req)
+
+
+@app.orchestration_trigger(context_name="context")
+def append_batch(context: df.DurableOrchestrationContext):
+    """Calls the stream's entity with the batch; its instance id is the Idempotency-Key."""
+    return host.append_orchestration(context)
+
+
+@app.entity_trigger(context_name="context")
+def stream_writer(context: df.DurableEntityContext) -> None:
+    """One per stream (entity key = stream name): owns the lease and appends."""
+    host.stream_writer(context)
