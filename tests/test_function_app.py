@@ -216,3 +216,16 @@ def test_an_entity_operation_executed_twice_appends_once(functions, settings):
     second = json.loads(entity(func.EntityContext(context)))  # the same batch, state as before the crash
     assert first["results"][0]["result"] == second["results"][0]["result"]
     assert [m.key for m in settings.reader("twice").replay()] == ["k"]
+
+
+def test_a_stream_whose_lease_is_held_elsewhere_is_503_with_retry_after(functions, durable, settings):
+    body, key = http.encode_json([Message("k", b"v")]), {"Idempotency-Key": "held-1"}
+    with settings.writer("held"):  # another process's writer still holds the lease
+        response = publish(functions, durable, "held", body, **key)
+    assert response.status_code == 503 and int(response.headers["Retry-After"]) > 0
+    assert json.loads(response.get_body())["status"] == 503
+    assert settings.reader("held").position() == 0
+    retried = publish(functions, durable, "held", body, **key)  # the lease was given back
+    assert retried.status_code == 200
+    assert publish(functions, durable, "held", body, **key).get_body() == retried.get_body()
+    assert len(list(settings.reader("held").replay())) == 1

@@ -92,12 +92,7 @@ async def publish(req: func.HttpRequest, client: df.DurableOrchestrationClient) 
             payload["inline"] = base64.b64encode(batch).decode()
         else:
             payload["staged"] = await asyncio.to_thread(_stage, stream, key, batch)
-        status = await client.get_status(key)
-        if not status or status.runtime_status in (
-            None,
-            df.OrchestrationRuntimeStatus.Failed,
-            df.OrchestrationRuntimeStatus.Terminated,
-        ):
+        if _should_start(await client.get_status(key)):
             await client.start_new(ORCHESTRATOR, key, payload)
         wait = float(setting("VAULT_WAIT_SECONDS", "30") or 30)
         return await _outcome(client, stream, key, wait)
@@ -168,6 +163,19 @@ async def _outcome(
                 body, status_code=202, headers={"Location": location}, mimetype=http.JSON
             )
         await asyncio.sleep(POLL_SECONDS)
+
+
+def _should_start(status: df.models.DurableOrchestrationStatus | None) -> bool:
+    """Start an orchestration for this key unless one is running or has a final answer. An
+    earlier attempt that failed, or ended in a retryable problem (the stream busy, say), is run
+    again: the entity's batch id keeps the append exactly once whatever happened before."""
+    runtime = status.runtime_status if status else None
+    if runtime in (None, df.OrchestrationRuntimeStatus.Failed, df.OrchestrationRuntimeStatus.Terminated):
+        return True
+    if runtime == df.OrchestrationRuntimeStatus.Completed:
+        problem = (status.output or {}).get("problem") if isinstance(status.output, dict) else None
+        return bool(problem) and problem["status"] >= 500
+    return False
 
 
 def _from_entity(stream: str, output: dict[str, Any]) -> func.HttpResponse:
