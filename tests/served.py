@@ -9,7 +9,7 @@ import time
 import httpx
 
 import vault_core
-from tests.azurite import ROOT, free_port
+from tests.azurite import ROOT, free_port, stop_process
 
 
 class Served:
@@ -51,9 +51,4 @@ class Served:
         return vault_core.open_store(self.target, container=self.container)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)

@@ -21,14 +21,13 @@ import functools
 import json
 import os
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
 
 from . import http_models as http
-from .server import READ_URL_LIFETIME, Writers, problem_for
+from .server import Writers, describe_stream, problem_for, summarize_streams
 from .stores import open_store
 from .stores.base import Store
 
@@ -113,29 +112,14 @@ async def batch_status(req: func.HttpRequest, client: df.DurableOrchestrationCli
 
 def stream_info(req: func.HttpRequest) -> func.HttpResponse:
     try:
-        stream = http.check_stream(req.route_params.get("stream", ""))
-        if stream not in store().streams():
-            raise http.ProblemError(404, "not-found", "Unknown stream", f"stream {stream!r} does not exist")
-        return json_response(
-            http.StreamInfo(
-                stream=stream,
-                position=store().reader(stream).position(),
-                read_url=store().read_url(stream, expires_in=READ_URL_LIFETIME),
-                expires_on=datetime.now(UTC) + READ_URL_LIFETIME,
-            )
-        )
+        return json_response(describe_stream(store(), http.check_stream(req.route_params.get("stream", ""))))
     except Exception as error:
         return problem_response(error)
 
 
 def list_streams(req: func.HttpRequest) -> func.HttpResponse:
     try:
-        names = store().streams()
-        return json_response(
-            http.StreamList(
-                streams=[http.StreamSummary(stream=n, position=store().reader(n).position()) for n in names]
-            )
-        )
+        return json_response(summarize_streams(store()))
     except Exception as error:
         return problem_response(error)
 

@@ -179,6 +179,28 @@ async def _closing(writers: Writers) -> AsyncIterator[None]:
     writers.close()  # give the leases back when the server stops
 
 
+def describe_stream(store: Store, stream: str) -> http.StreamInfo:
+    """GET /api/streams/{stream}: the position and a read-only URL; 404 for an unknown stream."""
+    if stream not in store.streams():
+        raise http.ProblemError(404, "not-found", "Unknown stream", f"stream {stream!r} does not exist")
+    return http.StreamInfo(
+        stream=stream,
+        position=store.reader(stream).position(),
+        read_url=store.read_url(stream, expires_in=READ_URL_LIFETIME),
+        expires_on=datetime.now(UTC) + READ_URL_LIFETIME,
+    )
+
+
+def summarize_streams(store: Store) -> http.StreamList:
+    """GET /api/streams: every stream with its position."""
+    return http.StreamList(
+        streams=[
+            http.StreamSummary(stream=name, position=store.reader(name).position())
+            for name in store.streams()
+        ]
+    )
+
+
 async def _read_body(request: Request) -> bytes:
     """The body, refused as soon as it grows past the limit rather than read whole."""
     parts, size = [], 0
