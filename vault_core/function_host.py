@@ -183,8 +183,10 @@ def _stage(stream: str, key: str, batch: bytes) -> str:
 
 def append_orchestration(context: df.DurableOrchestrationContext):  # type: ignore[no-untyped-def]
     """Calls the stream's entity once; Durable replays make the call, never the append, repeat."""
-    payload = context.get_input()
-    result = yield context.call_entity(df.EntityId(ENTITY, payload["stream"]), "append", payload)
+    payload = context.get_input(expected_type=dict)
+    result = yield context.call_entity(
+        df.EntityId(ENTITY, payload["stream"]), "append", payload, expected_type=dict
+    )
     return result
 
 
@@ -195,7 +197,7 @@ def stream_writer(context: df.DurableEntityContext) -> None:
     if context.operation_name != "append":
         context.set_result({"problem": _problem(ValueError(f"unknown operation {context.operation_name!r}"))})
         return
-    payload = context.get_input()
+    payload = context.get_input(expected_type=dict)
     stream = context.entity_key
     try:
         if "inline" in payload:
