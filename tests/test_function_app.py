@@ -229,3 +229,52 @@ def test_a_stream_whose_lease_is_held_elsewhere_is_503_with_retry_after(function
     assert retried.status_code == 200
     assert publish(functions, durable, "held", body, **key).get_body() == retried.get_body()
     assert len(list(settings.reader("held").replay())) == 1
+
+
+def test_the_producer_client_against_the_function_app(functions, durable, settings):
+    """The client's HTTP requests handed to the app's functions as the Functions host would
+    route them (the host's dispatching is the one thing stood in for)."""
+    import re
+
+    import httpx
+
+    from vault_core.client import KeyReused, VaultClient
+
+    routes = [
+        ("POST", re.compile(r"/api/streams/(?P<stream>[^/]+)$"), "publish"),
+        ("GET", re.compile(r"/api/streams/(?P<stream>[^/]+)/batches/(?P<token>[^/]+)$"), "batch_status"),
+        ("GET", re.compile(r"/api/streams/(?P<stream>[^/]+)$"), "stream_info"),
+        ("GET", re.compile(r"/api/streams$"), "list_streams"),
+    ]
+
+    def dispatch(sent: httpx.Request) -> httpx.Response:
+        for method, pattern, name in routes:
+            match = pattern.match(sent.url.path)
+            if sent.method == method and match:
+                req = func.HttpRequest(
+                    method=sent.method,
+                    url=str(sent.url),
+                    headers=dict(sent.headers),
+                    route_params=match.groupdict(),
+                    body=sent.read(),
+                )
+                function = functions[name].get_user_function()
+                if name in ("publish", "batch_status"):
+                    answer = run(function(req=req, client=durable.client_json()))
+                else:
+                    answer = function(req)
+                return httpx.Response(
+                    answer.status_code, headers=dict(answer.headers), content=answer.get_body()
+                )
+        return httpx.Response(404)
+
+    with VaultClient("http://localhost:7071/api", transport=httpx.MockTransport(dispatch)) as client:
+        messages = [Message(f"k{i}", bytes([i]) * 20_000) for i in range(5)]  # 100 KB: staged
+        result = client.publish("via-client", messages, idempotency_key="c-1")
+        assert client.publish("via-client", messages, idempotency_key="c-1") == result
+        with pytest.raises(KeyReused):
+            client.publish("via-client", messages[:1], idempotency_key="c-1")
+        info = client.stream_info("via-client")
+        assert [s.stream for s in client.streams()] == ["via-client"]
+    assert [(m.key, m.value) for m in vault_core.open_reader(info.read_url).replay()] == messages
+    assert info.position == result.position

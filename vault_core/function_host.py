@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import hashlib
 import json
 import os
 import uuid
@@ -27,6 +28,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from . import http_models as http
+from .errors import BatchIdConflict
 from .server import Writers, describe_stream, problem_for, summarize_streams
 from .stores import open_store
 from .stores.base import Store
@@ -86,12 +88,17 @@ async def publish(req: func.HttpRequest, client: df.DurableOrchestrationClient) 
         http.check_content_length(req.headers.get("content-length"))
         messages = http.parse_batch(req.headers.get("content-type"), req.get_body())
         batch = http.encode_binary(messages)
-        payload: dict[str, Any] = {"stream": stream, "batch_id": key}
-        if len(batch) <= INLINE_BYTES:
-            payload["inline"] = base64.b64encode(batch).decode()
-        else:
-            payload["staged"] = await asyncio.to_thread(_stage, stream, key, batch)
-        if _should_start(await client.get_status(key)):
+        digest = hashlib.sha256(batch).hexdigest()
+        status = await client.get_status(key)
+        earlier = _input_of(status)
+        if earlier and earlier.get("stream") == stream and earlier.get("digest") != digest:
+            raise BatchIdConflict(f"Idempotency-Key {key!r} was already used for a different batch")
+        if _should_start(status):
+            payload: dict[str, Any] = {"stream": stream, "batch_id": key, "digest": digest}
+            if len(batch) <= INLINE_BYTES:
+                payload["inline"] = base64.b64encode(batch).decode()
+            else:
+                payload["staged"] = await asyncio.to_thread(_stage, f"{stream}/{key}/{digest}", batch)
             await client.start_new(ORCHESTRATOR, key, payload)
         wait = float(setting("VAULT_WAIT_SECONDS", "30") or 30)
         return await _outcome(client, stream, key, wait)
@@ -149,6 +156,18 @@ async def _outcome(
         await asyncio.sleep(POLL_SECONDS)
 
 
+def _input_of(status: df.models.DurableOrchestrationStatus | None) -> dict[str, Any] | None:
+    """An earlier orchestration's input. The client sends inputs as JSON text, so the status
+    may carry that text rather than the object."""
+    value = status.input_ if status else None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, dict) else None
+
+
 def _should_start(status: df.models.DurableOrchestrationStatus | None) -> bool:
     """Start an orchestration for this key unless one is running or has a final answer. An
     earlier attempt that failed, or ended in a retryable problem (the stream busy, say), is run
@@ -172,8 +191,7 @@ def _from_entity(stream: str, output: dict[str, Any]) -> func.HttpResponse:
     return json_response(http.AppendResponse(stream=stream, **output))
 
 
-def _stage(stream: str, key: str, batch: bytes) -> str:
-    name = f"{stream}/{key}"
+def _stage(name: str, batch: bytes) -> str:
     staging().put_object(name, batch)
     return name
 
