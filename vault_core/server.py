@@ -95,13 +95,14 @@ def create_app(store: Store, *, api_key: str | None = None, wait_seconds: float 
         http.check_content_length(request.headers.get("content-length"))
         messages = http.parse_batch(request.headers.get("content-type"), await _read_body(request))
         task = asyncio.ensure_future(asyncio.to_thread(writers.append, stream, messages, key))
-        token = key or uuid.uuid4().hex
-        finished[(stream, token)] = task
-        while len(finished) > FINISHED_KEPT:
-            finished.popitem(last=False)
         try:
             result = await asyncio.wait_for(asyncio.shield(task), wait_seconds)
         except TimeoutError:
+            # Only appends answered 202 are remembered, for their status location.
+            token = key or uuid.uuid4().hex
+            finished[(stream, token)] = task
+            while len(finished) > FINISHED_KEPT:
+                finished.popitem(last=False)
             location = http.batch_location(stream, token)
             return JSONResponse({"stream": stream, "status": location}, 202, headers={"Location": location})
         return _appended(stream, result)
