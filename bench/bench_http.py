@@ -36,6 +36,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from report import as_markdown, as_text
+
 import vault_core
 from vault_core import format as fmt
 from vault_core import http_models as http
@@ -455,19 +457,6 @@ def table(best: dict[tuple[str, int], Figure]) -> list[list[str]]:
             ]
         )
     return rows
-
-
-def as_text(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def as_markdown(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(row) + " |" for row in rows]
-    lines.insert(1, "|" + "|".join("---" for _ in rows[0]) + "|")
-    return "\n".join(lines)
 
 
 def describe(args: argparse.Namespace, batches: list[list[vault_core.Message]]) -> str:

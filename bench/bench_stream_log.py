@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from report import as_markdown, as_text
+
 import vault_core
 from vault_core import format as fmt
 from vault_core.reader import REPLAY_CHUNK
@@ -584,19 +586,6 @@ def memory_table(figure: MemoryFigure) -> list[list[str]]:
             "PASS" if figure.passed else "MISS",
         ],
     ]
-
-
-def as_text(table: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in table]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def as_markdown(table: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(row) + " |" for row in table]
-    lines.insert(1, "|" + "|".join("---" for _ in table[0]) + "|")
-    return "\n".join(lines)
 
 
 def describe(args: argparse.Namespace) -> str:
