@@ -12,6 +12,9 @@ fi
 if [ "${1:-}" = dev ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
     npm ci --no-audit --no-fund --loglevel=error
+    # checkov pins libraries the test tools need newer: it gets a virtual environment of its own.
+    [ -x .venv-checkov/bin/python ] || "$python" -m venv .venv-checkov
+    .venv-checkov/bin/python -m pip install --quiet --disable-pip-version-check "checkov==3.3.30"
 else
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
 fi
