@@ -45,12 +45,17 @@ def setting(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name) or default
 
 
-@functools.cache
-def store() -> Store:
+def _open(container: str) -> Store:
+    """The storage the app writes to, in one of its containers."""
     target = setting("VAULT_STORE") or setting("AzureWebJobsStorage")
     if not target:
         raise RuntimeError("set VAULT_STORE (or AzureWebJobsStorage) to where streams live")
-    return open_store(target, container=setting("VAULT_CONTAINER", "vault") or "vault")
+    return open_store(target, container=container)
+
+
+@functools.cache
+def store() -> Store:
+    return _open(setting("VAULT_CONTAINER") or "vault")
 
 
 @functools.cache
@@ -62,9 +67,7 @@ def writers() -> Writers:
 @functools.cache
 def staging() -> Store:
     """Where staged batches go: a container of their own beside the streams."""
-    target = setting("VAULT_STORE") or setting("AzureWebJobsStorage") or ""
-    container = setting("VAULT_STAGING_CONTAINER", "vault-staging") or "vault-staging"
-    return open_store(target, container=container)
+    return _open(setting("VAULT_STAGING_CONTAINER") or "vault-staging")
 
 
 def problem_response(error: BaseException) -> func.HttpResponse:
