@@ -1,6 +1,6 @@
-"""Runs Azurite, Microsoft's Azure Storage emulator, on a free loopback port for the test suite:
-over HTTP with the account key, or (`oauth=True`) over HTTPS with a throwaway self-signed
-certificate, accepting Entra ID bearer tokens too."""
+"""Runs Azurite, Microsoft's Azure Storage emulator (blobs and tables), on free loopback ports for
+the test suite: over HTTP with the account key, or (`oauth=True`) over HTTPS with a throwaway
+self-signed certificate, accepting Entra ID bearer tokens too."""
 
 from __future__ import annotations
 
@@ -46,10 +46,10 @@ class Azurite:
         """`oauth`: serve HTTPS with a self-signed certificate for 127.0.0.1 (its path is `ca_path`:
         the SDK must trust it) and accept bearer tokens as `--oauth basic` does (issuer, audience
         and lifetime are checked, the signature is not)."""
-        binary = ROOT / "node_modules" / ".bin" / "azurite-blob"
+        binary = ROOT / "node_modules" / ".bin" / "azurite"
         if not binary.exists():
             raise RuntimeError(f"{binary} is missing: run `npm ci` in {ROOT}")
-        self.port = free_port()
+        self.port, self.table_port, queue_port = free_port(), free_port(), free_port()
         self._workdir = tempfile.TemporaryDirectory(prefix="azurite-")
         workdir = Path(self._workdir.name)
         self.scheme = "https" if oauth else "http"
@@ -66,6 +66,14 @@ class Azurite:
                 "127.0.0.1",
                 "--blobPort",
                 str(self.port),
+                "--tableHost",
+                "127.0.0.1",
+                "--tablePort",
+                str(self.table_port),
+                "--queueHost",
+                "127.0.0.1",
+                "--queuePort",
+                str(queue_port),
                 "--inMemoryPersistence",
                 "--skipApiVersionCheck",
                 "--loose",
@@ -78,7 +86,8 @@ class Azurite:
         deadline = time.monotonic() + 30
         while True:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                for port in (self.port, self.table_port):
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
@@ -91,10 +100,14 @@ class Azurite:
         return f"{self.scheme}://127.0.0.1:{self.port}/{ACCOUNT}"
 
     @property
+    def table_endpoint(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.table_port}/{ACCOUNT}"
+
+    @property
     def connection_string(self) -> str:
         return (
             f"DefaultEndpointsProtocol={self.scheme};AccountName={ACCOUNT};AccountKey={KEY};"
-            f"BlobEndpoint={self.blob_endpoint};"
+            f"BlobEndpoint={self.blob_endpoint};TableEndpoint={self.table_endpoint};"
         )
 
     def stop(self) -> None:

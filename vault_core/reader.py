@@ -83,16 +83,31 @@ class StreamReader:
     def follow(self, position: int = 0, *, poll_interval: float = 1.0) -> Iterator[fmt.StoredMessage]:
         """Every committed message from `position` on, in order, exactly once; then waits for new
         ones, polling every `poll_interval` seconds. Runs until the caller stops iterating."""
+        for batch in self.batches(position, follow=True, poll_interval=poll_interval):
+            yield from batch.messages
+
+    def batches(
+        self, position: int = 0, *, follow: bool = False, poll_interval: float = 1.0
+    ) -> Iterator[ReadResult]:
+        """The stored batches from `position` (from inside one: the rest of it), each as its
+        messages and the position after it. Up to the position when called; with `follow`, on as
+        new batches are committed, polling every `poll_interval` seconds, until the caller stops."""
         if not poll_interval > 0:
             raise ValueError(f"poll_interval must be positive, got {poll_interval}")
         while True:
             end = self.position()
             if end != position:
-                with self._replay(position, end) as messages:
-                    yield from messages
+                frames = _in_background(self._frames(self._locate(position, end), end, FIRST_CHUNK))
+                try:
+                    for batch, header in self._decoded(position, frames):
+                        yield ReadResult(batch, header.end)
+                finally:
+                    frames.close()  # type: ignore[attr-defined]
                 position = end
-            else:
+            elif follow:
                 time.sleep(poll_interval)
+            else:
+                return
 
     def _decoded(
         self, position: int, frames: Iterator[Frame]

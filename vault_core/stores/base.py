@@ -28,6 +28,10 @@ class LogSource(Protocol):
         none if the stream does not exist."""
         ...
 
+    def size(self) -> int:
+        """Bytes the log takes on storage (0 if the stream does not exist)."""
+        ...
+
     def close(self) -> None: ...
 
 

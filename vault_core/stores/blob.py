@@ -184,6 +184,12 @@ class BlobSource:
                 return b""
             raise
 
+    def size(self) -> int:
+        try:
+            return self._blob.get_blob_properties().size
+        except ResourceNotFoundError:
+            return 0
+
     def close(self) -> None:
         self._blob.close()
 

@@ -84,6 +84,12 @@ class LocalSource:
                 return b""
         return _pread(self._fd, start, length)
 
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
