@@ -16,6 +16,7 @@ import vault_core
 from tests.crash_writer import ROOT_HINT, batch_messages
 from vault_core import Message
 from vault_core import format as fmt
+from vault_core.stores.local import LocalStore
 
 
 def batch(n: int, tag: str = "m") -> list[Message]:
@@ -143,7 +144,7 @@ def test_killed_writer_loses_nothing_acknowledged_and_duplicates_nothing(backend
 
 def flip_byte(store: vault_core.Store, stream: str, at: int) -> None:
     """Damage one byte of the log behind the vault's back."""
-    if isinstance(store, vault_core.stores.local.LocalStore):
+    if isinstance(store, LocalStore):
         with open(store.root / stream / "log", "r+b") as f:
             f.seek(at)
             value = f.read(1)[0]
@@ -197,7 +198,7 @@ def test_bytes_past_the_commit_are_invisible_and_overwritten(store):
         position = writer.append(batch(2)).position
     # A crashed writer's uncommitted batch: valid-looking data past the committed position.
     junk = fmt.encode_batch(batch(5, "junk"), position=position, timestamp_ms=1, align=512).buffer
-    if isinstance(store, vault_core.stores.local.LocalStore):
+    if isinstance(store, LocalStore):
         with open(store.root / "s" / "log", "r+b") as f:
             f.seek(fmt.data_at(position))
             f.write(junk)

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from .checkpoints import Checkpoint, Checkpoints
+from .consumer import Consumer
 from .errors import (
     BatchIdConflict,
+    CheckpointConflict,
     CorruptDataError,
     FencedError,
     InvalidPosition,
@@ -22,26 +25,35 @@ from .errors import (
     VaultError,
 )
 from .format import Message, StoredMessage
-from .reader import ReadResult, StreamReader
+from .local_copy import MirrorResult, mirror
+from .reader import ReadResult, StreamReader, StreamStatus, VerifyReport
 from .stores import Store, open_source, open_store
 from .writer import AppendResult, StreamWriter
 
 __all__ = [
     "AppendResult",
     "BatchIdConflict",
+    "Checkpoint",
+    "CheckpointConflict",
+    "Checkpoints",
+    "Consumer",
     "CorruptDataError",
     "FencedError",
     "InvalidPosition",
     "InvalidStreamName",
     "Message",
     "MessageTooLarge",
+    "MirrorResult",
     "ReadResult",
     "Store",
     "StoredMessage",
     "StreamBusyError",
     "StreamReader",
+    "StreamStatus",
     "StreamWriter",
     "VaultError",
+    "VerifyReport",
+    "mirror",
     "open_reader",
     "open_store",
 ]

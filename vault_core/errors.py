@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .checkpoints import Checkpoint
+
 
 class VaultError(Exception):
     """Base class of every error raised on purpose by vault_core."""
@@ -39,3 +44,23 @@ class InvalidPosition(VaultError, ValueError):
 
 class BatchIdConflict(VaultError, ValueError):
     """A batch id was reused for a batch with different messages."""
+
+
+class CheckpointConflict(VaultError):
+    """A consumer group's checkpoint is not where this consumer last saw it: another consumer of
+    the group moved it. `current` is the checkpoint as stored now (None if there is none)."""
+
+    def __init__(
+        self, group: str, stream: str, current: Checkpoint | None, expected: Checkpoint | None
+    ) -> None:
+        now = "it has none now" if current is None else f"it is now at position {current.position}"
+        was = "none" if expected is None else f"position {expected.position}"
+        super().__init__(
+            f"checkpoint of group {group!r} on stream {stream!r} was moved by another consumer of the "
+            f"group: {now} (this consumer expected {was}). Stop this consumer, or re-read the checkpoint "
+            "and resume from there."
+        )
+        self.group = group
+        self.stream = stream
+        self.current = current
+        self.expected = expected

@@ -78,7 +78,7 @@ class StoredMessage(NamedTuple):
     @property
     def timestamp(self) -> datetime:
         """When the writer appended it: an aware UTC datetime, millisecond precision."""
-        return EPOCH + timedelta(milliseconds=self.timestamp_ms)
+        return from_ms(self.timestamp_ms)
 
 
 class BatchHeader(NamedTuple):
@@ -130,6 +130,19 @@ def check_batch_id(batch_id: object) -> bytes:
 
 def batch_id_hash(batch_id: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(batch_id, digest_size=8).digest(), "little")
+
+
+def to_ms(when: datetime) -> int:
+    """Milliseconds since the epoch of a datetime (naive means UTC)."""
+    if not isinstance(when, datetime):
+        raise TypeError(f"expected a datetime, got {type(when).__name__}")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (when - EPOCH) // timedelta(milliseconds=1)
+
+
+def from_ms(timestamp_ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=timestamp_ms)
 
 
 def now_ms() -> int:
@@ -265,9 +278,9 @@ def decode_records(
     """The messages of a verified batch at buffer[at:], from offset `start` (default: all).
     Raises CorruptDataError if the records do not fill the batch exactly."""
     if start is not None:
-        return [m for m in _decode_checked(stream, buffer, at, header) if m.offset >= start]
+        return [m for m in decode_checked(stream, buffer, at, header) if m.offset >= start]
     # The hot loop of every read: per record one unpack, two slices and one tuple, nothing more.
-    # (The checksum already vouches for the bytes; _decode_checked also checks back-pointers.)
+    # (The checksum already vouches for the bytes; decode_checked also checks back-pointers.)
     unpack = RECORD_HEADER.unpack_from
     make = tuple.__new__
     message = StoredMessage
@@ -297,7 +310,7 @@ def decode_records(
     return out
 
 
-def _decode_checked(stream: str, buffer: bytes, at: int, header: BatchHeader) -> list[StoredMessage]:
+def decode_checked(stream: str, buffer: bytes, at: int, header: BatchHeader) -> list[StoredMessage]:
     """decode_records, also checking every record's back-pointer."""
     messages = decode_records(stream, buffer, at, header)
     for message in messages:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
+from datetime import datetime
 from itertools import chain
 from queue import Empty, Full, Queue
 from typing import NamedTuple, TypeVar
@@ -19,6 +20,10 @@ FIRST_CHUNK = 256 * 1024
 REPLAY_CHUNK = 16 * 1024 * 1024
 # Slack beyond max_bytes that one read() fetches, so batch headers and keys fit in one request.
 READ_SLACK = 64 * 1024
+# A time search probes while its range is wider than this, then walks the batch headers in it.
+SEEK_SPAN = 1024 * 1024
+# Bytes a time search reads at first when looking for the next batch start after a probe.
+SEEK_PROBE = 64 * 1024
 
 Frame = tuple[bytes, int, fmt.BatchHeader]  # a verified batch: buffer, where in it, its header
 
@@ -26,6 +31,20 @@ Frame = tuple[bytes, int, fmt.BatchHeader]  # a verified batch: buffer, where in
 class ReadResult(NamedTuple):
     messages: list[fmt.StoredMessage]
     next_position: int  # where the next read continues
+
+
+class StreamStatus(NamedTuple):
+    stream: str
+    position: int  # committed length
+    size: int  # bytes the log takes on storage
+    last_append: datetime | None  # None if nothing was ever appended
+
+
+class VerifyReport(NamedTuple):
+    stream: str
+    position: int  # the committed position, verified up to
+    batches: int
+    messages: int
 
 
 class StreamReader:
@@ -42,6 +61,11 @@ class StreamReader:
     def commit(self) -> fmt.Commit:
         """The stream's current commit record (position, last append time, ...)."""
         return fmt.decode_commit(self.stream, self._source.read(0, 2 * fmt.SLOT_SIZE))
+
+    def status(self) -> StreamStatus:
+        commit = self.commit()
+        last = fmt.from_ms(commit.timestamp_ms) if commit.position else None
+        return StreamStatus(self.stream, commit.position, self._source.size(), last)
 
     def read(
         self, position: int = 0, *, max_messages: int = 1000, max_bytes: int = 4 * 1024 * 1024
@@ -108,6 +132,120 @@ class StreamReader:
                 time.sleep(poll_interval)
             else:
                 return
+
+    def seek_time(self, when: datetime) -> int:
+        """The offset of the first message appended at or after `when` (an aware datetime; naive
+        means UTC), or the end of the stream if there is none. Batch timestamps never decrease, so
+        this is a binary search over the log: a few small reads however long the stream is."""
+        target = fmt.to_ms(when)
+        commit = self.commit()
+        end = commit.position
+        if end == 0 or commit.timestamp_ms < target:
+            return end
+        if self._header(0).timestamp_ms >= target:
+            return self._first_offset(0)
+        # Invariants: `low` starts a batch older than the target; `high` starts one at or after it
+        # (or is the end); no batch starts in [top, high), so probes stay below `top`.
+        low, high, top = 0, end, end
+        while top - low > SEEK_SPAN:
+            middle = (low + top) // 2
+            found = self._next_batch(middle, top, end)
+            if found is None:
+                top = middle
+            elif found.timestamp_ms < target:
+                low = found.position
+            else:
+                high = top = found.position
+        for header in self._headers(low, high):
+            if header.timestamp_ms >= target:
+                return self._first_offset(header.position)
+        return self._first_offset(high)
+
+    def _first_offset(self, position: int) -> int:
+        """The offset of the first message of the batch at `position`."""
+        return position + self._header(position).records_at
+
+    def _header(self, position: int) -> fmt.BatchHeader:
+        head = self._source.read(fmt.data_at(position), fmt.BATCH_HEADER.size + fmt.MAX_BATCH_ID_BYTES)
+        return fmt.decode_batch_header(self.stream, head, 0, position)
+
+    def _headers(self, position: int, stop: int) -> Iterator[fmt.BatchHeader]:
+        """The headers of the batches from the batch start `position` to `stop`, read a window at
+        a time: each batch's length leads to the next, so only the first must be known. (Only
+        their fixed part: a batch id may be cut short.)"""
+        buffer, base = b"", position
+        while position < stop:
+            at = position - base
+            if at + fmt.BATCH_HEADER.size > len(buffer):
+                base, at = position, 0
+                buffer = self._source.read(fmt.data_at(position), min(SEEK_SPAN, stop - position) + 64)
+            header = fmt.decode_batch_header(self.stream, buffer, at, position)
+            yield header
+            position = header.end
+
+    def _next_batch(self, position: int, limit: int, end: int) -> fmt.BatchHeader | None:
+        """The first batch that starts in [position, limit): found by its magic bytes, and taken
+        only if its header names its own position and its checksum and records verify (the
+        magic may also occur inside a value)."""
+        window = SEEK_PROBE
+        while position < limit:
+            length = min(window, limit - position + fmt.BATCH_HEADER.size)
+            data = self._source.read(fmt.data_at(position), length)
+            at = data.find(fmt.BATCH_MAGIC)
+            while at != -1 and position + at < limit:
+                header = self._verified_header(data, at, position + at, end)
+                if header is not None:
+                    return header
+                at = data.find(fmt.BATCH_MAGIC, at + 1)
+            if len(data) < length:
+                return None
+            position += len(data) - len(fmt.BATCH_MAGIC) + 1  # a magic cut in two is found next time
+            window = min(2 * window, REPLAY_CHUNK)
+        return None
+
+    def _verified_header(self, data: bytes, at: int, position: int, end: int) -> fmt.BatchHeader | None:
+        try:
+            header = fmt.decode_batch_header(self.stream, data, at, position)
+            if header.end > end:
+                return None
+            if at + header.length > len(data):
+                data, at = self._source.read(fmt.data_at(position), header.length), 0
+            fmt.verify_batch(self.stream, data, at, header)
+            fmt.decode_checked(self.stream, data, at, header)
+        except fmt.CorruptDataError:
+            return None
+        return header
+
+    def verify(self, *, progress: Callable[[int], None] | None = None) -> VerifyReport:
+        """Read the whole committed stream and check everything: each batch's checksum, position
+        and records (lengths, back-pointers, UTF-8 keys), that timestamps never go back, and that
+        the commit's batch-id ring names batches that exist. Raises CorruptDataError at the first
+        damage. `progress(position)` is called as the check advances."""
+        commit = self.commit()
+        ring = {start: id_hash for id_hash, start in fmt.ring_entries(commit.ring)}
+        batches = messages = last_timestamp = 0
+        chunks = _in_background([frames] for frames in self._frames(0, commit.position, FIRST_CHUNK))
+        for frames in chunks:
+            for buffer, at, header in frames:
+                messages += len(fmt.decode_checked(self.stream, buffer, at, header))
+                if header.timestamp_ms < last_timestamp:
+                    raise fmt.CorruptDataError(self.stream, header.position, "timestamp goes back in time")
+                id_hash = ring.pop(header.position, None)
+                if id_hash is not None and id_hash != fmt.batch_id_hash(header.batch_id):
+                    raise fmt.CorruptDataError(
+                        self.stream, header.position, "the commit's batch-id ring names another batch id"
+                    )
+                last_timestamp = header.timestamp_ms
+                batches += 1
+            if progress is not None:
+                progress(frames[-1][2].end)
+        if ring:
+            raise fmt.CorruptDataError(
+                self.stream, min(ring), "the commit's batch-id ring names a position where no batch starts"
+            )
+        if commit.position and commit.timestamp_ms != last_timestamp:
+            raise fmt.CorruptDataError(self.stream, 0, "the commit's time is not the last batch's time")
+        return VerifyReport(self.stream, commit.position, batches, messages)
 
     def _decoded(
         self, position: int, frames: Iterator[Frame]

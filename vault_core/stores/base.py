@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..format import check_stream_name
 
 if TYPE_CHECKING:
+    from ..checkpoints import Checkpoints
     from ..reader import StreamReader
     from ..writer import StreamWriter
 
@@ -88,6 +89,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get_object(self, name: str) -> bytes:
         """A named object's bytes; FileNotFoundError if there is none."""
+
+    @abc.abstractmethod
+    def checkpoints(self, group: str) -> Checkpoints:
+        """Consumer group `group`'s checkpoints on this store's streams: files beside the streams
+        on the local store; the account's Table service (table `vaultcheckpoints`) on Azure."""
 
     def writer(self, stream: str, *, lease_seconds: int = 60) -> StreamWriter:
         """The stream's single writer; creates the stream. StreamBusyError if it has another."""

@@ -9,11 +9,15 @@ import os
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 from ..errors import StreamBusyError, VaultError
 from ..format import check_stream_name
 from .base import LogSource, LogWriter, Store
+
+if TYPE_CHECKING:
+    from ..checkpoints import Checkpoints
 
 LOG_FILE = "log"
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
@@ -62,6 +66,12 @@ class LocalStore(Store):
 
     def get_object(self, name: str) -> bytes:
         return self._object_path(name).read_bytes()
+
+    def checkpoints(self, group: str) -> Checkpoints:
+        """Files `<root>/_checkpoints/<group>/<stream>.json`."""
+        from ..checkpoints import FileCheckpoints
+
+        return FileCheckpoints(self.root, group)
 
     def _object_path(self, name: str) -> Path:
         # Objects live under a folder whose name is not a valid stream name.
@@ -113,8 +123,8 @@ class LocalLog:
                 ) from None
             raise
         if created:  # make the new folder and file survive a crash
-            _fsync_dir(path.parent)
-            _fsync_dir(path.parent.parent)
+            fsync_dir(path.parent)
+            fsync_dir(path.parent.parent)
 
     def read(self, start: int, length: int) -> bytes:
         return _pread(self._fd, start, length)
@@ -165,7 +175,8 @@ def _pread(fd: int, start: int, length: int) -> bytes:
     return b"".join(parts)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a file created or renamed in it) survive a crash."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
