@@ -1,20 +1,482 @@
-"""The `vault` command line."""
+"""The `vault` command line: a thin shell over vault_core for operators and consumers.
+
+Data goes to stdout (plain, or JSON lines with --json); progress and errors go to stderr. Exit
+codes: 0 done, 1 failed (the message says what went wrong and what to do), 2 bad usage.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import IO, Any
 
 import click
 
-from . import Message, open_reader, open_store
+from . import Consumer, Message, ReadResult, StreamReader, open_reader, open_store
+from . import format as fmt
+from .errors import CorruptDataError, VaultError
+from .lines import BadLine, iso_time, parse_lines, to_json, to_text
+from .stores import Store, open_source
+
+# A publish sends at most this many key and value bytes per batch (the HTTP API takes 16 MiB).
+PUBLISH_BATCH_BYTES = 8 * 1024 * 1024
 
 
-@click.group()
+class _Group(click.Group):
+    """Turns the errors a command can meet into one clear line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:  # the reader of our output went away (`vault read ... | head`)
+            sys.stderr.close()
+            sys.exit(1)
+        except click.ClickException:
+            raise
+        except (VaultError, ValueError, TypeError, OSError) as error:
+            raise click.ClickException(str(error)) from None
+        except Exception as error:
+            raise click.ClickException(_explain(error)) from None
+
+
+def _explain(error: Exception) -> str:
+    import httpx
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
+
+    if isinstance(error, ClientAuthenticationError):
+        return f"storage refused the credentials: {error.message}; check the connection string or your login"
+    if isinstance(error, ServiceRequestError):
+        return f"cannot reach the storage account: {error.message}"
+    if isinstance(error, HttpResponseError):
+        return f"storage answered {error.status_code}: {error.message}"
+    if isinstance(error, httpx.HTTPError):
+        return f"cannot reach the vault's HTTP API: {error}"
+    return f"{type(error).__name__}: {error}"
+
+
+def _store_option(default: str | None = None) -> Any:
+    return click.option(
+        "--store",
+        "target",
+        default=default,
+        show_default=default is not None,
+        envvar="VAULT_STORE",
+        help="Where streams live: a directory (embedded store), an Azure Storage connection "
+        "string, or an account URL (signs in with DefaultAzureCredential). Env: VAULT_STORE.",
+    )
+
+
+_container_option = click.option(
+    "--container",
+    default="vault",
+    show_default=True,
+    envvar="VAULT_CONTAINER",
+    help="Blob container of the streams, on Azure Storage. Env: VAULT_CONTAINER.",
+)
+_read_url_option = click.option(
+    "--url",
+    "read_url",
+    help="The stream's read URL (GET /api/streams/STREAM gives one) instead of --store.",
+)
+_json_option = click.option("--json", "as_json", is_flag=True, help="Output JSON lines.")
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="message-vault")
 def main() -> None:
     """Message Vault: publish-subscribe with replay and batching on Azure Storage."""
+
+
+def _store(target: str | None, container: str) -> Store:
+    if not target:
+        raise click.UsageError("say where the streams are: --store TARGET (or set VAULT_STORE)")
+    return open_store(target, container=container)
+
+
+def _reader(stream: str, target: str | None, container: str, read_url: str | None) -> StreamReader:
+    """The stream's reader, from its read URL or from the store, which must hold the stream."""
+    fmt.check_stream_name(stream)
+    if read_url:
+        if target:
+            raise click.UsageError("give --store or --url, not both")
+        named, source = open_source(read_url)
+        if named != stream:
+            raise click.UsageError(f"--url is the read URL of stream {named!r}, not of {stream!r}")
+        return StreamReader(stream, source)
+    if not target:
+        raise click.UsageError("say where the stream is: --store TARGET (or VAULT_STORE) or --url READ_URL")
+    store = open_store(target, container=container)
+    if stream not in store.streams():
+        raise click.ClickException(
+            f"stream {stream!r} does not exist in {target}; `vault streams` lists the streams there"
+        )
+    return store.reader(stream)
+
+
+@contextmanager
+def _progress(description: str, total: int) -> Iterator[Any]:
+    """A progress bar on stderr, shown only when stderr is a terminal; yields update(position)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, TimeRemainingColumn(), console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
+def _many(count: int, noun: str, plural: str = "") -> str:
+    return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
+
+
+def _emit(as_json: bool, fields: dict[str, Any], text: str) -> None:
+    click.echo(json.dumps(fields) if as_json else text)
+
+
+@main.command()
+@_store_option()
+@_container_option
+@_json_option
+def streams(target: str | None, container: str, as_json: bool) -> None:
+    """List every stream with its position, size on storage and last append time."""
+    store = _store(target, container)
+    statuses = [store.reader(name).status() for name in store.streams()]
+    if as_json:
+        for status in statuses:
+            last = iso_time(status.last_append) if status.last_append else None
+            fields = {"stream": status.stream, "position": status.position, "size": status.size}
+            click.echo(json.dumps({**fields, "last_append": last}))
+        return
+    if not statuses:
+        click.echo(f"no streams in {target}", err=True)
+        return
+    from rich.console import Console
+    from rich.filesize import decimal
+    from rich.table import Table
+
+    table = Table("stream", "position", "size", "last append", box=None, header_style="bold")
+    for status in statuses:
+        last = iso_time(status.last_append) if status.last_append else "-"
+        table.add_row(status.stream, f"{status.position:,}", decimal(status.size), last)
+    Console(width=200).print(table)
+
+
+@main.command()
+@click.argument("stream")
+@click.argument("source", default="-", metavar="[FILE|-]")
+@_store_option()
+@_container_option
+@click.option("--url", "api_url", help="Publish through the vault's HTTP API at this URL instead of --store.")
+@click.option(
+    "--key", envvar="VAULT_API_KEY", help="The HTTP API's key (x-functions-key). Env: VAULT_API_KEY."
+)
+@click.option(
+    "--batch-size",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, fmt.MAX_BATCH_MESSAGES),
+    help="Messages per batch (a batch also stays under 8 MiB).",
+)
+@_json_option
+def publish(
+    stream: str,
+    source: str,
+    target: str | None,
+    container: str,
+    api_url: str | None,
+    key: str | None,
+    batch_size: int,
+    as_json: bool,
+) -> None:
+    """Append the messages of FILE (or stdin), one JSON object per line: {"key": "...", "value":
+    "text"} or {"key": "...", "value_b64": "base64"}. The whole input is checked before anything
+    is appended, so a bad line changes nothing. Each batch is appended exactly once, retries
+    included."""
+    fmt.check_stream_name(stream)
+    if bool(api_url) == bool(target):
+        raise click.UsageError("give --store (or VAULT_STORE) to append directly, or --url for the HTTP API")
+    with _checked_input(source) as (lines, count):
+        if count == 0:
+            raise click.ClickException(
+                f"no messages in {source if source != '-' else 'stdin'}: nothing to publish"
+            )
+        append, close = _appender(stream, target, container, api_url, key)
+        run = f"publish-{uuid.uuid4().hex[:12]}"  # makes each batch's id unique to this run
+        first = last = position = batches = 0
+        try:
+            with _progress(f"publishing to {stream}", count) as update:
+                done = 0
+                for batch in _batches(parse_lines(lines), batch_size):
+                    result = append(batch, f"{run}-{batches}")
+                    first = first if batches else result.offsets[0]
+                    last, position = result.offsets[-1], result.position
+                    batches += 1
+                    done += len(batch)
+                    update(done)
+        finally:
+            close()
+    fields = {"stream": stream, "messages": count, "batches": batches, "first_offset": first}
+    _emit(
+        as_json,
+        {**fields, "last_offset": last, "position": position},
+        f"published {_many(count, 'message')} in {_many(batches, 'batch', 'batches')} to {stream}: "
+        f"offsets {first:,} to {last:,}, stream position now {position:,}",
+    )
+
+
+@contextmanager
+def _checked_input(source: str) -> Iterator[tuple[IO[bytes], int]]:
+    """The input, every line checked, rewound for publishing, with its number of messages. Stdin
+    is kept in a temporary file meanwhile, since it can be read only once."""
+    with (
+        tempfile.TemporaryFile() if source == "-" else click.open_file(source, "rb") as lines  # type: ignore[union-attr]
+    ):
+        count = 0
+        try:
+            if source == "-":
+                for line in sys.stdin.buffer:
+                    lines.write(line)
+                lines.seek(0)
+            for _message in parse_lines(lines):
+                count += 1
+        except BadLine as error:
+            raise click.ClickException(
+                f"{source if source != '-' else 'stdin'}, {error}; nothing was published"
+            ) from None
+        lines.seek(0)
+        yield lines, count
+
+
+def _batches(messages: Iterator[Message], size: int) -> Iterator[list[Message]]:
+    batch: list[Message] = []
+    held = 0
+    for message in messages:
+        weight = len(message.key) + len(message.value)
+        if batch and (len(batch) == size or held + weight > PUBLISH_BATCH_BYTES):
+            yield batch
+            batch, held = [], 0
+        batch.append(message)
+        held += weight
+    if batch:
+        yield batch
+
+
+def _appender(stream: str, target: str | None, container: str, api_url: str | None, key: str | None) -> Any:
+    """append(batch, batch_id) and close() for the store's writer or the HTTP API's client."""
+    if api_url:
+        from .client import VaultClient
+
+        client = VaultClient(api_url, key=key)
+        return (lambda batch, batch_id: client.publish(stream, batch, idempotency_key=batch_id)), client.close
+    from azure.core.exceptions import AzureError
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+    writer = _store(target, container).writer(stream)
+    # A failed append may have landed; retried with its batch id, it is appended once either way.
+    retrying = Retrying(
+        retry=retry_if_exception_type((AzureError, ConnectionError, TimeoutError)),
+        stop=stop_after_attempt(4),
+        wait=wait_exponential(multiplier=0.5, max=8),
+        reraise=True,
+    )
+    return (lambda batch, batch_id: retrying(writer.append, batch, batch_id=batch_id)), writer.close
+
+
+def _parse_time(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time, e.g. 2026-11-22T09:30:00Z") from None
+
+
+@main.command()
+@click.argument("stream")
+@_store_option()
+@_container_option
+@_read_url_option
+@click.option(
+    "--from", "start", type=click.IntRange(0), help="Start at this offset (default: the beginning)."
+)
+@click.option(
+    "--from-time",
+    callback=_parse_time,
+    help="Start at the first message appended at or after this ISO 8601 time (UTC unless it says).",
+)
+@click.option("--limit", type=click.IntRange(1), help="Stop after this many messages.")
+@click.option("--follow", "-f", is_flag=True, help="Keep waiting for new messages until Ctrl-C.")
+@click.option(
+    "--group",
+    help="Read as this consumer group: start from its checkpoint and move it past each batch printed.",
+)
+@click.option(
+    "--poll",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.05),
+    help="Seconds between polls when following.",
+)
+@_json_option
+def read(
+    stream: str,
+    target: str | None,
+    container: str,
+    read_url: str | None,
+    start: int | None,
+    from_time: datetime | None,
+    limit: int | None,
+    follow: bool,
+    group: str | None,
+    poll: float,
+    as_json: bool,
+) -> None:
+    """Print the messages of STREAM: offset, time, key and value (text when it is UTF-8, else
+    base64:...), tab-separated; or JSON lines with --json."""
+    if start is not None and from_time is not None:
+        raise click.UsageError("give --from or --from-time, not both")
+    reader = _reader(stream, target, container, read_url)
+    position = reader.seek_time(from_time) if from_time is not None else start or 0
+    if group is None:
+        _print_batches(reader.batches(position, follow=follow, poll_interval=poll), limit, as_json)
+        return
+    if not target:
+        raise click.UsageError("--group keeps the group's checkpoint in the store: give --store, not --url")
+    with _store(target, container).checkpoints(group) as checkpoints:
+        consumer = Consumer(reader, checkpoints, start=position)  # `position` if the group is new
+        _print_batches(consumer.batches(follow=follow, poll_interval=poll), limit, as_json, consumer)
+
+
+@main.command()
+@click.argument("stream")
+@_store_option()
+@_container_option
+@_read_url_option
+@click.option(
+    "--poll", default=1.0, show_default=True, type=click.FloatRange(0.05), help="Seconds between polls."
+)
+@_json_option
+def tail(
+    stream: str, target: str | None, container: str, read_url: str | None, poll: float, as_json: bool
+) -> None:
+    """Print messages as they are appended to STREAM, from now on, until Ctrl-C."""
+    reader = _reader(stream, target, container, read_url)
+    _print_batches(reader.batches(reader.position(), follow=True, poll_interval=poll), None, as_json)
+
+
+def _print_batches(
+    batches: Iterator[ReadResult], limit: int | None, as_json: bool, consumer: Consumer | None = None
+) -> None:
+    """Print each batch as it comes; with a consumer, the group's checkpoint moves past what was
+    printed (to the middle of a batch when --limit ends there)."""
+    line = to_json if as_json else to_text
+    left = limit
+    try:
+        for batch in batches:
+            messages = batch.messages if left is None else batch.messages[:left]
+            sys.stdout.write("".join(line(message) + "\n" for message in messages))
+            sys.stdout.flush()  # whoever reads our output sees each batch as it comes
+            if left is not None:
+                left -= len(messages)
+                if left == 0:
+                    if consumer is not None:
+                        rest = batch.messages[len(messages) :]
+                        consumer.commit(rest[0].offset if rest else batch.next_position)
+                    return
+    except KeyboardInterrupt:  # how a follow ends
+        return
+
+
+@main.command()
+@click.argument("stream")
+@_store_option()
+@_container_option
+@_read_url_option
+@_json_option
+def verify(stream: str, target: str | None, container: str, read_url: str | None, as_json: bool) -> None:
+    """Read every record of STREAM and check every checksum and offset. Exits 1 and reports the
+    position of the first damage if there is any."""
+    reader = _reader(stream, target, container, read_url)
+    try:
+        with _progress(f"verifying {stream}", reader.position()) as update:
+            report = reader.verify(progress=update)
+    except CorruptDataError as damage:
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {"stream": stream, "ok": False, "damage_at": damage.position, "error": damage.detail}
+                )
+            )
+            sys.exit(1)
+        raise click.ClickException(
+            f"{damage}. Everything before position {damage.position} is intact; restore the stream "
+            "from a copy (vault mirror) or contact whoever operates its storage"
+        ) from None
+    _emit(
+        as_json,
+        {
+            "stream": stream,
+            "ok": True,
+            "position": report.position,
+            "batches": report.batches,
+            "messages": report.messages,
+        },
+        f"{stream}: {_many(report.batches, 'batch', 'batches')}, {_many(report.messages, 'message')}, "
+        f"{report.position:,} bytes; "
+        "every checksum and offset is intact",
+    )
+
+
+@main.command()
+@click.argument("stream")
+@click.option(
+    "--to",
+    "path",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The local directory to keep the copy in (an embedded store).",
+)
+@_store_option()
+@_container_option
+@_read_url_option
+@_json_option
+def mirror(
+    stream: str, path: str, target: str | None, container: str, read_url: str | None, as_json: bool
+) -> None:
+    """Copy STREAM into a local store at PATH, byte for byte, checking every batch; run again to
+    copy only what is new. Read the copy at disk speed with `vault read STREAM --store PATH`."""
+    from .local_copy import mirror as mirror_stream
+
+    reader = _reader(stream, target, container, read_url)
+    with _progress(f"mirroring {stream}", reader.position()) as update:
+        result = mirror_stream(reader, path, progress=update)
+    copied = result.position - result.start
+    _emit(
+        as_json,
+        {
+            "stream": stream,
+            "path": str(result.path),
+            "start": result.start,
+            "position": result.position,
+            "copied": copied,
+        },
+        f"{stream}: copy in {result.path} is at position {result.position:,} "
+        + (f"({copied:,} bytes copied from position {result.start:,})" if copied else "(it was up to date)"),
+    )
 
 
 @main.command()
