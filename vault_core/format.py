@@ -313,16 +313,21 @@ def decode_records(
 def decode_checked(stream: str, buffer: bytes, at: int, header: BatchHeader) -> list[StoredMessage]:
     """decode_records, also checking every record's back-pointer."""
     messages = decode_records(stream, buffer, at, header)
+    unpack = _BACK_POINTER.unpack_from
+    start = header.position
     for message in messages:
-        index = message.offset - header.position + at
-        if index - back_pointer(buffer[index : index + 4]) != at:
+        back = message.offset - start  # where the record is in its batch, which it must point back by
+        if unpack(buffer, at + back)[0] != back:
             raise CorruptDataError(stream, header.position, f"record at {message.offset} points elsewhere")
     return messages
 
 
+_BACK_POINTER = struct.Struct("<I")
+
+
 def back_pointer(buffer: bytes) -> int:
     """For the first bytes of a record: the distance back to its batch start."""
-    return struct.unpack_from("<I", buffer)[0]
+    return _BACK_POINTER.unpack_from(buffer)[0]
 
 
 def encode_commit(commit: Commit) -> bytes:
