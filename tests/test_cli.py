@@ -380,3 +380,12 @@ def test_read_as_a_consumer_group_resumes_where_the_group_stopped(store, where):
         assert checkpoints.get("orders").position == store.reader("orders").position()
     bad = vault("read", "orders", "--group", "no spaces", *where)
     assert bad.returncode == 1 and "invalid consumer group name 'no spaces'" in bad.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    "command", ["streams", "publish", "read", "tail", "verify", "mirror", "serve", "demo"]
+)
+def test_every_command_explains_itself(command):
+    result = vault(command, "--help")
+    assert result.returncode == 0 and not result.stderr
+    assert result.stdout.decode().startswith(f"Usage: vault {command} [OPTIONS]")

@@ -37,7 +37,7 @@ class _Group(click.Group):
         except BrokenPipeError:  # the reader of our output went away (`vault read ... | head`)
             sys.stderr.close()
             sys.exit(1)
-        except click.ClickException:
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except (VaultError, ValueError, TypeError, OSError) as error:
             raise click.ClickException(str(error)) from None
@@ -67,6 +67,7 @@ def _store_option(default: str | None = None) -> Any:
         default=default,
         show_default=default is not None,
         envvar="VAULT_STORE",
+        metavar="TARGET",
         help="Where streams live: a directory (embedded store), an Azure Storage connection "
         "string, or an account URL (signs in with DefaultAzureCredential). Env: VAULT_STORE.",
     )
@@ -82,9 +83,20 @@ _container_option = click.option(
 _read_url_option = click.option(
     "--url",
     "read_url",
+    metavar="READ_URL",
     help="The stream's read URL (GET /api/streams/STREAM gives one) instead of --store.",
 )
 _json_option = click.option("--json", "as_json", is_flag=True, help="Output JSON lines.")
+_poll_option = click.option(
+    "--poll", default=1.0, show_default=True, type=click.FloatRange(0.05), help="Seconds between polls."
+)
+
+
+def _stream_to_read(command: Any) -> Any:
+    """STREAM, and where to read it: --store and --container, or --url."""
+    for option in reversed((click.argument("stream"), _store_option(), _container_option, _read_url_option)):
+        command = option(command)
+    return command
 
 
 @click.group(cls=_Group)
@@ -306,15 +318,17 @@ def _parse_time(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 @main.command()
-@click.argument("stream")
-@_store_option()
-@_container_option
-@_read_url_option
+@_stream_to_read
 @click.option(
-    "--from", "start", type=click.IntRange(0), help="Start at this offset (default: the beginning)."
+    "--from",
+    "start",
+    metavar="OFFSET",
+    type=click.IntRange(0),
+    help="Start at this offset (default: the beginning).",
 )
 @click.option(
     "--from-time",
+    metavar="ISO_TIME",
     callback=_parse_time,
     help="Start at the first message appended at or after this ISO 8601 time (UTC unless it says).",
 )
@@ -324,13 +338,7 @@ def _parse_time(ctx: click.Context, param: click.Parameter, value: str | None) -
     "--group",
     help="Read as this consumer group: start from its checkpoint and move it past each batch printed.",
 )
-@click.option(
-    "--poll",
-    default=1.0,
-    show_default=True,
-    type=click.FloatRange(0.05),
-    help="Seconds between polls when following.",
-)
+@_poll_option
 @_json_option
 def read(
     stream: str,
@@ -362,13 +370,8 @@ def read(
 
 
 @main.command()
-@click.argument("stream")
-@_store_option()
-@_container_option
-@_read_url_option
-@click.option(
-    "--poll", default=1.0, show_default=True, type=click.FloatRange(0.05), help="Seconds between polls."
-)
+@_stream_to_read
+@_poll_option
 @_json_option
 def tail(
     stream: str, target: str | None, container: str, read_url: str | None, poll: float, as_json: bool
@@ -402,10 +405,7 @@ def _print_batches(
 
 
 @main.command()
-@click.argument("stream")
-@_store_option()
-@_container_option
-@_read_url_option
+@_stream_to_read
 @_json_option
 def verify(stream: str, target: str | None, container: str, read_url: str | None, as_json: bool) -> None:
     """Read every record of STREAM and check every checksum and offset. Exits 1 and reports the
