@@ -238,8 +238,8 @@ def test_following_prints_new_messages_until_ctrl_c(store, where, command):
         try:
             if command == ["read", "--follow"]:
                 assert [json.loads(x)["value"] for x in _wait_for_lines(process, 1)] == ["before"]
-            else:
-                time.sleep(1.5)  # tail starts from the end: let it get there first
+            else:  # tail starts from the end: let it get there first
+                assert process.stderr.readline().decode().startswith("following orders from position")
             writer.append([vault_core.Message("k", b"after-1"), vault_core.Message("k", b"after-2")])
             assert [json.loads(x)["value"] for x in _wait_for_lines(process, 2)] == ["after-1", "after-2"]
         finally:

@@ -378,7 +378,9 @@ def tail(
 ) -> None:
     """Print messages as they are appended to STREAM, from now on, until Ctrl-C."""
     reader = _reader(stream, target, container, read_url)
-    _print_batches(reader.batches(reader.position(), follow=True, poll_interval=poll), None, as_json)
+    position = reader.position()
+    click.echo(f"following {stream} from position {position:,} (Ctrl-C to stop)", err=True)
+    _print_batches(reader.batches(position, follow=True, poll_interval=poll), None, as_json)
 
 
 def _print_batches(
