@@ -121,34 +121,11 @@ def create_app(store: Store, *, api_key: str | None = None, wait_seconds: float 
     async def stream_info(request: Request) -> Response:
         authorize(request)
         stream = http.check_stream(request.path_params["stream"])
-
-        def info() -> http.StreamInfo:
-            if stream not in store.streams():
-                raise http.ProblemError(
-                    404, "not-found", "Unknown stream", f"stream {stream!r} does not exist"
-                )
-            expires_on = datetime.now(UTC) + READ_URL_LIFETIME
-            return http.StreamInfo(
-                stream=stream,
-                position=store.reader(stream).position(),
-                read_url=store.read_url(stream, expires_in=READ_URL_LIFETIME),
-                expires_on=expires_on,
-            )
-
-        return _json(await asyncio.to_thread(info))
+        return _json(await asyncio.to_thread(describe_stream, store, stream))
 
     async def list_streams(request: Request) -> Response:
         authorize(request)
-
-        def summaries() -> http.StreamList:
-            return http.StreamList(
-                streams=[
-                    http.StreamSummary(stream=name, position=store.reader(name).position())
-                    for name in store.streams()
-                ]
-            )
-
-        return _json(await asyncio.to_thread(summaries))
+        return _json(await asyncio.to_thread(summarize_streams, store))
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
