@@ -142,8 +142,9 @@ class StreamReader:
         end = commit.position
         if end == 0 or commit.timestamp_ms < target:
             return end
-        if self._header(0).timestamp_ms >= target:
-            return self._first_offset(0)
+        first = self._header(0)
+        if first.timestamp_ms >= target:
+            return first.records_at
         # Invariants: `low` starts a batch older than the target; `high` starts one at or after it
         # (or is the end); no batch starts in [top, high), so probes stay below `top`.
         low, high, top = 0, end, end
