@@ -389,3 +389,69 @@ def test_the_same_batch_id_twice_in_one_group(store):
     assert len(results) + len(conflicts) == 4 and all(r == results[0] for r in results)
     assert contents(store, "s") in (batch(3), batch(2, "other"))
     assert len(conflicts) == (1 if contents(store, "s") == batch(3) else 3)
+
+
+class CountingLog:
+    """A store's log, counting the data writes and commits the writer makes through the seam."""
+
+    def __init__(self, log: object, counts: dict[str, int]) -> None:
+        self._log, self._counts = log, counts
+
+    def write(self, start, parts):
+        self._counts["writes"] += 1
+        return self._log.write(start, parts)
+
+    def commit(self, start, record):
+        self._counts["commits"] += 1
+        return self._log.commit(start, record)
+
+    def __getattr__(self, name):
+        return getattr(self._log, name)
+
+
+def counting(store: vault_core.Store, monkeypatch) -> dict[str, int]:
+    counts = {"writes": 0, "commits": 0}
+    open_log = store.open_log
+    monkeypatch.setattr(store, "open_log", lambda *a, **k: CountingLog(open_log(*a, **k), counts))
+    return counts
+
+
+def test_append_all_commits_many_batches_at_once_each_with_its_own_outcome(store, monkeypatch):
+    with store.writer("s") as writer:
+        earlier = writer.append(batch(2, "earlier"), batch_id="earlier")
+    counts = counting(store, monkeypatch)
+    too_big = [Message("k", bytes(vault_core.format.MAX_VALUE_BYTES + 1))]
+    with store.writer("s") as writer:
+        before = dict(counts)
+        outcomes = writer.append_all(
+            [
+                vault_core.Batch(batch(3, "a"), "a"),
+                vault_core.Batch(too_big, "big"),  # refused alone
+                vault_core.Batch(batch(2, "earlier"), "earlier"),  # already appended: its first result
+                vault_core.Batch(batch(1, "b")),  # no id
+                vault_core.Batch(batch(3, "a"), "a"),  # the same batch twice: one copy
+                vault_core.Batch(batch(1, "not-a"), "a"),  # the id of another batch
+                vault_core.Batch(batch(4, "c"), "c"),
+            ]
+        )
+        assert counts["writes"] - before["writes"] == 1 and counts["commits"] - before["commits"] == 1
+        position = writer.position
+    a, big, again, b, a_twice, conflict, c = outcomes
+    assert isinstance(big, vault_core.MessageTooLarge) and isinstance(conflict, vault_core.BatchIdConflict)
+    assert again == earlier and a_twice == a
+    assert earlier.position < a.offsets[0] < a.position < b.offsets[0] < b.position < c.offsets[0]
+    assert c.position == position
+    assert contents(store, "s") == batch(2, "earlier") + batch(3, "a") + batch(1, "b") + batch(4, "c")
+    with store.writer("s") as writer:  # ids appended together are remembered like any other
+        assert writer.append_all([vault_core.Batch(batch(4, "c"), "c")]) == [c]
+
+
+def test_append_all_past_the_group_size_commits_in_order_over_several_writes(store, monkeypatch):
+    batches = [vault_core.Batch([Message(f"k{i}", bytes([i]) * MiB)] * 3, f"id-{i}") for i in range(8)]
+    counts = counting(store, monkeypatch)
+    with store.writer("s") as writer:
+        results = writer.append_all(batches)
+    assert all(isinstance(r, vault_core.AppendResult) for r in results)
+    assert all(r.position < n.offsets[0] < n.position for r, n in itertools.pairwise(results))
+    assert 2 <= counts["commits"] - 1 < len(batches)  # 24 MiB: more than one group, fewer than eight
+    assert contents(store, "s") == [m for b in batches for m in b.messages]

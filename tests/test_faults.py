@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -92,11 +93,172 @@ def test_expired_writer_is_fenced_if_the_stream_changed(azurite_store):
     assert keys(store, "s") == ["before-0", "other-0"]
 
 
+class PausingLog:
+    """A writer's log whose next data write or commit waits for `go`: a request in flight."""
+
+    def __init__(self, log: object, pause_before: str) -> None:
+        self._log, self._pause_before = log, pause_before
+        self.paused, self.go = threading.Event(), threading.Event()
+
+    def write(self, start, parts):
+        self._wait("write")
+        return self._log.write(start, parts)
+
+    def commit(self, start, record):
+        self._wait("commit")
+        return self._log.commit(start, record)
+
+    def _wait(self, step: str) -> None:
+        if step == self._pause_before and not self.go.is_set():
+            self.paused.set()
+            assert self.go.wait(30)
+
+    def __getattr__(self, name):
+        return getattr(self._log, name)
+
+
+def test_takeover_fences_a_live_writer_at_once(azurite_store):
+    store = azurite_store
+    old = store.writer("s", lease_seconds=60)
+    old.append(batch(2, "old"))
+    started = time.monotonic()
+    with store.writer("s", takeover=True) as new:
+        assert time.monotonic() - started < 15  # not the 60 s the old lease had left
+        new.append(batch(1, "new"))
+        with pytest.raises(vault_core.FencedError, match="lost ownership"):
+            old.append(batch(1, "late"))
+        new.append(batch(1, "new-again"))
+    old.close()
+    assert keys(store, "s") == ["old-0", "old-1", "new-0", "new-again-0"]
+    store.reader("s").verify()
+
+
+@pytest.mark.parametrize("pause_before", ["write", "commit"])
+def test_takeover_fences_a_write_in_flight(azurite_store, monkeypatch, pause_before):
+    """The old writer is mid-append (its data written and its commit not yet sent, or its data
+    not yet sent) when another takes over: its request lands after the takeover and is refused,
+    and none of its bytes become visible."""
+    store = azurite_store
+    with store.writer("s") as writer:
+        writer.append(batch(1, "before"))
+    open_log = store.open_log
+    logs: list[PausingLog] = []
+    monkeypatch.setattr(
+        store,
+        "open_log",
+        lambda *a, **k: logs.append(PausingLog(open_log(*a, **k), pause_before)) or logs[-1],
+    )
+    old = store.writer("s")
+    monkeypatch.undo()
+    outcome: list[object] = []
+    thread = threading.Thread(target=lambda: outcome.append(_outcome(old.append, batch(50, "in-flight"))))
+    thread.start()
+    assert logs[0].paused.wait(30)
+    with store.writer("s", takeover=True) as new:
+        new.append(batch(1, "new"))
+        logs[0].go.set()
+        thread.join()
+        assert isinstance(outcome[0], vault_core.FencedError)
+        new.append(batch(1, "after"))
+    assert keys(store, "s") == ["before-0", "new-0", "after-0"]
+    assert store.reader("s").verify().batches == 3
+
+
+def _outcome(call, *args):
+    try:
+        return call(*args)
+    except Exception as error:
+        return error
+
+
+def test_takeover_fences_a_frozen_writer_process_that_resumes(azurite):
+    """A writer process frozen (SIGSTOP) with its lease held is taken over at once; resumed, it
+    is fenced and nothing it writes becomes visible."""
+    target, container = azurite.connection_string, "frozen"
+    store = vault_core.open_store(target, container=container)
+    writer = start_writer(target, container, 0, 10_000)
+    assert writer.stdout.readline().strip() == "ready"
+    acked = [int(writer.stdout.readline().split()[1]) for _ in range(3)]
+    writer.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with store.writer("s", takeover=True) as new:
+            assert time.monotonic() - started < 15  # its 15 s lease is not waited out
+            taken_at = new.position
+            new.append(batch(2, "new"))
+            writer.send_signal(signal.SIGCONT)
+            output, errors = writer.communicate(timeout=60)
+            new.append(batch(1, "after"))
+    finally:
+        writer.kill()
+    assert writer.returncode != 0 and "FencedError" in errors
+    acked += [int(line.split()[1]) for line in output.splitlines()]
+    old = list(store.reader("s").replay(0, end=taken_at))
+    found, at = 0, 0
+    while at < len(old):  # the old writer's batches, whole and in order, up to the takeover
+        expected = batch_messages(found)
+        assert [(m.key, m.value) for m in old[at : at + len(expected)]] == expected
+        found, at = found + 1, at + len(expected)
+    assert acked == list(range(len(acked))) and found in (len(acked), len(acked) + 1)
+    assert [m.key for m in store.reader("s").replay(taken_at)] == ["new-0", "new-1", "after-0"]
+    store.reader("s").verify()
+
+
+def test_takeover_on_the_local_store_cannot_fence_a_live_holder(local_store):
+    with local_store.writer("s") as holder:
+        with pytest.raises(vault_core.StreamBusyError):
+            local_store.writer("s", takeover=True)
+        holder.append(batch(1))
+    with local_store.writer("s", takeover=True) as writer:  # a free stream opens as usual
+        writer.append(batch(1, "next"))
+    assert keys(local_store, "s") == ["m-0", "next-0"]
+
+
+def test_writers_taking_over_from_each_other_lose_and_duplicate_nothing(azurite_store):
+    """Two owners that keep taking the stream from each other (as two instances briefly can while
+    the runtime moves an entity): each fenced append is retried once by a new owner with the same
+    batch id; every acknowledged batch is in the stream exactly once."""
+    store = azurite_store
+    acknowledged: dict[str, vault_core.AppendResult] = {}
+
+    def owner(name: str) -> None:
+        writer = None
+        for n in range(12):
+            messages, batch_id = batch(1 + n % 3, f"{name}-{n}"), f"{name}-{n}"
+            for _attempt in range(4):
+                try:
+                    writer = writer or store.writer("s", takeover=True)
+                    acknowledged[batch_id] = writer.append(messages, batch_id=batch_id)
+                    break
+                except (vault_core.FencedError, vault_core.StreamBusyError):
+                    if writer is not None:
+                        writer.close()
+                    writer = None
+        if writer is not None:
+            writer.close()
+
+    threads = [threading.Thread(target=owner, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stored = list(store.reader("s").replay())
+    by_offset = {m.offset: m for m in stored}
+    for batch_id, result in acknowledged.items():
+        n = int(batch_id.split("-")[1])
+        expected = batch(1 + n % 3, batch_id)
+        assert [(by_offset[o].key, by_offset[o].value) for o in result.offsets] == expected
+    assert len(acknowledged) >= 12
+    assert len(stored) == sum(len(r.offsets) for r in acknowledged.values())
+    store.reader("s").verify()
+
+
 def start_writer(target: str, container: str, first: int, last: int) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.crash_writer", target, container, "s", str(first), str(last)],
         cwd=ROOT_HINT,
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
 

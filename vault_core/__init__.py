@@ -28,10 +28,11 @@ from .format import Message, StoredMessage
 from .local_copy import MirrorResult, mirror
 from .reader import ReadResult, StreamReader, StreamStatus, VerifyReport
 from .stores import Store, open_source, open_store
-from .writer import AppendResult, StreamWriter
+from .writer import AppendResult, Batch, StreamWriter
 
 __all__ = [
     "AppendResult",
+    "Batch",
     "BatchIdConflict",
     "Checkpoint",
     "CheckpointConflict",

@@ -20,6 +20,13 @@ class AppendResult(NamedTuple):
     offsets: list[int]  # one per message, in order
 
 
+class Batch(NamedTuple):
+    """One batch for `StreamWriter.append_all`."""
+
+    messages: Sequence[fmt.Message]
+    batch_id: str | None = None
+
+
 class StreamWriter:
     """Appends to one stream while owning it. Use as a context manager, or call close().
 
@@ -74,18 +81,37 @@ class StreamWriter:
         after a crash) returns the first result and appends nothing; BatchIdConflict if the id was
         used for different messages. The last 1,024 batch ids of the stream are remembered.
         """
-        batch_id_bytes = fmt.check_batch_id(batch_id)
         # Encoded here, outside the lock, while the leader of a group commit waits on storage.
-        request = _Append(messages, batch_id_bytes, fmt.prepare_batch(messages, batch_id_bytes))
-        with self._queue_lock:
-            self._queue.append(request)
-        with self._lock:
-            if not request.done:  # no leader took it along: lead the next group commit
-                self._lead()
+        request = _Append.prepare(messages, batch_id)
+        self._run([request])
         if request.error is not None:
             raise request.error
         assert request.result is not None
         return request.result
+
+    def append_all(self, batches: Sequence[Batch]) -> list[AppendResult | Exception]:
+        """Append several batches together, in order: as few data writes and commits as their
+        size allows (one, up to 16 MiB), each batch still atomic, exactly once per batch id, and
+        with its own outcome: its AppendResult, or the error that refused it (BatchIdConflict,
+        a message over a limit, or a storage error or FencedError that stopped its commit).
+        """
+        prepared: list[_Append | Exception] = []
+        for messages, batch_id in batches:
+            try:
+                prepared.append(_Append.prepare(messages, batch_id))
+            except (ValueError, TypeError) as error:  # refused alone, before anything is stored
+                prepared.append(error)
+        self._run([item for item in prepared if isinstance(item, _Append)])
+        return [item.outcome() if isinstance(item, _Append) else item for item in prepared]
+
+    def _run(self, requests: list[_Append]) -> None:
+        """Queue the requests and lead group commits until they are all done (another thread's
+        group commit may take some of them along)."""
+        with self._queue_lock:
+            self._queue.extend(requests)
+        with self._lock:
+            while not all(request.done for request in requests):
+                self._lead()
 
     def _lead(self) -> None:
         with self._queue_lock:
@@ -211,6 +237,19 @@ class _Append:
         self.error: BaseException | None = None
         self.twin: _Append | None = None
         self.done = False
+
+    @classmethod
+    def prepare(cls, messages: Sequence[fmt.Message], batch_id: str | None) -> _Append:
+        """Check and encode a batch (ValueError or TypeError if it is wrong)."""
+        batch_id_bytes = fmt.check_batch_id(batch_id)
+        return cls(messages, batch_id_bytes, fmt.prepare_batch(messages, batch_id_bytes))
+
+    def outcome(self) -> AppendResult | Exception:
+        """Once done: the result, or the error that refused the batch."""
+        if isinstance(self.error, Exception):
+            return self.error
+        assert self.result is not None
+        return self.result
 
     def follow(self, twin: _Append, stream: str) -> None:
         """Share the outcome of an identical batch (same id) in the same group."""

@@ -70,9 +70,10 @@ class Store(abc.ABC):
         """Names of the streams that exist, sorted."""
 
     @abc.abstractmethod
-    def open_log(self, stream: str, *, lease_seconds: int) -> LogWriter:
+    def open_log(self, stream: str, *, lease_seconds: int, takeover: bool = False) -> LogWriter:
         """Create the stream's log if needed and take ownership of it; StreamBusyError if another
-        live writer owns it."""
+        live writer owns it. With `takeover`, end any other writer's ownership at once instead
+        (where the backend can: see each backend), so that its next write raises FencedError."""
 
     @abc.abstractmethod
     def open_source(self, stream: str) -> LogSource:
@@ -95,8 +96,15 @@ class Store(abc.ABC):
         """Consumer group `group`'s checkpoints on this store's streams: files beside the streams
         on the local store; the account's Table service (table `vaultcheckpoints`) on Azure."""
 
-    def writer(self, stream: str, *, lease_seconds: int = 60) -> StreamWriter:
-        """The stream's single writer; creates the stream. StreamBusyError if it has another."""
+    def writer(self, stream: str, *, lease_seconds: int = 60, takeover: bool = False) -> StreamWriter:
+        """The stream's single writer; creates the stream. StreamBusyError if it has another.
+
+        `takeover=True` is for a caller that already knows it is the stream's rightful owner (the
+        Function App's durable entity, which the runtime runs in one place at a time): it ends
+        the other writer's ownership at once instead of waiting for it to lapse. The old writer,
+        alive, frozen or mid-write, is fenced: its next write raises FencedError and none of its
+        bytes become visible. On the local store, whose lock the OS frees the moment its holder
+        dies, there is nothing to wait out and `takeover` changes nothing."""
         from ..writer import StreamWriter
 
         check_stream_name(stream)
@@ -104,7 +112,9 @@ class Store(abc.ABC):
             raise TypeError("lease_seconds must be an int")
         if not 15 <= lease_seconds <= 60:
             raise ValueError(f"lease_seconds must be 15 to 60, got {lease_seconds}")
-        return StreamWriter(stream, self.open_log(stream, lease_seconds=lease_seconds))
+        if not isinstance(takeover, bool):
+            raise TypeError("takeover must be a bool")
+        return StreamWriter(stream, self.open_log(stream, lease_seconds=lease_seconds, takeover=takeover))
 
     def reader(self, stream: str) -> StreamReader:
         from ..reader import StreamReader

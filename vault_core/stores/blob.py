@@ -48,6 +48,7 @@ MAX_PUT_PAGE = 4 * 1024 * 1024  # Azure's limit for one Put Page
 GROWTH_STEP = 4 * 1024 * 1024
 MAX_GROWTH = 1024 * 1024 * 1024
 PARALLEL_PUTS = 4
+TAKEOVER_ATTEMPTS = 3
 CLOCK_SKEW = timedelta(minutes=5)
 _CONTAINER_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
@@ -126,7 +127,7 @@ class BlobStore(Store):
     def _blob(self, stream: str) -> BlobClient:
         return self._container.get_blob_client(f"{stream}/{LOG_BLOB}")
 
-    def open_log(self, stream: str, *, lease_seconds: int) -> LogWriter:
+    def open_log(self, stream: str, *, lease_seconds: int, takeover: bool = False) -> LogWriter:
         blob = self._blob(stream)
         try:
             _create_page_blob(blob)
@@ -134,7 +135,7 @@ class BlobStore(Store):
             with contextlib.suppress(ResourceExistsError):
                 self._container.create_container()
             _create_page_blob(blob)
-        return BlobLog(blob, stream, lease_seconds)
+        return BlobLog(blob, stream, lease_seconds, takeover=takeover)
 
     def open_source(self, stream: str) -> LogSource:
         return BlobSource(self._blob(stream))
@@ -282,20 +283,12 @@ class BlobSource:
 class BlobLog:
     """A stream's page blob, leased for writing."""
 
-    def __init__(self, blob: BlobClient, stream: str, lease_seconds: int) -> None:
+    def __init__(self, blob: BlobClient, stream: str, lease_seconds: int, *, takeover: bool = False) -> None:
         self._blob = blob
         self._source = BlobSource(blob)
         self._stream = stream
         self._lease_seconds = lease_seconds
-        try:
-            self._lease: BlobLeaseClient = blob.acquire_lease(lease_seconds)
-        except HttpResponseError as error:
-            if error.status_code == 409:
-                raise StreamBusyError(
-                    f"stream {stream!r} has another live writer (its blob lease is held; "
-                    f"it frees within {lease_seconds} s of that writer stopping)"
-                ) from None
-            raise
+        self._lease = _acquire(blob, stream, lease_seconds, takeover=takeover)
         self._renewed = time.monotonic()
         self._pool: ThreadPoolExecutor | None = None
         self._etag = ""
@@ -408,6 +401,34 @@ class BlobLog:
         with contextlib.suppress(HttpResponseError):  # a lost lease has nothing to give up
             self._lease.release()
         self._blob.close()
+
+
+def _acquire(blob: BlobClient, stream: str, lease_seconds: int, *, takeover: bool) -> BlobLeaseClient:
+    """A new lease on the stream's blob. Taking over breaks the holder's lease with no break
+    period, then acquires a lease of our own: from the break on, every request carrying the old
+    lease is refused, so the old writer can neither write nor commit (a write of its that storage
+    accepted before the break lies past the committed position, where ours overwrite it)."""
+    lease = BlobLeaseClient(blob)
+    for attempt in range(TAKEOVER_ATTEMPTS):
+        try:
+            lease.acquire(lease_seconds)
+            return lease
+        except HttpResponseError as error:
+            if error.status_code != 409:
+                raise
+        if not takeover:
+            raise StreamBusyError(
+                f"stream {stream!r} has another live writer (its blob lease is held; "
+                f"it frees within {lease_seconds} s of that writer stopping)"
+            )
+        if attempt + 1 < TAKEOVER_ATTEMPTS:
+            # Another taker may acquire between our break and our acquire: then we break again.
+            with contextlib.suppress(HttpResponseError):  # 409: the lease was released meanwhile
+                BlobLeaseClient(blob).break_lease(lease_break_period=0)
+    raise StreamBusyError(
+        f"stream {stream!r} could not be taken over: another writer took it back "
+        f"{TAKEOVER_ATTEMPTS} times in a row; stop the competing writer"
+    )
 
 
 def source_from_url(url: str, *, credential: Any = None) -> tuple[str, LogSource]:

@@ -43,8 +43,9 @@ class LocalStore(Store):
                 names.append(entry.name)
         return sorted(names)
 
-    def open_log(self, stream: str, *, lease_seconds: int) -> LogWriter:
-        # lease_seconds has no meaning here: the OS releases the lock the moment its holder dies.
+    def open_log(self, stream: str, *, lease_seconds: int, takeover: bool = False) -> LogWriter:
+        # lease_seconds and takeover have no meaning here: the OS releases the lock the moment its
+        # holder dies, and a live (even frozen) holder cannot be fenced, so it keeps the stream.
         folder = self.root / stream
         created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
