@@ -42,11 +42,22 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.orchestration_trigger(context_name="context")
 def append_batch(context: df.DurableOrchestrationContext):
-    """Calls the stream's entity with the batch; its instance id is the Idempotency-Key."""
+    """Calls the stream's entity, retrying with durable timers while the problem may pass; its
+    instance id is the stream and the Idempotency-Key."""
     return host.append_orchestration(context)
 
 
-@app.entity_trigger(context_name="context")
-def stream_writer(context: df.DurableEntityContext) -> None:
-    """One per stream (entity key = stream name): owns the lease and appends."""
-    host.stream_writer(context)
+# The entity takes its operation batch whole (the SDK's entity_trigger would hand it one operation
+# at a time): the same entityTrigger binding, declared directly.
+@app.function_name("stream_writer")
+@app.generic_trigger(arg_name="context", type="entityTrigger")
+def stream_writer(context: func.EntityContext) -> str:
+    """One per stream (entity key = stream name): appends each batch of operations together."""
+    return host.stream_writer(context)
+
+
+@app.timer_trigger(schedule="0 17 * * * *", arg_name="timer")
+@app.durable_client_input(client_name="client")
+async def purge_history(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:
+    """Hourly: forget finished appends older than VAULT_PURGE_AFTER_HOURS."""
+    await host.purge_history(client)

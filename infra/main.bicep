@@ -55,6 +55,10 @@ param waitSeconds int = 30
 @maxValue(60)
 param leaseSeconds int = 60
 
+@description('Finished appends\' orchestration history is purged after this many hours (VAULT_PURGE_AFTER_HOURS).')
+@minValue(1)
+param purgeAfterHours int = 24
+
 @description('Flex Consumption: the most instances the app scales out to.')
 @minValue(40)
 @maxValue(1000)
@@ -362,6 +366,10 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'VAULT_TASK_HUB'
           value: taskHubName
+        }
+        {
+          name: 'VAULT_PURGE_AFTER_HOURS'
+          value: string(purgeAfterHours)
         }
         // No FUNCTIONS_WORKER_RUNTIME: on Flex Consumption the runtime comes from
         // functionAppConfig.runtime and the setting is rejected.

@@ -10,6 +10,7 @@ param stagingContainerName = 'vault-staging'
 param taskHubName = 'vault'
 param waitSeconds = 30
 param leaseSeconds = 60
+param purgeAfterHours = 24
 param maximumInstanceCount = 100
 param instanceMemoryMB = 2048
 param softDeleteRetentionDays = 7

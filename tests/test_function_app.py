@@ -1,23 +1,29 @@
-"""The Function App through the SDKs' own entry points: what the worker indexes, HTTP functions
-called with real azure.functions.HttpRequest objects, and the orchestrator and entity run through
-the Durable SDK's handles with the JSON the host sends. Only the host's message passing is stood
-in for (tests/durable_host.py); storage is Azurite."""
+"""The Function App on the Durable host stand-in (tests/durable): the app's real functions in
+worker processes, reached over HTTP through the host's front door, with entity operations queued
+and delivered in batches, partitions and polling as on the Azure Storage provider. Storage is
+Azurite. A few tests call the entity's handle directly, as the worker does, to pin down what it
+answers for each operation of a batch."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import hashlib
 import itertools
 import json
+import threading
 
 import azure.functions as func
+import httpx
 import pytest
+from azure.core.exceptions import HttpResponseError, ServiceRequestError
 
 import vault_core
-from tests.durable_host import FakeDurableHost, batch_op, entity_batch_json
+from tests.durable import protocol
+from tests.durable.host import DurableHost, scaled
 from vault_core import Message
 from vault_core import function_host as host_module
 from vault_core import http_models as http
+from vault_core.client import KeyReused, VaultClient
 
 _containers = itertools.count()
 
@@ -30,56 +36,42 @@ def functions():
     return {f.get_function_name(): f for f in function_app.app.get_functions()}
 
 
-@pytest.fixture
-def settings(azurite, monkeypatch):
+def app_settings(azurite, container: str, **extra: str) -> dict[str, str]:
+    return {
+        "AzureWebJobsStorage": azurite.connection_string,
+        "VAULT_STORE": azurite.connection_string,
+        "VAULT_CONTAINER": container,
+        "VAULT_STAGING_CONTAINER": f"{container}-staging",
+        "VAULT_WAIT_SECONDS": "3",
+        "VAULT_TASK_HUB": "vault",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def app(azurite):
+    """The app on two instances (lease, visibility and drain times scaled down tenfold)."""
     container = f"app-{next(_containers)}"
-    monkeypatch.setenv("VAULT_STORE", azurite.connection_string)
-    monkeypatch.setenv("VAULT_CONTAINER", container)
-    monkeypatch.setenv("VAULT_STAGING_CONTAINER", f"{container}-staging")
-    monkeypatch.setenv("VAULT_WAIT_SECONDS", "10")
-    for cached in (host_module.store, host_module.writers, host_module.staging):
-        cached.cache_clear()
-    yield vault_core.open_store(azurite.connection_string, container=container)
-    host_module.writers().close()
-    for cached in (host_module.store, host_module.writers, host_module.staging):
-        cached.cache_clear()
+    with DurableHost(
+        app_settings(azurite, container, VAULT_PURGE_AFTER_HOURS="0"), settings=scaled(0.1)
+    ) as host:
+        host.store = vault_core.open_store(azurite.connection_string, container=container)
+        host.staging = vault_core.open_store(azurite.connection_string, container=f"{container}-staging")
+        yield host
+    assert not host.errors, host.events
 
 
-@pytest.fixture
-def durable(functions, settings):
-    with FakeDurableHost(functions) as fake:
-        yield fake
-
-
-def run(coroutine):
-    """Run the app's async function as the worker would, closing the Durable SDK's shared HTTP
-    session inside the same event loop."""
-    from azure.durable_functions.models.utils import http_utils
-
-    async def runner():
-        try:
-            return await coroutine
-        finally:
-            await http_utils._close_session()
-
-    return asyncio.run(runner())
-
-
-def request(method: str, path: str, body: bytes = b"", route: dict | None = None, **headers: str):
-    return func.HttpRequest(
-        method=method,
-        url=f"http://localhost:7071/api/{path}",
-        headers=headers,
-        route_params=route or {},
-        body=body,
+def post(app, stream: str, body: bytes, content_type: str = http.JSON, **headers: str) -> httpx.Response:
+    return httpx.post(
+        f"{app.url}/streams/{stream}",
+        content=body,
+        headers={"content-type": content_type, **headers},
+        timeout=60,
     )
 
 
-def publish(functions, durable, stream: str, body: bytes, content_type: str = http.JSON, **headers: str):
-    req = request(
-        "POST", f"streams/{stream}", body, {"stream": stream}, **{"Content-Type": content_type, **headers}
-    )
-    return run(functions["publish"].get_user_function()(req=req, client=durable.client_json()))
+def contents(store: vault_core.Store, stream: str) -> list[tuple[str, bytes]]:
+    return [(m.key, m.value) for m in store.reader(stream).replay()]
 
 
 def test_the_indexed_functions(functions):
@@ -95,56 +87,94 @@ def test_the_indexed_functions(functions):
         http_in = next(b for b in bindings if b["type"] == trigger)
         assert (http_in["route"], http_in["methods"], http_in["authLevel"]) == (route, methods, auth)
         assert {"type": "http", "direction": "OUT", "name": "$return"} in bindings
-    for name in ("publish", "batch_status"):
+    for name in ("publish", "batch_status", "purge_history"):
         assert any(json.loads(b)["type"] == "durableClient" for b in functions[name].get_raw_bindings())
-    assert [json.loads(b)["type"] for b in functions["append_batch"].get_raw_bindings()] == [
-        "orchestrationTrigger"
+    types = {name: [json.loads(b)["type"] for b in functions[name].get_raw_bindings()] for name in functions}
+    assert types["append_batch"] == ["orchestrationTrigger"]
+    # The binding the SDK's entity_trigger declares, with the whole batch handed to our handle.
+    assert [json.loads(b) for b in functions["stream_writer"].get_raw_bindings()] == [
+        {"direction": "IN", "type": "entityTrigger", "name": "context"}
     ]
-    assert [json.loads(b)["type"] for b in functions["stream_writer"].get_raw_bindings()] == ["entityTrigger"]
-    assert set(functions) == {*expected, "append_batch", "stream_writer"}
+    assert sorted(types["purge_history"]) == ["durableClient", "timerTrigger"]
+    assert set(functions) == {*expected, "append_batch", "stream_writer", "purge_history"}
 
 
-def test_a_post_goes_through_orchestration_and_entity_to_committed_bytes(functions, durable, settings):
+def test_a_post_goes_through_orchestration_and_entity_to_committed_bytes(app):
     messages = [Message("order-created", b'{"order": 1}'), Message("order-paid", b"\x00\x01")]
-    response = publish(
-        functions, durable, "orders", http.encode_json(messages), **{"Idempotency-Key": "order-1"}
-    )
-    assert response.status_code == 200, response.get_body()
-    body = json.loads(response.get_body())
-    stored = list(settings.reader("orders").replay())
+    response = post(app, "orders", http.encode_json(messages), **{"Idempotency-Key": "order-1"})
+    assert response.status_code == 200, response.text
+    stored = list(app.store.reader("orders").replay())
     assert [(m.key, m.value) for m in stored] == messages
-    assert body == {
+    assert response.json() == {
         "stream": "orders",
-        "position": settings.reader("orders").position(),
+        "position": app.store.reader("orders").position(),
         "offsets": [m.offset for m in stored],
     }
-    assert any(entry[:2] == ("rpc", "POST") for entry in durable.log)  # it started an orchestration
+    record = app.record(host_module.instance_id("orders", "order-1"))
+    assert record is not None and record.status == "Completed"
 
 
-def test_large_batches_are_staged_not_sent_through_durable(functions, durable, settings):
+def test_large_batches_are_staged_never_sent_through_durable_and_deleted_once_committed(app):
     messages = [Message(f"k{i}", bytes([i]) * 100_000) for i in range(20)]  # 2 MB
-    response = publish(functions, durable, "big", http.encode_binary(messages), http.BINARY_BATCH)
-    assert response.status_code == 200, response.get_body()
-    assert [(m.key, m.value) for m in settings.reader("big").replay()] == messages
-    started = [e for e in durable.log if e[0] == "rpc" and e[1] == "POST"]
-    assert all(len(e[3]) < 4096 for e in started)  # the orchestration input holds a reference
-
-
-def test_retries_with_the_same_key_append_once_and_a_changed_body_is_422(functions, durable, settings):
-    body = http.encode_json([Message("k", b"v")])
-    first = publish(functions, durable, "s", body, **{"Idempotency-Key": "same"})
-    again = publish(functions, durable, "s", body, **{"Idempotency-Key": "same"})
-    assert first.status_code == again.status_code == 200
-    assert json.loads(first.get_body()) == json.loads(again.get_body())
-    durable.instances.pop("same")  # the orchestration history purged: only the entity remembers
-    retried = publish(functions, durable, "s", body, **{"Idempotency-Key": "same"})
-    assert json.loads(retried.get_body()) == json.loads(first.get_body())
-    durable.instances.pop("same")
-    changed = publish(
-        functions, durable, "s", http.encode_json([Message("k", b"other")]), **{"Idempotency-Key": "same"}
+    spilled = app.hub.spilled
+    response = post(
+        app, "big", http.encode_binary(messages), http.BINARY_BATCH, **{"Idempotency-Key": "big-1"}
     )
-    assert changed.status_code == 422 and changed.mimetype == http.PROBLEM_JSON
-    assert len(list(settings.reader("s").replay())) == 1
+    assert response.status_code == 200, response.text
+    assert contents(app.store, "big") == messages
+    # Nothing went over Durable's queue (45 KB) or table (60 KB) limits into its blobs.
+    assert app.hub.spilled == spilled
+    record = app.record(host_module.instance_id("big", "big-1"))
+    assert "inline" not in json.loads(record.input_text) and len(record.input_text) < 1024
+    with pytest.raises(FileNotFoundError):  # the staged copy is deleted once committed
+        app.staging.get_object(json.loads(record.input_text)["staged"])
+
+
+def test_the_largest_inline_batch_stays_under_durables_message_limits(app):
+    body = http.encode_binary([Message("k", b"x" * (host_module.INLINE_BYTES - 6))])
+    assert len(body) == host_module.INLINE_BYTES
+    spilled = app.hub.spilled
+    response = post(app, "inline", body, http.BINARY_BATCH, **{"Idempotency-Key": "inline-1"})
+    assert response.status_code == 200, response.text
+    assert "inline" in json.loads(app.record(host_module.instance_id("inline", "inline-1")).input_text)
+    assert app.hub.spilled == spilled
+
+
+def test_retries_with_the_same_key_append_once_and_a_changed_body_is_422(app):
+    body = http.encode_json([Message("k", b"v")])
+    first = post(app, "retried", body, **{"Idempotency-Key": "same"})
+    again = post(app, "retried", body, **{"Idempotency-Key": "same"})
+    assert first.status_code == again.status_code == 200
+    assert first.json() == again.json()
+    app.hub.purge([host_module.instance_id("retried", "same")])  # history purged: the stream remembers
+    retried = post(app, "retried", body, **{"Idempotency-Key": "same"})
+    assert retried.status_code == 200 and retried.json() == first.json()
+    changed = post(app, "retried", http.encode_json([Message("k", b"other")]), **{"Idempotency-Key": "same"})
+    assert changed.status_code == 422 and changed.headers["content-type"] == http.PROBLEM_JSON
+    app.hub.purge([host_module.instance_id("retried", "same")])
+    changed = post(app, "retried", http.encode_json([Message("k", b"other")]), **{"Idempotency-Key": "same"})
+    assert changed.status_code == 422  # found by the entity in the stream's batch ids
+    assert len(contents(app.store, "retried")) == 1
+
+
+def test_the_same_key_on_two_streams_is_two_appends(app):
+    a = post(app, "key-a", http.encode_json([Message("on-a", b"1")]), **{"Idempotency-Key": "shared"})
+    b = post(app, "key-b", http.encode_json([Message("on-b", b"22")]), **{"Idempotency-Key": "shared"})
+    assert a.status_code == b.status_code == 200, (a.text, b.text)
+    assert a.json()["stream"] == "key-a" and b.json()["stream"] == "key-b"
+    assert contents(app.store, "key-a") == [("on-a", b"1")]
+    assert contents(app.store, "key-b") == [("on-b", b"22")]
+    assert b.json()["offsets"] == [m.offset for m in app.store.reader("key-b").replay()]
+    status = httpx.get(f"{app.url}/streams/key-b/batches/shared", timeout=30)
+    assert status.status_code == 200 and status.json() == b.json()
+    elsewhere = httpx.get(f"{app.url}/streams/key-c/batches/shared", timeout=30)
+    assert elsewhere.status_code == 404 and elsewhere.headers["content-type"] == http.PROBLEM_JSON
+
+
+def test_instance_ids_are_valid_durable_instance_ids():
+    longest = host_module.instance_id("a" * 50, "K" * 128)
+    assert len(longest) <= 256 and not set("/\\#?") & set(longest) and not longest.startswith("@")
+    assert host_module.instance_id("a", "k") != host_module.instance_id("b", "k")
 
 
 @pytest.mark.parametrize(
@@ -158,123 +188,257 @@ def test_retries_with_the_same_key_append_once_and_a_changed_body_is_422(functio
         ("s", http.BINARY_BATCH, http.BINARY_RECORD.pack(1, 2**20 + 1) + b"k" + bytes(2**20 + 1), 413),
     ],
 )
-def test_bad_requests_are_problems_and_start_nothing(
-    functions, durable, settings, stream, content_type, body, status
-):
-    response = publish(functions, durable, stream, body, content_type)
-    assert response.status_code == status and response.mimetype == http.PROBLEM_JSON
-    problem = json.loads(response.get_body())
+def test_bad_requests_are_problems_and_start_nothing(app, stream, content_type, body, status):
+    before = len(app.hub.records)
+    response = post(app, stream, body, content_type)
+    assert response.status_code == status and response.headers["content-type"] == http.PROBLEM_JSON
+    problem = response.json()
     assert problem["status"] == status and problem["detail"]
-    assert not [e for e in durable.log if e[0] == "rpc" and e[1] == "POST"]
-    assert settings.streams() == []
+    assert len(app.hub.records) == before
+    assert "s" not in app.store.streams()
 
 
-def test_a_slow_append_answers_202_and_its_location_resolves(functions, durable, settings, monkeypatch):
-    monkeypatch.setenv("VAULT_WAIT_SECONDS", "0.2")
-    durable.paused.set()  # the host is slow to run the orchestration
-    response = publish(
-        functions, durable, "slow", http.encode_json([Message("k", b"v")]), **{"Idempotency-Key": "slow-1"}
-    )
-    assert response.status_code == 202
-    location = response.headers["Location"]
-    assert location == http.batch_location("slow", "slow-1")
-    durable.paused.clear()
-    status_fn = functions["batch_status"].get_user_function()
+def test_a_slow_append_answers_202_and_its_location_resolves(app):
+    entity = protocol.entity_instance_id("stream_writer", "slow")
+    origin = f"http://{httpx.URL(app.url).netloc.decode()}"
+    with app.holding(entity):  # the entity's queue is backed up
+        response = post(app, "slow", http.encode_json([Message("k", b"v")]), **{"Idempotency-Key": "slow-1"})
+        assert response.status_code == 202, response.text
+        location = response.headers["Location"]
+        assert location == http.batch_location("slow", "slow-1")
+        assert httpx.get(origin + location, timeout=30).status_code == 202
     for _ in range(100):
-        req = request("GET", location.removeprefix("/api/"), route={"stream": "slow", "token": "slow-1"})
-        answer = run(status_fn(req=req, client=durable.client_json()))
+        answer = httpx.get(origin + location, timeout=30)
         if answer.status_code != 202:
             break
-    assert answer.status_code == 200 and json.loads(answer.get_body())["position"] > 0
+    assert answer.status_code == 200, answer.text
+    assert contents(app.store, "slow") == [("k", b"v")]
+    assert answer.json()["position"] == app.store.reader("slow").position()
 
 
-def test_stream_info_lists_and_health(functions, durable, settings):
-    publish(functions, durable, "info", http.encode_json([Message("k", b"v")]))
-    info = functions["stream_info"].get_user_function()(
-        request("GET", "streams/info", route={"stream": "info"})
-    )
-    body = json.loads(info.get_body())
-    assert info.status_code == 200 and body["position"] == settings.reader("info").position()
-    assert [m.key for m in vault_core.open_reader(body["read_url"]).replay()] == ["k"]
-    missing = functions["stream_info"].get_user_function()(
-        request("GET", "streams/nope", route={"stream": "nope"})
-    )
-    assert missing.status_code == 404 and missing.mimetype == http.PROBLEM_JSON
-    listed = json.loads(functions["list_streams"].get_user_function()(request("GET", "streams")).get_body())
-    assert listed == {"streams": [{"stream": "info", "position": body["position"]}]}
-    assert functions["health"].get_user_function()(request("GET", "health")).status_code == 200
+def test_the_app_takes_a_stream_from_another_writer_at_once(app):
+    """The entity is the stream's rightful owner on the Function App: a writer elsewhere (an
+    operator's `vault publish`) is fenced rather than waited for."""
+    other = app.store.writer("taken", lease_seconds=60)
+    other.append([Message("other", b"")])
+    response = post(app, "taken", http.encode_json([Message("app", b"")]))
+    assert response.status_code == 200, response.text
+    with pytest.raises(vault_core.FencedError):
+        other.append([Message("late", b"")])
+    other.close()
+    assert contents(app.store, "taken") == [("other", b""), ("app", b"")]
 
 
-def test_an_entity_operation_executed_twice_appends_once(functions, settings):
-    """What the runtime does after a crash: it runs the same operation batch again."""
-    entity = functions["stream_writer"].get_user_function()
-    batch = http.encode_binary([Message("k", b"")])
-    payload = {"stream": "twice", "batch_id": "op-1", "inline": base64.b64encode(batch).decode()}
-    operation = batch_op("append", json.dumps(payload))
-    context = entity_batch_json("stream_writer", "twice", False, None, [operation])
-    first = json.loads(entity(func.EntityContext(context)))
-    second = json.loads(entity(func.EntityContext(context)))  # the same batch, state as before the crash
-    assert first["results"][0]["result"] == second["results"][0]["result"]
-    assert [m.key for m in settings.reader("twice").replay()] == ["k"]
+def test_a_finished_append_that_gave_up_runs_again_on_the_next_post(app):
+    body = http.encode_json([Message("k", b"v")])
+    instance = host_module.instance_id("gave-up", "g-1")
+    with app.store.writer("gave-up"):  # an orchestration that exhausted its retries
+        pass
+    gave_up = {"problem": {"type": "x", "title": "t", "status": 503, "detail": "d"}, "retry": True}
+    digest = hashlib.sha256(http.encode_binary([Message("k", b"v")])).hexdigest()
+    app.hub.records[instance] = protocol_record(instance, {"stream": "gave-up", "digest": digest}, gave_up)
+    response = post(app, "gave-up", body, **{"Idempotency-Key": "g-1"})
+    assert response.status_code == 200, response.text
+    assert contents(app.store, "gave-up") == [("k", b"v")]
 
 
-def test_a_stream_whose_lease_is_held_elsewhere_is_503_with_retry_after(functions, durable, settings):
-    body, key = http.encode_json([Message("k", b"v")]), {"Idempotency-Key": "held-1"}
-    with settings.writer("held"):  # another process's writer still holds the lease
-        response = publish(functions, durable, "held", body, **key)
-    assert response.status_code == 503 and int(response.headers["Retry-After"]) > 0
-    assert json.loads(response.get_body())["status"] == 503
-    assert settings.reader("held").position() == 0
-    retried = publish(functions, durable, "held", body, **key)  # the lease was given back
-    assert retried.status_code == 200
-    assert publish(functions, durable, "held", body, **key).get_body() == retried.get_body()
-    assert len(list(settings.reader("held").replay())) == 1
+def protocol_record(instance: str, payload: dict, output: dict):
+    from tests.durable.taskhub import Record
+
+    return Record(instance, "append_batch", input_text=json.dumps(payload), status="Completed", output=output)
 
 
-def test_the_producer_client_against_the_function_app(functions, durable, settings):
-    """The client's HTTP requests handed to the app's functions as the Functions host would
-    route them (the host's dispatching is the one thing stood in for)."""
-    import re
+def test_stream_info_lists_and_health(app):
+    post(app, "info", http.encode_json([Message("k", b"v")]))
+    info = httpx.get(f"{app.url}/streams/info", timeout=30)
+    assert info.status_code == 200 and info.json()["position"] == app.store.reader("info").position()
+    assert [m.key for m in vault_core.open_reader(info.json()["read_url"]).replay()] == ["k"]
+    missing = httpx.get(f"{app.url}/streams/nope", timeout=30)
+    assert missing.status_code == 404 and missing.headers["content-type"] == http.PROBLEM_JSON
+    listed = httpx.get(f"{app.url}/streams", timeout=30).json()["streams"]
+    assert {"stream": "info", "position": info.json()["position"]} in listed
+    assert httpx.get(f"{app.url}/health", timeout=30).status_code == 200
 
-    import httpx
 
-    from vault_core.client import KeyReused, VaultClient
-
-    routes = [
-        ("POST", re.compile(r"/api/streams/(?P<stream>[^/]+)$"), "publish"),
-        ("GET", re.compile(r"/api/streams/(?P<stream>[^/]+)/batches/(?P<token>[^/]+)$"), "batch_status"),
-        ("GET", re.compile(r"/api/streams/(?P<stream>[^/]+)$"), "stream_info"),
-        ("GET", re.compile(r"/api/streams$"), "list_streams"),
-    ]
-
-    def dispatch(sent: httpx.Request) -> httpx.Response:
-        for method, pattern, name in routes:
-            match = pattern.match(sent.url.path)
-            if sent.method == method and match:
-                req = func.HttpRequest(
-                    method=sent.method,
-                    url=str(sent.url),
-                    headers=dict(sent.headers),
-                    route_params=match.groupdict(),
-                    body=sent.read(),
-                )
-                function = functions[name].get_user_function()
-                if name in ("publish", "batch_status"):
-                    answer = run(function(req=req, client=durable.client_json()))
-                else:
-                    answer = function(req)
-                return httpx.Response(
-                    answer.status_code, headers=dict(answer.headers), content=answer.get_body()
-                )
-        return httpx.Response(404)
-
-    with VaultClient("http://localhost:7071/api", transport=httpx.MockTransport(dispatch)) as client:
+def test_the_producer_client_against_the_function_app(app):
+    with VaultClient(app.url) as client:
         messages = [Message(f"k{i}", bytes([i]) * 20_000) for i in range(5)]  # 100 KB: staged
         result = client.publish("via-client", messages, idempotency_key="c-1")
         assert client.publish("via-client", messages, idempotency_key="c-1") == result
         with pytest.raises(KeyReused):
             client.publish("via-client", messages[:1], idempotency_key="c-1")
         info = client.stream_info("via-client")
-        assert [s.stream for s in client.streams()] == ["via-client"]
+        assert "via-client" in [s.stream for s in client.streams()]
     assert [(m.key, m.value) for m in vault_core.open_reader(info.read_url).replay()] == messages
     assert info.position == result.position
+
+
+def test_concurrent_producers_on_one_stream_commit_together(app):
+    """The runtime hands the entity the operations queued meanwhile; they share data writes and
+    commits (the commit record counts them), each still whole and at its own offsets."""
+    results: dict[str, vault_core.AppendResult] = {}
+
+    def produce(n: int) -> None:
+        with VaultClient(app.url) as client:
+            for i in range(3):
+                key = f"p{n}-{i}"
+                results[key] = client.publish("shared", [Message(key, key.encode())], idempotency_key=key)
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    by_offset = {m.offset: m for m in app.store.reader("shared").replay()}
+    assert len(by_offset) == len(results) == 72
+    for key, result in results.items():
+        assert by_offset[result.offsets[0]].key == key
+    commits = app.store.reader("shared").commit().counter
+    assert commits < 72 / 2, f"{commits} commits for 72 appends"
+
+
+def test_the_post_asks_for_the_status_at_growing_intervals(app):
+    """A POST that waits 3 s for its append asks the runtime for the status a handful of times
+    (each ask is a storage read), not every 50 ms."""
+    with app.holding(protocol.entity_instance_id("stream_writer", "polled")):
+        before = app.stats["status requests"]
+        response = post(app, "polled", http.encode_json([Message("k", b"v")]))
+        asked = app.stats["status requests"] - before
+    assert response.status_code == 202
+    assert 3 <= asked <= 15
+
+
+def test_the_purge_timer_forgets_finished_appends_only(app):
+    post(app, "purged", http.encode_json([Message("k", b"v")]), **{"Idempotency-Key": "p-1"})
+    finished = host_module.instance_id("purged", "p-1")
+    assert app.record(finished) is not None
+    entity = protocol.entity_instance_id("stream_writer", "purged")
+    app.hub.records["still-running"] = protocol_record("still-running", {}, {})
+    app.hub.records["still-running"].status = "Running"
+    try:
+        reply = app.run_timer("purge_history")
+        assert "error" not in reply, reply
+        assert app.record(finished) is None
+        assert app.record("still-running") is not None  # running orchestrations are kept
+        assert app.record(entity) is not None  # and the entities' state
+    finally:
+        app.hub.records.pop("still-running", None)
+
+
+def test_host_json_keeps_latency_low_and_batches_inside_the_stream_memory():
+    from tests.durable.host import Settings
+
+    settings = Settings.from_host_json()
+    assert settings.max_polling_interval <= 2  # the default 30 s makes the first POST after idle a 202
+    assert settings.partition_count > 4  # lets more than 4 instances share the work
+    # A batch the runtime runs again (after a crash) must find all its appends among the
+    # stream's last 1,024 batch ids.
+    assert settings.max_entity_batch <= 1024
+    assert settings.function_timeout >= host_module.ENTITY_BUDGET_SECONDS * 4
+
+
+# --- the entity's handle, called as the worker calls it -----------------------------------------
+
+
+@pytest.fixture
+def entity(functions, azurite, monkeypatch):
+    """Runs the app's entity function in this process on one batch of operations."""
+    container = f"entity-{next(_containers)}"
+    for name, value in app_settings(azurite, container).items():
+        monkeypatch.setenv(name, value)
+    host_module.store.cache_clear()
+    host_module.staging.cache_clear()
+    handle = functions["stream_writer"].get_user_function()
+
+    def run(stream: str, payloads: list[dict], state: str | None = None) -> tuple[list, str]:
+        operations = [{"op": "append", "input": json.dumps(json.dumps(p))} for p in payloads]
+        context = protocol.entity_batch("stream_writer", stream, state is not None, state, operations)
+        answer = json.loads(handle(func.EntityContext(context)))
+        assert answer["signals"] == [] and answer["entityExists"]
+        return [json.loads(r["result"]) for r in answer["results"]], answer["entityState"]
+
+    run.store = vault_core.open_store(azurite.connection_string, container=container)
+    run.staging = vault_core.open_store(azurite.connection_string, container=f"{container}-staging")
+    yield run
+    host_module._owners.close()
+    host_module.store.cache_clear()
+    host_module.staging.cache_clear()
+
+
+def payload(stream: str, key: str, messages: list[Message], staged_in=None) -> dict:
+    batch = http.encode_binary(messages)
+    digest = hashlib.sha256(batch).hexdigest()
+    item = {"stream": stream, "batch_id": key, "digest": digest}
+    if staged_in is None:
+        item["inline"] = base64.b64encode(batch).decode()
+    else:
+        item["staged"] = f"{stream}/{key}/{digest}"
+        staged_in.put_object(item["staged"], batch)
+    return item
+
+
+def test_the_entity_commits_a_batch_of_operations_together_each_with_its_answer(entity, monkeypatch):
+    commits = []
+    open_log = type(entity.store).open_log
+
+    def counting_open_log(store, *args, **kwargs):
+        log = open_log(store, *args, **kwargs)
+        commit = log.commit
+        log.commit = lambda *a: commits.append(1) or commit(*a)
+        return log
+
+    monkeypatch.setattr(type(entity.store), "open_log", counting_open_log)
+    ops = [payload("s", f"id-{i}", [Message(f"m{i}", b"x" * i)]) for i in range(10)]
+    ops.append(payload("s", "id-3", [Message("m3", b"xxx")]))  # delivered twice: one copy
+    ops.append(payload("s", "id-4", [Message("not-m4", b"")]))  # an id reused for other messages
+    ops.append(payload("s", "big", [Message("b", bytes(300_000))], staged_in=entity.staging))
+    answers, state = entity("s", ops)
+    assert len(commits) == 2  # the first, empty commit of a new stream, then one for all
+    assert all("position" in a for a in answers[:10]) and answers[10] == answers[3]
+    assert answers[11]["problem"]["status"] == 422 and answers[11]["retry"] is False
+    assert "position" in answers[12]
+    stored = contents(entity.store, "s")
+    assert stored == [(f"m{i}", b"x" * i) for i in range(10)] + [("b", bytes(300_000))]
+    assert json.loads(state) == {"appends": 12, "position": entity.store.reader("s").position()}
+    with pytest.raises(FileNotFoundError):
+        entity.staging.get_object(ops[12]["staged"])
+    # The runtime runs the same batch again (its worker died before the checkpoint): the staged
+    # batch is gone, the stream's batch ids answer, nothing is appended twice.
+    again, _ = entity("s", ops, state)
+    assert again == answers
+    assert contents(entity.store, "s") == stored
+
+
+def test_the_entity_takes_the_stream_over_from_a_writer_elsewhere(entity):
+    """Another process's entity writer (the previous owner, idle with its lease) does not make the
+    new owner wait: it takes over, and the old writer is fenced."""
+    old = entity.store.writer("moved", lease_seconds=60, takeover=True)
+    old.append([Message("before", b"")], batch_id="before")
+    answers, _ = entity("moved", [payload("moved", "after", [Message("after", b"")])])
+    assert "position" in answers[0], answers
+    with pytest.raises(vault_core.FencedError):
+        old.append([Message("late", b"")])
+    old.close()
+    assert contents(entity.store, "moved") == [("before", b""), ("after", b"")]
+
+
+@pytest.mark.parametrize(
+    ("error", "retry"),
+    [
+        (vault_core.StreamBusyError("held"), True),
+        (vault_core.FencedError("lost"), True),
+        (HttpResponseError(response=None, message="server busy"), True),
+        (ServiceRequestError("connection refused"), True),
+        (vault_core.BatchIdConflict("reused"), False),
+        (vault_core.MessageTooLarge("big"), False),
+        (vault_core.CorruptDataError("s", 0, "flipped"), False),
+    ],
+)
+def test_which_problems_the_orchestration_retries(error, retry):
+    answer = host_module._problem(error)
+    assert answer["retry"] is retry
+    assert (
+        (answer["problem"]["status"] == 503 and answer["retry_after"])
+        if retry
+        else answer["problem"]["status"] < 503
+    )

@@ -1,7 +1,21 @@
-"""The Function App's logic, behind the thin function_app.py: HTTP functions validate a batch
-and hand it to an orchestration (instance id = the Idempotency-Key), which calls the stream's
-durable entity; the entity is the only code in the app that appends, through the vault_core
-writer. Imported only by the Function App (it needs azure-functions and its durable extension).
+"""The Function App's logic, behind the thin function_app.py: HTTP functions validate a batch and
+hand it to an orchestration (one per stream and Idempotency-Key), which calls the stream's durable
+entity; the entity is the only code in the app that appends, through the vault_core writer.
+Imported only by the Function App (it needs azure-functions and its durable extension).
+
+How it runs on the Durable runtime (Azure Storage provider):
+- The runtime runs a stream's entity in one worker process at a time, but moves it with its
+  control-queue partition whenever the app scales or an instance is recycled. The entity therefore
+  opens its writer with `takeover=True`: the new owner fences the old one at once instead of
+  waiting for its blob lease to lapse.
+- The runtime hands an entity every operation queued for it (up to maxEntityOperationBatchSize) in
+  one invocation. The entity appends them together, one data write and one commit for the lot,
+  each batch atomic with its own result, so that throughput grows with the number of producers.
+- Delivery is at least once: a batch whose worker dies is run again, possibly elsewhere. Each
+  append carries its Idempotency-Key as batch id, so running it again appends nothing.
+- A problem that may pass (the stream held by another writer, a lost ownership, a storage error)
+  is retried inside the orchestration with durable timers, so a 202's Location resolves to the
+  final answer.
 
 Settings (app settings, or local.settings.json when run with Core Tools):
     VAULT_STORE               where streams live: a connection string, an account URL (Entra ID
@@ -11,6 +25,7 @@ Settings (app settings, or local.settings.json when run with Core Tools):
     VAULT_STAGING_CONTAINER   where large batches wait for their entity (default "vault-staging")
     VAULT_WAIT_SECONDS        how long a POST waits for its commit before answering 202 (30)
     VAULT_LEASE_SECONDS       the writers' blob lease (15-60, default 60)
+    VAULT_PURGE_AFTER_HOURS   finished appends' orchestration history is purged after (24)
 """
 
 from __future__ import annotations
@@ -20,25 +35,52 @@ import base64
 import functools
 import hashlib
 import json
+import logging
 import os
+import threading
+import time
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
+from azure.core.exceptions import AzureError, HttpResponseError
+from azure.durable_functions.models.entities import EntityState, OperationResult
 
 from . import http_models as http
-from .errors import BatchIdConflict
-from .server import Writers, describe_stream, problem_for, summarize_streams
+from .errors import BatchIdConflict, FencedError, StreamBusyError
+from .format import Message
+from .server import describe_stream, problem_for, summarize_streams
 from .stores import open_store
 from .stores.base import Store
+from .writer import AppendResult, Batch, StreamWriter
+
+log = logging.getLogger("vault.functions")
 
 ORCHESTRATOR = "append_batch"
 ENTITY = "stream_writer"
 # Batches up to this size ride inside the orchestration input; larger ones are staged in blob
-# storage (a claim check) so that they never travel through Durable's own queue messages.
-INLINE_BYTES = 32 * 1024
-POLL_SECONDS = 0.05
+# storage (a claim check). The input travels base64-encoded in queue messages and table rows,
+# which Durable moves to blobs above 45 KB (queues) and 30 K characters (tables): 12 KiB encodes
+# to 16 K characters and never does.
+INLINE_BYTES = 12 * 1024
+# Seconds between the attempts of an append that met a problem that may pass: about 75 s in all,
+# more than the longest blob lease (60 s) another writer may hold.
+RETRY_DELAYS = (1, 2, 4, 8, 15, 15, 15, 15)
+# An entity invocation starts no new append after this long; the rest of its operations answer
+# "retry" (the orchestration sends them again). It keeps every invocation far inside the function
+# timeout (host.json: 10 min), which would otherwise report appends that did commit as failed.
+ENTITY_BUDGET_SECONDS = 60.0
+# Staged batches an entity holds in memory at once (each is at most 16 MiB).
+ROUND_BYTES = 64 * 1024 * 1024
+FINISHED = (
+    df.OrchestrationRuntimeStatus.Completed,
+    df.OrchestrationRuntimeStatus.Failed,
+    df.OrchestrationRuntimeStatus.Terminated,
+)
 
 
 def setting(name: str, default: str | None = None) -> str | None:
@@ -59,15 +101,16 @@ def store() -> Store:
 
 
 @functools.cache
-def writers() -> Writers:
-    """This worker process's writers, one per stream, each holding its stream's lease."""
-    return Writers(store(), lease_seconds=int(setting("VAULT_LEASE_SECONDS", "60") or 60))
-
-
-@functools.cache
 def staging() -> Store:
     """Where staged batches go: a container of their own beside the streams."""
     return _open(setting("VAULT_STAGING_CONTAINER") or "vault-staging")
+
+
+def instance_id(stream: str, key: str) -> str:
+    """The append orchestration's instance id: one per stream and Idempotency-Key, so the same key
+    on two streams is two appends. At most 179 characters, none of them / \\ # ? or a leading @
+    (stream names are lowercase letters, digits and hyphens; keys letters, digits and ._:-)."""
+    return f"{stream}:{key}"
 
 
 def problem_response(error: BaseException) -> func.HttpResponse:
@@ -89,22 +132,30 @@ async def publish(req: func.HttpRequest, client: df.DurableOrchestrationClient) 
         stream = http.check_stream(req.route_params.get("stream", ""))
         key = http.check_idempotency_key(req.headers.get(http.IDEMPOTENCY_KEY)) or uuid.uuid4().hex
         http.check_content_length(req.headers.get("content-length"))
-        messages = http.parse_batch(req.headers.get("content-type"), req.get_body())
-        batch = http.encode_binary(messages)
-        digest = hashlib.sha256(batch).hexdigest()
-        status = await client.get_status(key)
+        # Parsing, encoding and hashing up to 16 MiB would stall every request on this worker's
+        # event loop: they run on a thread.
+        batch, digest = await asyncio.to_thread(_encode, req.headers.get("content-type"), req.get_body())
+        instance = instance_id(stream, key)
+        status = await client.get_status(instance)
         earlier = _input_of(status)
-        if earlier and earlier.get("stream") == stream and earlier.get("digest") != digest:
-            raise BatchIdConflict(f"Idempotency-Key {key!r} was already used for a different batch")
+        if earlier is not None and earlier.get("digest") != digest:
+            raise BatchIdConflict(
+                f"Idempotency-Key {key!r} was already used on stream {stream!r} for a different batch"
+            )
         if _should_start(status):
             payload: dict[str, Any] = {"stream": stream, "batch_id": key, "digest": digest}
             if len(batch) <= INLINE_BYTES:
                 payload["inline"] = base64.b64encode(batch).decode()
             else:
                 payload["staged"] = await asyncio.to_thread(_stage, f"{stream}/{key}/{digest}", batch)
-            await client.start_new(ORCHESTRATOR, key, payload)
-        wait = float(setting("VAULT_WAIT_SECONDS", "30") or 30)
-        return await _outcome(client, stream, key, wait)
+            try:
+                await client.start_new(ORCHESTRATOR, instance, payload)
+            except Exception:
+                # A retry of this request started it first (the runtime refuses a second start of
+                # a running instance): wait for that one.
+                if await client.get_status(instance) is None:
+                    raise
+        return await _outcome(client, stream, instance, float(setting("VAULT_WAIT_SECONDS", "30") or 30))
     except Exception as error:
         return problem_response(error)
 
@@ -113,9 +164,12 @@ async def batch_status(req: func.HttpRequest, client: df.DurableOrchestrationCli
     try:
         stream = http.check_stream(req.route_params.get("stream", ""))
         key = http.check_idempotency_key(req.route_params.get("token"))
-        if key is None or not await client.get_status(key):
+        instance = instance_id(stream, key) if key else None
+        status = await client.get_status(instance) if instance else None
+        earlier = _input_of(status)
+        if earlier is None or earlier.get("stream") != stream:
             raise http.ProblemError(404, "not-found", "Unknown batch", "no append is known at this location")
-        return await _outcome(client, stream, key, 0)
+        return await _outcome(client, stream, instance, 0)  # type: ignore[arg-type]
     except Exception as error:
         return problem_response(error)
 
@@ -138,30 +192,55 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse(json.dumps({"status": "ok"}), mimetype=http.JSON)
 
 
+async def purge_history(client: df.DurableOrchestrationClient) -> int:
+    """Purges the history of finished appends older than VAULT_PURGE_AFTER_HOURS (orchestrations
+    only: running ones, and the entities, which hold no history worth purging, are kept). Once
+    purged, a retried Idempotency-Key is still recognised by the stream itself while it is among
+    the stream's last 1,024 batches."""
+    hours = float(setting("VAULT_PURGE_AFTER_HOURS", "24") or 24)
+    result = await client.purge_instance_history_by(
+        created_time_from=datetime(2000, 1, 1, tzinfo=UTC),
+        created_time_to=datetime.now(UTC) - timedelta(hours=hours),
+        runtime_status=list(FINISHED),
+    )
+    log.info("purged %d finished append orchestrations", result.instances_deleted)
+    return result.instances_deleted
+
+
+def _encode(content_type: str | None, body: bytes) -> tuple[bytes, str]:
+    """The batch in the binary encoding the entity reads, and its digest."""
+    batch = http.encode_binary(http.parse_batch(content_type, body))
+    return batch, hashlib.sha256(batch).hexdigest()
+
+
 async def _outcome(
-    client: df.DurableOrchestrationClient, stream: str, key: str, wait: float
+    client: df.DurableOrchestrationClient, stream: str, instance: str, wait: float
 ) -> func.HttpResponse:
-    """The append's answer once its orchestration completed within `wait` seconds, else 202."""
-    deadline = asyncio.get_running_loop().time() + wait
+    """The append's answer once its orchestration finished within `wait` seconds, else 202. The
+    status is asked for at growing intervals (50 ms to 1 s): each ask is a storage read."""
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + wait, 0.05
     while True:
-        status = await client.get_status(key)
+        status = await client.get_status(instance)
         runtime = status.runtime_status if status else None
         if runtime == df.OrchestrationRuntimeStatus.Completed:
             return _from_entity(stream, status.output)
-        if runtime in (df.OrchestrationRuntimeStatus.Failed, df.OrchestrationRuntimeStatus.Terminated):
-            raise RuntimeError(f"the append orchestration {key} ended {runtime.value}")
-        if asyncio.get_running_loop().time() >= deadline:
-            location = http.batch_location(stream, key)
+        if runtime in FINISHED:
+            raise RuntimeError(f"the append orchestration {instance} ended {runtime.value}")  # type: ignore[union-attr]
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            location = http.batch_location(stream, instance.split(":", 1)[1])
             body = json.dumps({"stream": stream, "status": location})
             return func.HttpResponse(
                 body, status_code=202, headers={"Location": location}, mimetype=http.JSON
             )
-        await asyncio.sleep(POLL_SECONDS)
+        await asyncio.sleep(min(delay, remaining))
+        delay = min(delay * 1.5, 1.0)
 
 
 def _input_of(status: df.models.DurableOrchestrationStatus | None) -> dict[str, Any] | None:
-    """An earlier orchestration's input. The client sends inputs as JSON text, so the status
-    may carry that text rather than the object."""
+    """An orchestration's input. The client sends inputs as JSON text, so the status may carry
+    that text rather than the object."""
     value = status.input_ if status else None
     if isinstance(value, str):
         try:
@@ -172,15 +251,18 @@ def _input_of(status: df.models.DurableOrchestrationStatus | None) -> dict[str, 
 
 
 def _should_start(status: df.models.DurableOrchestrationStatus | None) -> bool:
-    """Start an orchestration for this key unless one is running or has a final answer. An
-    earlier attempt that failed, or ended in a retryable problem (the stream busy, say), is run
-    again: the entity's batch id keeps the append exactly once whatever happened before."""
+    """Start an orchestration for this key unless one is running or has a final answer. One that
+    failed, or gave up on a problem that may pass, runs again: the batch id keeps the append
+    exactly once whatever happened before."""
     runtime = status.runtime_status if status else None
-    if runtime in (None, df.OrchestrationRuntimeStatus.Failed, df.OrchestrationRuntimeStatus.Terminated):
+    if runtime is None or runtime in (
+        df.OrchestrationRuntimeStatus.Failed,
+        df.OrchestrationRuntimeStatus.Terminated,
+    ):
         return True
     if runtime == df.OrchestrationRuntimeStatus.Completed:
-        problem = (status.output or {}).get("problem") if isinstance(status.output, dict) else None
-        return bool(problem) and problem["status"] >= 500
+        output = status.output if isinstance(status.output, dict) else {}  # type: ignore[union-attr]
+        return bool(output.get("retry"))
     return False
 
 
@@ -191,7 +273,9 @@ def _from_entity(stream: str, output: dict[str, Any]) -> func.HttpResponse:
         return func.HttpResponse(
             json.dumps(problem), status_code=problem["status"], headers=headers, mimetype=http.PROBLEM_JSON
         )
-    return json_response(http.AppendResponse(stream=stream, **output))
+    return json_response(
+        http.AppendResponse(stream=stream, position=output["position"], offsets=output["offsets"])
+    )
 
 
 def _stage(name: str, batch: bytes) -> str:
@@ -199,44 +283,239 @@ def _stage(name: str, batch: bytes) -> str:
     return name
 
 
-# --- the orchestration and the entity ----------------------------------------------------------
+# --- the orchestration ---------------------------------------------------------------------------
 
 
 def append_orchestration(context: df.DurableOrchestrationContext):  # type: ignore[no-untyped-def]
-    """Calls the stream's entity once; Durable replays make the call, never the append, repeat."""
+    """Calls the stream's entity, and again after a durable timer while the answer is a problem
+    that may pass. Durable replays repeat the calls' results, never the appends."""
     payload = context.get_input(expected_type=dict)
-    result = yield context.call_entity(
-        df.EntityId(ENTITY, payload["stream"]), "append", payload, expected_type=dict
-    )
-    return result
+    entity = df.EntityId(ENTITY, payload["stream"])
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            result = yield context.call_entity(entity, "append", payload)
+        except Exception as error:  # the runtime failed the whole batch (a function timeout, say)
+            result = _problem(RuntimeError(f"the stream's entity failed the operation: {error}"), retry=True)
+        if not result.get("retry") or delay is None:
+            return result
+        yield context.create_timer(context.current_utc_datetime + timedelta(seconds=delay))
 
 
-def stream_writer(context: df.DurableEntityContext) -> None:
-    """The stream's one writer. Its state keeps the lease it writes under; the batch id makes an
-    operation the runtime re-executes after a crash append nothing the second time."""
-    state = context.get_state(lambda: {"appends": 0})
-    if context.operation_name != "append":
-        context.set_result({"problem": _problem(ValueError(f"unknown operation {context.operation_name!r}"))})
-        return
-    payload = context.get_input(expected_type=dict)
-    stream = context.entity_key
+# --- the entity ----------------------------------------------------------------------------------
+
+
+def stream_writer(context: func.EntityContext) -> str:
+    """The stream's one writer. The runtime hands it every queued operation at once; it appends
+    them together and answers each (its state is a summary for operators: appends and position).
+    Built from the SDK's own context and result types, as the SDK's per-operation handler is."""
+    entity, operations = df.DurableEntityContext.from_json(context.body)
+    started = datetime.now(UTC)
+    outcomes = _append_operations(entity.entity_key, operations)
+    state = entity.get_state(lambda: {"appends": 0, "position": 0}) or {"appends": 0, "position": 0}
+    appended = [o["position"] for o in outcomes if "position" in o]
+    if appended:
+        state = {"appends": state["appends"] + len(appended), "position": max(state["position"], *appended)}
+    elapsed = int((datetime.now(UTC) - started).total_seconds() * 1000)
+    results = [
+        OperationResult(
+            is_error=False,
+            duration=elapsed,
+            execution_start_time_ms=int(started.timestamp() * 1000),
+            result=o,
+        )
+        for o in outcomes
+    ]
+    return EntityState(results=results, signals=[], entity_exists=True, state=state).to_json_string()
+
+
+class _Append:
+    """One operation of an entity batch: its payload, its messages once read, its outcome."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self.payload = payload
+        self.messages: list[Message] | None = None
+        self.outcome: dict[str, Any] | None = None
+
+    @property
+    def staged_bytes(self) -> int:
+        return 0 if "inline" in self.payload else http.MAX_BODY_BYTES
+
+
+def _append_operations(stream: str, operations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each operation's answer: {"position", "offsets"}, or {"problem", "retry", ...}."""
+    deadline = time.monotonic() + ENTITY_BUDGET_SECONDS
+    appends: list[_Append] = []
+    answers: list[_Append | dict[str, Any]] = []
+    for operation in operations:
+        if operation.get("name") != "append":
+            answers.append(_problem(ValueError(f"unknown operation {operation.get('name')!r}"), retry=False))
+            continue
+        # The caller's JSON text, serialized once more by the runtime.
+        appends.append(_Append(json.loads(json.loads(operation["input"]))))
+        answers.append(appends[-1])
+    for chunk in _rounds(appends):
+        if time.monotonic() > deadline:
+            for append in chunk:
+                append.outcome = _problem(TimeoutError("deferred: the entity's batch ran long"), retry=True)
+            continue
+        _append_round(stream, chunk)
+    return [a.outcome if isinstance(a, _Append) else a for a in answers]  # type: ignore[misc]
+
+
+def _rounds(appends: list[_Append]) -> Iterator[list[_Append]]:
+    """Consecutive appends holding at most ROUND_BYTES of staged batches between them."""
+    chunk: list[_Append] = []
+    size = 0
+    for append in appends:
+        if chunk and size + append.staged_bytes > ROUND_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(append)
+        size += append.staged_bytes
+    if chunk:
+        yield chunk
+
+
+def _append_round(stream: str, appends: list[_Append]) -> None:
+    list(_pool().map(_read, appends))
+    ready = [a for a in appends if a.outcome is None and a.messages is not None]
+    for attempt in range(2 if ready else 0):
+        try:
+            writer = _owners.writer(stream)
+            outcomes = writer.append_all([Batch(a.messages or [], a.payload["batch_id"]) for a in ready])
+        except Exception as error:  # the stream could not be opened, or taken over
+            outcomes = [error] * len(ready)
+        fenced = [a for a, o in zip(ready, outcomes, strict=True) if isinstance(o, FencedError)]
+        for append, outcome in zip(ready, outcomes, strict=True):
+            append.outcome = _appended(outcome) if isinstance(outcome, AppendResult) else _problem(outcome)
+        if not fenced or attempt:
+            break
+        # Another writer took the stream over since this worker last wrote. The runtime has just
+        # handed this batch to this worker, so it owns the entity now: take the stream back once.
+        _owners.drop(stream)
+        ready = fenced
+    _missing_staged(stream, appends)
+    committed = [
+        a.payload["staged"] for a in appends if "staged" in a.payload and "position" in (a.outcome or {})
+    ]
+    list(_pool().map(staging().delete_object, committed))
+
+
+def _read(append: _Append) -> None:
+    """The append's messages, from its inline copy or its staged blob, checked against the digest
+    the HTTP function took."""
+    payload = append.payload
     try:
-        if "inline" in payload:
-            batch = base64.b64decode(payload["inline"])
-        else:
-            batch = staging().get_object(payload["staged"])
-        messages = http.parse_batch(http.BINARY_BATCH, batch)
-        result = writers().append(stream, messages, payload["batch_id"])
+        body = (
+            base64.b64decode(payload["inline"])
+            if "inline" in payload
+            else staging().get_object(payload["staged"])
+        )
+    except FileNotFoundError:
+        return  # staged, committed and deleted before: _missing_staged answers it
     except Exception as error:
-        context.set_result(
-            {"problem": _problem(error), "retry_after": problem_for(error).headers.get("Retry-After")}
+        append.outcome = _problem(error)
+        return
+    if hashlib.sha256(body).hexdigest() != payload["digest"]:
+        append.outcome = _problem(
+            RuntimeError(f"the staged batch {payload.get('staged')} is damaged"), retry=False
         )
         return
-    state["appends"] += 1
-    state["position"] = result.position
-    context.set_state(state)
-    context.set_result({"position": result.position, "offsets": result.offsets})
+    append.messages = http.parse_batch(http.BINARY_BATCH, body)
 
 
-def _problem(error: BaseException) -> dict[str, Any]:
-    return problem_for(error).problem.model_dump()
+def _missing_staged(stream: str, appends: list[_Append]) -> None:
+    """A staged batch is deleted once committed; if the runtime delivers its operation again after
+    that, the stream's record of the batch id answers it."""
+    for append in appends:
+        if append.messages is not None or append.outcome is not None:
+            continue
+        try:
+            found = _owners.writer(stream).find(append.payload["batch_id"])
+        except Exception as error:
+            append.outcome = _problem(error)
+            continue
+        stored = [(m.key, m.value) for m in found[1]] if found is not None else []
+        if (
+            found is not None
+            and hashlib.sha256(http.encode_binary(stored)).hexdigest() == append.payload["digest"]
+        ):
+            append.outcome = _appended(found[0])
+        else:
+            append.outcome = _problem(
+                RuntimeError(f"the staged batch {append.payload['staged']} is gone; send the batch again"),
+                retry=False,
+            )
+
+
+def _appended(result: AppendResult) -> dict[str, Any]:
+    return {"position": result.position, "offsets": result.offsets}
+
+
+def _problem(error: BaseException, *, retry: bool | None = None) -> dict[str, Any]:
+    """An operation's answer for an error: the problem the producer would see, and whether the
+    orchestration should try again (the problem may pass)."""
+    retry = _may_pass(error) if retry is None else retry
+    problem = problem_for(error)
+    if retry:
+        problem = http.ProblemError(
+            503,
+            "stream-unavailable",
+            "The stream is unavailable",
+            f"the append could not be committed yet ({type(error).__name__}: {error}); "
+            "retry with the same Idempotency-Key",
+            **{"Retry-After": "2"},
+        )
+    return {
+        "problem": problem.problem.model_dump(),
+        "retry": retry,
+        "retry_after": problem.headers.get("Retry-After"),
+    }
+
+
+def _may_pass(error: BaseException) -> bool:
+    if isinstance(error, StreamBusyError | FencedError | TimeoutError | ConnectionError):
+        return True
+    if isinstance(error, HttpResponseError):
+        return error.status_code is None or error.status_code >= 500 or error.status_code in (408, 429)
+    return isinstance(error, AzureError)  # connection and response errors on the way to storage
+
+
+class _Owners:
+    """This worker process's writers, one per stream whose entity ran here, each opened with
+    takeover: the runtime only runs an entity where it owns it now."""
+
+    def __init__(self) -> None:
+        self._writers: dict[str, StreamWriter] = {}
+        self._lock = threading.Lock()
+
+    def writer(self, stream: str) -> StreamWriter:
+        with self._lock:
+            writer = self._writers.get(stream)
+        if writer is None:
+            lease = int(setting("VAULT_LEASE_SECONDS", "60") or 60)
+            writer = store().writer(stream, lease_seconds=lease, takeover=True)
+            with self._lock:
+                self._writers[stream] = writer
+        return writer
+
+    def drop(self, stream: str) -> None:
+        with self._lock:
+            writer = self._writers.pop(stream, None)
+        if writer is not None:
+            writer.close()
+
+    def close(self) -> None:
+        with self._lock:
+            writers, self._writers = list(self._writers.values()), {}
+        for writer in writers:
+            writer.close()
+
+
+_owners = _Owners()
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    """Reads and deletes of staged batches, in parallel."""
+    return ThreadPoolExecutor(8, thread_name_prefix="vault-staging")

@@ -199,17 +199,33 @@ class StreamWriter:
                 if not starts:
                     del self._batch_starts[id_hash]
 
-    def _find(self, batch_id: bytes, messages: Sequence[fmt.Message]) -> AppendResult | None:
-        """The result of an earlier batch with this id, if it is still remembered."""
+    def find(self, batch_id: str) -> tuple[AppendResult, list[fmt.StoredMessage]] | None:
+        """The result and messages of the batch appended with this id, if the stream still
+        remembers it (the last 1,024 batch ids), else None."""
+        batch_id_bytes = fmt.check_batch_id(batch_id)
+        if not batch_id_bytes:
+            raise ValueError("find needs a batch id")
+        with self._lock:
+            return self._stored(batch_id_bytes)
+
+    def _stored(self, batch_id: bytes) -> tuple[AppendResult, list[fmt.StoredMessage]] | None:
         for start in self._batch_starts.get(fmt.batch_id_hash(batch_id), ()):
             buffer, header = read_batch(self.stream, self._log, start)
             if header.batch_id != batch_id:  # a hash collision: a different id
                 continue
             stored = fmt.decode_records(self.stream, buffer, 0, header)
-            if not _same_messages(stored, messages):
-                raise _conflict(batch_id, self.stream)
-            return AppendResult(header.end, [m.offset for m in stored])
+            return AppendResult(header.end, [m.offset for m in stored]), stored
         return None
+
+    def _find(self, batch_id: bytes, messages: Sequence[fmt.Message]) -> AppendResult | None:
+        """The result of an earlier batch with this id, if it is still remembered."""
+        found = self._stored(batch_id)
+        if found is None:
+            return None
+        result, stored = found
+        if not _same_messages(stored, messages):
+            raise _conflict(batch_id, self.stream)
+        return result
 
     def close(self) -> None:
         with self._lock:

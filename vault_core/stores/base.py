@@ -92,6 +92,10 @@ class Store(abc.ABC):
         """A named object's bytes; FileNotFoundError if there is none."""
 
     @abc.abstractmethod
+    def delete_object(self, name: str) -> None:
+        """Delete a named object; nothing happens if there is none."""
+
+    @abc.abstractmethod
     def checkpoints(self, group: str) -> Checkpoints:
         """Consumer group `group`'s checkpoints on this store's streams: files beside the streams
         on the local store; the account's Table service (table `vaultcheckpoints`) on Azure."""

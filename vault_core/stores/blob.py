@@ -180,6 +180,10 @@ class BlobStore(Store):
         except ResourceNotFoundError:
             raise FileNotFoundError(f"no object {name!r} in container {self.container!r}") from None
 
+    def delete_object(self, name: str) -> None:
+        with contextlib.suppress(ResourceNotFoundError):
+            self._container.get_blob_client(name).delete_blob()
+
     def checkpoints(self, group: str) -> Checkpoints:
         """Entities of the table `vaultcheckpoints` in this store's account, keyed by container and
         group (see `table_url` for where that table is when the store was opened by URL)."""

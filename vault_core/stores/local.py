@@ -68,6 +68,9 @@ class LocalStore(Store):
     def get_object(self, name: str) -> bytes:
         return self._object_path(name).read_bytes()
 
+    def delete_object(self, name: str) -> None:
+        self._object_path(name).unlink(missing_ok=True)
+
     def checkpoints(self, group: str) -> Checkpoints:
         """Files `<root>/_checkpoints/<group>/<stream>.json`."""
         from ..checkpoints import FileCheckpoints

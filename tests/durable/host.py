@@ -1,0 +1,1070 @@
+"""A stand-in for the Azure Functions host with the Durable extension on the Azure Storage
+provider, for tests: it stands in for the host's dispatching only, never for the app or the SDKs.
+
+The app runs in real worker processes (tests/durable/worker.py), each one "instance" of the app
+whose host side (partition manager, queue pollers, dispatcher, checkpoints) runs here as threads.
+What it models, as read from the extension (v2.x/v3.x), DTFx.AzureStorage and the Python SDK:
+
+* partitions: an instance id maps to a control queue by FNV-1a; each partition is owned by one
+  instance through a lease that must be renewed (the table partition manager); a new instance
+  steals cooperatively (the owner drains, then releases); an instance that stops renewing (dead,
+  frozen) loses its partitions when the lease expires;
+* polling: each owned queue is polled with DTFx's backoff, 50 ms doubling to
+  maxQueuePollingInterval, reset by a dequeue or by a message this instance itself enqueued;
+  every storage call pays a round trip of latency;
+* batching: messages are grouped per instance; an entity gets the operations queued for it, up to
+  maxEntityOperationBatchSize, in one invocation; maxConcurrentOrchestratorFunctions work items
+  (orchestrations and entities alike) run at once per instance;
+* at-least-once: a work item whose invocation fails is abandoned and comes back after 2^n s; the
+  messages of a dead or frozen instance come back after the visibility timeout, possibly to
+  another instance, while the old one may still run (split brain); a checkpoint first sends the
+  outbound messages, then stores the history or entity state only if its ETag still matches, then
+  deletes its inputs, so a loser's responses are delivered although its state is discarded;
+* entity requests from orchestrations are delivered effectively once (request ids remembered with
+  the entity's state); an entity batch that exceeds functionTimeout answers every operation with
+  the host's timeout error, keeps the state it had, and the worker process is restarted;
+* durable timers (a message invisible until its time), the client's HTTP API (start, status,
+  purge) on a local RPC endpoint, and HTTP functions behind a front door.
+
+Times such as lease and visibility timeouts can be scaled down for tests (Settings); everything
+else follows the app's host.json.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import itertools
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+from tests.durable import protocol as p
+from tests.durable.taskhub import QueueMessage, Record, TaskHub
+
+ROOT = Path(__file__).resolve().parents[2]
+TERMINAL = ("Completed", "Failed", "Terminated")
+REORDER_WINDOW = 30 * 60  # entityMessageReorderWindowInMinutes: how long request ids are remembered
+
+
+def _seconds(span: str) -> float:
+    """host.json's "[d.]hh:mm:ss[.fff]"."""
+    hours, minutes, seconds = span.split(":")
+    days, _, hours = hours.rpartition(".")
+    return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The extension's settings, from host.json, and the storage behaviour that tests may scale."""
+
+    partition_count: int = 4
+    max_polling_interval: float = 30.0
+    control_queue_batch_size: int = 32
+    buffer_threshold: int = 256
+    max_entity_batch: int = 5000
+    max_concurrent: int = 10 * (os.cpu_count() or 1)
+    function_timeout: float = 1800.0
+    # Storage and partition-manager behaviour (DTFx defaults), scaled down by tests:
+    visibility_timeout: float = 300.0
+    lease_interval: float = 30.0
+    acquire_interval: float = 10.0
+    drain_timeout: float = 60.0
+    storage_latency: float = 0.008  # one Azure Storage round trip in a region
+    worker_restart_delay: float = 1.0
+
+    @classmethod
+    def from_host_json(cls, path: Path = ROOT / "host.json", **overrides: Any) -> Settings:
+        config = json.loads(path.read_text())
+        durable = config.get("extensions", {}).get("durableTask", {})
+        provider = durable.get("storageProvider", {})
+        values: dict[str, Any] = {}
+        if "partitionCount" in provider:
+            values["partition_count"] = provider["partitionCount"]
+        if "maxQueuePollingInterval" in provider:
+            values["max_polling_interval"] = _seconds(provider["maxQueuePollingInterval"])
+        if "controlQueueBatchSize" in provider:
+            values["control_queue_batch_size"] = provider["controlQueueBatchSize"]
+        if "controlQueueBufferThreshold" in provider:
+            values["buffer_threshold"] = provider["controlQueueBufferThreshold"]
+        if "controlQueueVisibilityTimeout" in provider:
+            values["visibility_timeout"] = _seconds(provider["controlQueueVisibilityTimeout"])
+        if "maxEntityOperationBatchSize" in durable:
+            values["max_entity_batch"] = durable["maxEntityOperationBatchSize"]
+        if "maxConcurrentOrchestratorFunctions" in durable:
+            values["max_concurrent"] = durable["maxConcurrentOrchestratorFunctions"]
+        if "functionTimeout" in config:
+            values["function_timeout"] = _seconds(config["functionTimeout"])
+        values.update(overrides)
+        return cls(**values)
+
+
+class InvocationFailed(Exception):
+    """The worker could not run the invocation (it died, or answered nonsense)."""
+
+
+class FunctionTimedOut(Exception):
+    """The invocation ran past functionTimeout."""
+
+
+class Stopped(Exception):
+    """This instance is dead: its threads stop without touching storage."""
+
+
+class Backoff:
+    """DTFx's queue polling backoff: no wait at first, then 50 ms + (0.8-1.2) x 2^(n-1) x 50 ms
+    per empty poll, at most `maximum`; reset by any dequeue or local enqueue."""
+
+    def __init__(self, maximum: float) -> None:
+        self.maximum, self.empty_polls = maximum, 0
+        self.wake = threading.Event()
+
+    def wait(self) -> None:
+        if self.empty_polls:
+            delay = 0.05 + random.uniform(0.8, 1.2) * 2 ** (self.empty_polls - 1) * 0.05
+            self.wake.wait(min(delay, self.maximum))
+            self.wake.clear()
+        self.empty_polls += 1
+
+    def reset(self) -> None:
+        self.empty_polls = 0
+        self.wake.set()
+
+
+@dataclass
+class WorkItem:
+    partition: int
+    messages: list[QueueMessage]
+
+
+@dataclass
+class Partition:
+    """A partition this instance owns and polls."""
+
+    index: int
+    stop: threading.Event = field(default_factory=threading.Event)
+    backoff: Backoff | None = None
+    draining: bool = False
+
+
+class AppInstance:
+    """One instance of the app: a Functions host with its Durable extension (threads here) and
+    its Python worker (a real process, restarted by the host when it dies or times out)."""
+
+    def __init__(self, host: DurableHost, name: str) -> None:
+        self.host, self.name, self.settings = host, name, host.settings
+        self.alive = True
+        self.running = threading.Event()  # cleared while the instance is frozen
+        self.running.set()
+        self.worker_ready = threading.Event()
+        self.process: subprocess.Popen[str] | None = None
+        self.port = 0
+        self.lock = threading.RLock()
+        self.owned: dict[int, Partition] = {}
+        self.pending: dict[str, WorkItem] = {}
+        self.active: dict[str, WorkItem] = {}
+        self.executor = ThreadPoolExecutor(self.settings.max_concurrent, thread_name_prefix=f"{name}-work")
+        self.calls = ThreadPoolExecutor(64, thread_name_prefix=f"{name}-call")
+        self._log = open(host.logs / f"{name}.log", "ab")  # noqa: SIM115
+        self._start_worker()
+        self._manager = threading.Thread(
+            target=self._manage_partitions, name=f"{name}-partitions", daemon=True
+        )
+        self._manager.start()
+
+    # --- the worker process
+
+    def _start_worker(self) -> None:
+        env = {**os.environ, **self.host.app_settings}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.durable.worker"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+        )
+        line = process.stdout.readline() if process.stdout else ""
+        if not line.startswith("ready "):
+            process.kill()
+            raise RuntimeError(f"worker of {self.name} did not start; see {self.host.logs / self.name}.log")
+        self.process, self.port = process, int(line.split()[1])
+        self.worker_ready.set()
+
+    def restart_worker(self) -> None:
+        """What the host does after a function timeout or a worker crash: a new worker process
+        (the old one's other invocations fail)."""
+        with self.lock:
+            if not self.worker_ready.is_set() or not self.alive:
+                return
+            self.worker_ready.clear()
+            if self.process is not None:
+                self.process.kill()
+                self.process.wait()
+        self.host.stats["worker restarts"] += 1
+
+        def start_again() -> None:
+            time.sleep(self.settings.worker_restart_delay)
+            if self.alive:
+                self._start_worker()
+
+        threading.Thread(target=start_again, daemon=True).start()
+
+    def invoke(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Runs a function on the worker; the time counts only while the instance is not frozen."""
+        while not self.worker_ready.wait(0.1):
+            self.gate()
+        process, port = self.process, self.port
+        future = self.calls.submit(_post, port, "/invoke", request)
+        elapsed, last = 0.0, time.monotonic()
+        while True:
+            try:
+                return future.result(timeout=0.05)
+            except FutureTimeout:
+                now = time.monotonic()
+                if self.running.is_set() and process is self.process and process.poll() is None:
+                    elapsed += now - last
+                last = now
+                if not self.alive:
+                    raise Stopped() from None
+                if elapsed > timeout:
+                    self.restart_worker()  # the host restarts the worker that ran past the timeout
+                    raise FunctionTimedOut() from None
+            except (OSError, http.client.HTTPException, ValueError) as error:
+                raise InvocationFailed(repr(error)) from error
+
+    # --- freezing and dying
+
+    def gate(self) -> None:
+        """Blocks while the instance is frozen; Stopped once it is dead."""
+        while not self.running.wait(0.05):
+            if not self.alive:
+                raise Stopped()
+        if not self.alive:
+            raise Stopped()
+
+    def freeze(self) -> None:
+        self.running.clear()
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+        self.running.set()
+
+    def die(self) -> None:
+        """The instance is lost: nothing of it releases anything; its leases expire."""
+        self.alive = False
+        with self.lock:
+            for partition in self.owned.values():
+                partition.stop.set()
+            if self.process is not None:
+                self.process.send_signal(signal.SIGCONT)
+                self.process.kill()
+                self.process.wait()
+        self.running.set()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self._log.close()
+
+    # --- partitions (the table partition manager)
+
+    def _manage_partitions(self) -> None:
+        try:
+            while self.alive and not self.host.stopping.is_set():
+                self.gate()
+                waiting = self._balance()
+                self._renew_active()
+                interval = self.settings.acquire_interval
+                self.host.stopping.wait(min(interval, 1.0) if waiting else interval)
+        except Stopped:
+            pass
+
+    def _balance(self) -> bool:
+        """One pass of the partition manager; True while it waits for a partition or drains."""
+        hub, now, waiting = self.host.hub, time.monotonic(), False
+        hub.round_trip()
+        with hub.lock:
+            rows = hub.partitions
+            for index in list(self.owned):
+                if rows[index].owner != self.name:  # lost it (expired and claimed elsewhere)
+                    self._stop_polling(index)
+            for index, row in enumerate(rows):
+                if row.owner == self.name:
+                    if row.next_owner not in (None, self.name) or self.host.leaving(self):
+                        waiting = True
+                        self._drain(index)
+                    else:
+                        row.expires_at = now + self.settings.lease_interval
+                elif (row.owner is None and row.next_owner in (None, self.name)) or (
+                    row.owner is not None and row.expires_at <= now and row.next_owner in (None, self.name)
+                ):
+                    if self.host.leaving(self):
+                        continue
+                    row.owner, row.next_owner = self.name, None
+                    row.expires_at = now + 2 * self.settings.lease_interval
+                    self._start_polling(index)
+                elif row.owner is not None and row.expires_at <= now and row.next_owner is not None:
+                    row.next_owner = None  # the thief died too
+            if self.host.leaving(self):
+                return True
+            live = {r.owner for r in rows if r.owner and r.expires_at > now} | {self.name}
+            mine = sum(r.owner == self.name for r in rows)
+            average = len(rows) // len(live)
+            counts = Counter(r.owner for r in rows if r.owner)
+            if mine < average and not any(r.next_owner == self.name for r in rows):
+                for row in rows:
+                    if row.owner != self.name and row.next_owner is None and counts[row.owner] > average:
+                        row.next_owner = self.name  # ask the owner to hand it over
+                        waiting = True
+                        break
+            return waiting or any(r.next_owner == self.name for r in rows)
+
+    def _start_polling(self, index: int) -> None:
+        partition = Partition(index, backoff=Backoff(self.settings.max_polling_interval))
+        self.owned[index] = partition
+        threading.Thread(
+            target=self._poll, args=(partition,), name=f"{self.name}-poll-{index}", daemon=True
+        ).start()
+
+    def _stop_polling(self, index: int) -> list[QueueMessage]:
+        """Stops polling a partition; returns the prefetched messages nobody started on."""
+        partition = self.owned.pop(index, None)
+        if partition is not None:
+            partition.stop.set()
+        with self.lock:
+            dropped = [item for key, item in self.pending.items() if item.partition == index]
+            for key in [key for key, item in self.pending.items() if item.partition == index]:
+                del self.pending[key]
+        return [m for item in dropped for m in item.messages]
+
+    def _drain(self, index: int) -> None:
+        partition = self.owned.get(index)
+        if partition is None or partition.draining:
+            return
+        partition.draining = True
+        threading.Thread(target=self._release, args=(index,), daemon=True).start()
+
+    def _release(self, index: int) -> None:
+        """Drains a partition (stop dequeuing, wait for its running work items, at most
+        drain_timeout), then releases its lease. Prefetched batches are abandoned."""
+        try:
+            abandoned = self._stop_polling(index)
+            self.host.hub.release(abandoned)
+            deadline = time.monotonic() + self.settings.drain_timeout
+            while time.monotonic() < deadline:
+                self.gate()
+                with self.lock:
+                    if not any(item.partition == index for item in self.active.values()):
+                        break
+                time.sleep(0.05)
+            self.gate()
+            with self.host.hub.lock:
+                row = self.host.hub.partitions[index]
+                if row.owner == self.name:
+                    row.owner = None
+            self.host.stats["partition moves"] += 1
+        except Stopped:
+            pass
+
+    def _renew_active(self) -> None:
+        """The dispatcher keeps the messages of running work items hidden."""
+        with self.lock:
+            messages = [m for item in self.active.values() for m in item.messages]
+        self.host.hub.renew(messages, self.settings.visibility_timeout)
+
+    # --- polling and dispatching
+
+    def _poll(self, partition: Partition) -> None:
+        hub = self.host.hub
+        assert partition.backoff is not None
+        try:
+            while not partition.stop.is_set() and not self.host.stopping.is_set():
+                self.gate()
+                with self.lock:
+                    buffered = sum(len(item.messages) for item in self.pending.values())
+                if buffered >= self.settings.buffer_threshold:
+                    partition.stop.wait(1.0)
+                    continue
+                messages = hub.dequeue(
+                    partition.index, self.settings.control_queue_batch_size, self.settings.visibility_timeout
+                )
+                if partition.stop.is_set():
+                    hub.release(messages, delay=0)
+                    return
+                if messages:
+                    partition.backoff.empty_polls = 0
+                    with self.lock:
+                        for message in messages:
+                            item = self.pending.setdefault(message.instance, WorkItem(partition.index, []))
+                            item.messages.append(message)
+                    self.dispatch()
+                else:
+                    partition.backoff.wait()
+        except Stopped:
+            pass
+
+    def wake(self, index: int) -> None:
+        """A message this instance enqueued to a partition it polls wakes that poller at once."""
+        partition = self.owned.get(index)
+        if partition is not None and partition.backoff is not None:
+            partition.backoff.reset()
+
+    def dispatch(self) -> None:
+        with self.lock:
+            for instance in list(self.pending):
+                if instance in self.active or instance in self.host.held:
+                    continue
+                if len(self.active) >= self.settings.max_concurrent:
+                    break
+                item = self.active[instance] = self.pending.pop(instance)
+                try:
+                    self.executor.submit(self._run, instance, item)
+                except RuntimeError:  # shut down: the instance died
+                    return
+
+    def _run(self, instance: str, item: WorkItem) -> None:
+        hub = self.host.hub
+        try:
+            self.gate()
+            if item.partition not in self.owned:  # released meanwhile: abandon
+                hub.release(item.messages)
+                return
+            if instance.startswith("@"):
+                self._entity(instance, item.messages)
+            else:
+                self._orchestration(instance, item.messages)
+        except Stopped:
+            pass
+        except (InvocationFailed, FunctionTimedOut) as error:
+            self.host.stats["aborted work items"] += 1
+            self.host.note(f"{self.name}: {instance} aborted: {error!r}")
+            if self.alive:
+                hub.release(item.messages)
+        except Exception as error:  # a defect of the stand-in: make it loud
+            self.host.note(f"{self.name}: {instance} crashed the dispatcher: {error!r}")
+            self.host.errors.append(error)
+            if self.alive:
+                hub.release(item.messages)
+        finally:
+            with self.lock:
+                if self.active.get(instance) is item:
+                    del self.active[instance]
+            if self.alive:
+                self.dispatch()
+
+    def _checkpoint(
+        self,
+        record: Record,
+        loaded_etag: int | None,
+        outbound: list[tuple[str, dict[str, Any], float]],
+        inputs: list[QueueMessage],
+    ) -> bool:
+        """DTFx's order: outbound messages first (they are never taken back), then the state if its
+        ETag still matches (the checkpoint), then the inputs are deleted."""
+        for target, event, delay in outbound:
+            self.gate()
+            self.host.send(self, target, event, delay)
+        self.gate()
+        if not self.host.hub.save(record, loaded_etag):
+            self.host.stats["split-brain checkpoints refused"] += 1
+            self.host.hub.release(inputs)
+            return False
+        self.gate()
+        self.host.hub.delete(inputs)
+        return True
+
+    # --- orchestrations
+
+    def _orchestration(self, instance: str, messages: list[QueueMessage]) -> None:
+        hub = self.host.hub
+        record = hub.load(instance)
+        if record is None or record.status in TERMINAL:  # purged or finished: late messages
+            hub.delete(messages)
+            return
+        loaded_etag = record.etag
+        sent = {json.loads(e["Input"])["id"] for e in record.history if e["EventType"] == p.EVENT_SENT}
+        new_events, handled, out_of_order = [], [], []
+        for message in messages:
+            event = message.event
+            if event["EventType"] == p.EXECUTION_STARTED and (
+                record.history or event["OrchestrationInstance"]["ExecutionId"] != record.execution_id
+            ):
+                handled.append(message)  # a duplicate or stale start
+                continue
+            if event["EventType"] == p.EVENT_RAISED and event["Name"] not in sent:
+                out_of_order.append(message)  # its EventSent is not checkpointed yet
+                continue
+            handled.append(message)
+            new_events.append(event)
+        hub.release(out_of_order)
+        if not new_events:
+            hub.delete(handled)
+            return
+        now = datetime.now(UTC)
+        history = [{**e, "IsPlayed": True} for e in record.history]
+        history += [
+            p.history_event(p.ORCHESTRATOR_STARTED, now),
+            *({**e, "IsPlayed": False} for e in new_events),
+        ]
+        context = p.orchestration_context(instance, history, record.input_text)
+        reply = self.invoke({"function": record.name, "context": context}, self.settings.function_timeout)
+        state = _orchestrator_state(reply)
+        if state is None:
+            raise InvocationFailed(reply.get("error", "no result"))
+        actions = [a for group in state.get("actions", []) for a in group]
+        scheduled = sum(e["EventType"] in (p.EVENT_SENT, p.TIMER_CREATED) for e in history)
+        outbound: list[tuple[str, dict[str, Any], float]] = []
+        for seq, action in enumerate(actions[scheduled:], start=scheduled):
+            kind = action["actionType"]
+            if kind in (p.CALL_ENTITY, p.SIGNAL_ENTITY):
+                request = {
+                    "op": action["operation"],
+                    "signal": kind == p.SIGNAL_ENTITY,
+                    "input": None if action.get("input") is None else json.dumps(action["input"]),
+                    # The extension's request ids are deterministic: a replayed episode sends the same.
+                    "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{instance}/{record.execution_id}/{seq}")),
+                    "parent": instance,
+                    "parentExecution": record.execution_id,
+                }
+                history.append(
+                    p.history_event(
+                        p.EVENT_SENT,
+                        now,
+                        seq,
+                        InstanceId=action["instanceId"],
+                        Name="op",
+                        Input=json.dumps(request),
+                    )
+                )
+                outbound.append((action["instanceId"], {"kind": "request", "request": request}, 0.0))
+            elif kind == p.CREATE_TIMER:
+                fire_at = p.parse_timestamp(action["fireAt"])
+                history.append(p.history_event(p.TIMER_CREATED, now, seq, FireAt=action["fireAt"]))
+                fired = p.history_event(p.TIMER_FIRED, now, -1, TimerId=seq, FireAt=action["fireAt"])
+                outbound.append((instance, fired, max(0.0, (fire_at - now).total_seconds())))
+            else:
+                raise NotImplementedError(f"action type {kind} is not modelled")
+        history.append(p.history_event(p.ORCHESTRATOR_COMPLETED, now))
+        record.history = history
+        record.custom_status = state.get("customStatus")
+        if state.get("error"):
+            record.status, record.output = "Failed", state["error"]
+        elif state.get("isDone"):
+            record.status, record.output = "Completed", state.get("output")
+        else:
+            record.status = "Running"
+        self._checkpoint(record, loaded_etag, outbound, handled)
+
+    # --- entities
+
+    def _entity(self, instance: str, messages: list[QueueMessage]) -> None:
+        hub = self.host.hub
+        _, name, key = instance.split("@", 2)
+        record = hub.load(instance)
+        loaded_etag = record.etag if record is not None else None
+        if record is None:
+            record = Record(instance, name, status="Running")
+        now = time.time()
+        for message in messages:
+            event = message.event
+            if event.get("kind") != "request":
+                continue  # "continue": run what is queued
+            request = event["request"]
+            if request.get("parent"):
+                if request["id"] in record.delivered:  # effectively once: a duplicate delivery
+                    self.host.stats["duplicate requests dropped"] += 1
+                    continue
+                record.delivered[request["id"]] = now
+            record.queue.append(request)
+        record.delivered = {rid: at for rid, at in record.delivered.items() if now - at < REORDER_WINDOW}
+        batch, record.queue = (
+            record.queue[: self.settings.max_entity_batch],
+            record.queue[self.settings.max_entity_batch :],
+        )
+        outbound: list[tuple[str, dict[str, Any], float]] = []
+        if batch:
+            function = self.host.entity_function(name)
+            context = p.entity_batch(name, key, record.exists, record.state, batch)
+            try:
+                reply = self.invoke(
+                    {"function": function, "context": context}, self.settings.function_timeout
+                )
+                outcome = json.loads(reply["result"]) if "result" in reply else None
+                if outcome is None or len(outcome.get("results", [])) != len(batch):
+                    raise InvocationFailed(reply.get("error", "a result per operation was expected"))
+                results = [(r["result"], r["isError"]) for r in outcome["results"]]
+                record.exists, record.state = outcome["entityExists"], outcome["entityState"]
+            except FunctionTimedOut:
+                # The extension answers every operation of the batch with the host's timeout
+                # error and keeps the state from before the batch; the host restarts the worker.
+                self.host.stats["entity batches timed out"] += 1
+                message = p.timeout_message(self.settings.function_timeout, function)
+                results = [(message, True) for _ in batch]
+            self.host.stats["entity invocations"] += 1
+            self.host.stats["entity operations"] += len(batch)
+            self.host.batch_sizes.append(len(batch))
+            when = datetime.now(UTC)
+            for request, (result, is_error) in zip(batch, results, strict=True):
+                if request.get("signal"):
+                    continue
+                response: dict[str, Any] = {"result": result}
+                if is_error:
+                    response["exceptionType"] = "Error"
+                raised = p.history_event(p.EVENT_RAISED, when, Name=request["id"], Input=json.dumps(response))
+                outbound.append((request["parent"], raised, 0.0))
+        if record.queue:
+            outbound.append((instance, {"kind": "continue"}, 0.0))
+        self._checkpoint(record, loaded_etag, outbound, messages)
+
+
+def _orchestrator_state(reply: dict[str, Any]) -> dict[str, Any] | None:
+    """The orchestrator's answer: its JSON result, or, when its code raised, the state the SDK
+    appends to the error message (as the extension's OrchestratorShim reads it)."""
+    if "result" in reply:
+        return json.loads(reply["result"])
+    marker = "\n\n$OutOfProcData$:"
+    error = reply.get("error", "")
+    if marker in error:
+        message, _, data = error.partition(marker)
+        state = json.loads(data)
+        state["error"] = message
+        return state
+    return None
+
+
+def _post(port: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
+    try:
+        data = json.dumps(body).encode()
+        connection.request("POST", path, data, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return json.loads(response.read())
+    finally:
+        connection.close()
+
+
+class DurableHost:
+    """The host stand-in: a task hub, `instances` app instances, the client's RPC endpoint and an
+    HTTP front door at `url`. Use as a context manager."""
+
+    def __init__(
+        self,
+        app_settings: dict[str, str],
+        *,
+        instances: int = 2,
+        settings: Settings | None = None,
+        task_hub: str = "vault",
+        function_key: str | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_host_json()
+        self.app_settings = {"FUNCTIONS_WORKER_RUNTIME": "python", **app_settings}
+        self.task_hub, self.function_key = task_hub, function_key
+        self.hub = TaskHub(self.settings.partition_count, self.settings.storage_latency)
+        self.stopping = threading.Event()
+        self.stats: Counter[str] = Counter()
+        self.batch_sizes: list[int] = []
+        self.events: list[str] = []
+        self.errors: list[BaseException] = []
+        self._logs = tempfile.TemporaryDirectory(prefix="durable-host-")
+        self.logs = Path(self._logs.name)
+        self._names = (f"instance-{n}" for n in itertools.count())
+        self._leaving: set[str] = set()
+        self.held: set[str] = set()
+        self._next = itertools.count()
+        self._rpc = ThreadingHTTPServer(("127.0.0.1", 0), _rpc_handler(self))
+        self._front = ThreadingHTTPServer(("127.0.0.1", 0), _front_door(self))
+        for server in (self._rpc, self._front):
+            server.daemon_threads = True
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._front.server_address[1]}/api"
+        self.instances: list[AppInstance] = []
+        self._functions: list[dict[str, Any]] = []
+        try:
+            for _ in range(instances):
+                self.add_instance()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> DurableHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.stopping.set()
+        for instance in list(self.instances):
+            instance.die()
+        for server in (self._rpc, self._front):
+            server.shutdown()
+            server.server_close()
+        self._logs.cleanup()
+
+    def note(self, event: str) -> None:
+        self.events.append(f"{time.monotonic():.3f} {event}")
+
+    # --- scaling and faults
+
+    def add_instance(self) -> AppInstance:
+        """Scale out: a new instance joins and takes its share of the partitions."""
+        instance = AppInstance(self, next(self._names))
+        if not self._functions:
+            self._functions = _get(instance.port, "/functions")
+        self.instances.append(instance)
+        self.note(f"{instance.name} joined")
+        return instance
+
+    def live(self) -> list[AppInstance]:
+        return [i for i in self.instances if i.alive]
+
+    def leaving(self, instance: AppInstance) -> bool:
+        return instance.name in self._leaving
+
+    def remove_instance(self, instance: AppInstance) -> None:
+        """Scale in: the instance drains its partitions, hands them over, then stops."""
+        self._leaving.add(instance.name)
+        deadline = time.monotonic() + self.settings.drain_timeout + 5 * self.settings.acquire_interval
+        while time.monotonic() < deadline and any(r.owner == instance.name for r in self.hub.partitions):
+            time.sleep(0.05)
+        instance.die()
+        self.instances.remove(instance)
+        self.note(f"{instance.name} left")
+
+    def kill(self, instance: AppInstance, *, replace: bool = True) -> AppInstance | None:
+        """The instance is lost (SIGKILL, host and worker): its leases expire, its dequeued
+        messages come back after the visibility timeout. `replace`: a new instance starts."""
+        instance.die()
+        self.instances.remove(instance)
+        self.stats["instances killed"] += 1
+        self.note(f"{instance.name} killed")
+        return self.add_instance() if replace else None
+
+    def freeze(self, instance: AppInstance) -> None:
+        """The whole instance stops (SIGSTOP): no lease renewal, no polling, its invocations
+        stand still mid-flight until `thaw`."""
+        instance.freeze()
+        self.stats["instances frozen"] += 1
+        self.note(f"{instance.name} frozen")
+
+    def thaw(self, instance: AppInstance) -> None:
+        instance.thaw()
+        self.note(f"{instance.name} thawed")
+
+    def move_partition(self, index: int, to: AppInstance) -> None:
+        """Rebalancing: `to` asks for the partition; its owner drains it and hands it over."""
+        with self.hub.lock:
+            row = self.hub.partitions[index]
+            if row.owner not in (None, to.name):
+                row.next_owner = to.name
+        self.note(f"partition {index} asked for by {to.name}")
+
+    @contextlib.contextmanager
+    def holding(self, instance_id: str) -> Iterator[None]:
+        """Holds back an instance's work items (its queue backed up) until the block ends."""
+        self.held.add(instance_id)
+        try:
+            yield
+        finally:
+            self.held.discard(instance_id)
+            for instance in self.live():
+                instance.dispatch()
+
+    def owner_of(self, instance_id: str) -> AppInstance | None:
+        row = self.hub.partitions[p.partition_of(instance_id, self.settings.partition_count)]
+        return next((i for i in self.instances if i.name == row.owner), None)
+
+    # --- what the extension does for the app
+
+    def entity_function(self, name: str) -> str:
+        return next(
+            f["name"]
+            for f in self._functions
+            if f["trigger"] == "entityTrigger" and f["name"].lower() == name
+        )
+
+    def client_binding(self, instance: AppInstance) -> str:
+        rpc = f"http://127.0.0.1:{self._rpc.server_address[1]}/{instance.name}/durabletask/"
+        return p.client_binding(rpc, self.task_hub)
+
+    def send(
+        self, sender: AppInstance | None, target: str, event: dict[str, Any], delay: float = 0.0
+    ) -> None:
+        """Enqueues a message; one over the queue limit costs a blob round trip (Azure stores it
+        compressed in the large-messages container)."""
+        size = len(json.dumps(event).encode())
+        if size > p.QUEUE_MESSAGE_LIMIT:
+            self.hub.spilled += 1
+            self.hub.round_trip()
+        partition = self.hub.enqueue(target, event, size, delay=delay)
+        if sender is not None and not delay:
+            sender.wake(partition)
+
+    def start(self, caller: AppInstance | None, name: str, instance_id: str, input_text: str | None) -> bool:
+        if input_text is not None and len(input_text) * 2 > p.TABLE_PROPERTY_LIMIT:
+            self.hub.spilled += 1
+            self.hub.round_trip()
+        execution = uuid.uuid4().hex
+        record = Record(instance_id, name, input_text=input_text, execution_id=execution)
+        if not self.hub.create(record, replace_finished=True):
+            return False
+        started = p.history_event(
+            p.EXECUTION_STARTED,
+            datetime.now(UTC),
+            Name=name,
+            Version="",
+            Input=input_text,
+            OrchestrationInstance={"InstanceId": instance_id, "ExecutionId": execution},
+        )
+        self.send(caller, instance_id, started)
+        return True
+
+    def purge(self, created_from: datetime, created_to: datetime, statuses: list[str]) -> int:
+        """The extension's purge by time: only terminal statuses filter; none means everything
+        created in the window, running orchestrations and entities included."""
+        wanted = [s for s in statuses if s in TERMINAL]
+        with self.hub.lock:
+            chosen = [
+                r.instance
+                for r in self.hub.records.values()
+                if created_from.timestamp() <= r.created <= created_to.timestamp()
+                and (not wanted or r.status in wanted)
+            ]
+        return self.hub.purge(chosen)
+
+    def run_timer(self, function: str) -> dict[str, Any]:
+        """Runs a timer-triggered function now, on a live instance."""
+        instance = self._pick()
+        return instance.invoke(
+            {"function": function, "client": self.client_binding(instance)}, self.settings.function_timeout
+        )
+
+    def _pick(self) -> AppInstance:
+        healthy = [i for i in self.live() if i.running.is_set() and i.worker_ready.is_set()]
+        if not healthy:
+            raise InvocationFailed("no healthy instance")
+        return healthy[next(self._next) % len(healthy)]
+
+    # --- observations
+
+    def entity_batch_mean(self) -> float:
+        return sum(self.batch_sizes) / len(self.batch_sizes) if self.batch_sizes else 0.0
+
+    def record(self, instance_id: str) -> Record | None:
+        return self.hub.peek(instance_id)
+
+
+def _get(port: int, path: str) -> Any:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path)
+        return json.loads(connection.getresponse().read())
+    finally:
+        connection.close()
+
+
+def _rpc_handler(host: DurableHost) -> type[BaseHTTPRequestHandler]:
+    """The extension's local HTTP API that the SDK's DurableOrchestrationClient calls (a subset:
+    start, status, purge, entity state), one prefix per instance."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _send(self, status: int, body: Any = None) -> None:
+            data = b"" if body is None else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _route(self) -> tuple[AppInstance | None, list[str], dict[str, list[str]]]:
+            url = urlparse(self.path)
+            parts = [unquote(part) for part in url.path.split("/") if part]
+            caller = next((i for i in host.instances if i.name == parts[0]), None)
+            assert parts[1] == "durabletask", self.path
+            return caller, parts[2:], parse_qs(url.query)
+
+        def do_POST(self) -> None:
+            caller, parts, _query = self._route()
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            host.hub.round_trip()
+            if parts[0] == "orchestrators":
+                name = parts[1]
+                instance_id = parts[2] if len(parts) > 2 else uuid.uuid4().hex
+                # The SDK posts the input's JSON text as a JSON string.
+                input_text = json.loads(raw) if raw else None
+                if not host.start(caller, name, instance_id, input_text):
+                    return self._send(
+                        500,
+                        {
+                            "Message": "An error has occurred.",
+                            "ExceptionMessage": "An Orchestration instance with this id is running.",
+                            "ExceptionType": "System.InvalidOperationException",
+                        },
+                    )
+                return self._send(202, {"id": instance_id})
+            return self._send(404)
+
+        def do_GET(self) -> None:
+            _caller, parts, query = self._route()
+            host.hub.round_trip()
+            if parts[0] == "instances" and len(parts) == 2:
+                host.stats["status requests"] += 1
+                record = host.hub.peek(parts[1])
+                if record is None:
+                    return self._send(404)
+                with host.hub.lock:
+                    body = {
+                        "name": record.name,
+                        "instanceId": record.instance,
+                        "runtimeStatus": record.status,
+                        "input": record.input_text
+                        if query.get("showInput", ["true"])[0].lower() != "false"
+                        else None,
+                        "customStatus": record.custom_status,
+                        "output": record.output,
+                        "createdTime": _iso(record.created),
+                        "lastUpdatedTime": _iso(record.updated),
+                    }
+                status = {"Pending": 202, "Running": 202, "Failed": 500}.get(record.status, 200)
+                return self._send(status, body)
+            if parts[0] == "entities" and len(parts) == 3:
+                record = host.hub.peek(p.entity_instance_id(parts[1], parts[2]))
+                if record is None or not record.exists:
+                    return self._send(404)
+                return self._send(200, json.loads(record.state or "null"))
+            return self._send(404)
+
+        def do_DELETE(self) -> None:
+            _caller, parts, query = self._route()
+            if parts[0] != "instances":
+                return self._send(404)
+            if len(parts) == 2:
+                deleted = host.hub.purge([parts[1]])
+            else:
+                if "createdTimeFrom" not in query:
+                    return self._send(400, {"Message": "createdTimeFrom is required"})
+                created_from = _parse_iso(query["createdTimeFrom"][0])
+                created_to = (
+                    _parse_iso(query["createdTimeTo"][0]) if "createdTimeTo" in query else datetime.now(UTC)
+                )
+                statuses = query.get("runtimeStatus", [""])[0].split(",")
+                deleted = host.purge(created_from, created_to, [s for s in statuses if s])
+            if not deleted:
+                return self._send(404)
+            return self._send(200, {"instancesDeleted": deleted})
+
+    return Handler
+
+
+def _front_door(host: DurableHost) -> type[BaseHTTPRequestHandler]:
+    """The HTTP side of the Functions host: routes /api/... to the app's HTTP functions on a
+    healthy instance, checks function keys, and answers 502 when the instance dies mid-request."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+            self.send_response(status)
+            for name, value in headers.items():
+                if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _handle(self) -> None:
+            url = urlparse(self.path)
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            path = url.path.removeprefix("/api/")
+            for function in host._functions:
+                if function["trigger"] != "httpTrigger" or self.command not in (function["methods"] or []):
+                    continue
+                pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", function["route"])
+                match = re.fullmatch(pattern, path)
+                if match is None:
+                    continue
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                if function["authLevel"] != "ANONYMOUS" and host.function_key is not None:
+                    given = self.headers.get("x-functions-key") or query.get("code")
+                    if given != host.function_key:
+                        return self._send(401, b"", {})
+                try:
+                    instance = host._pick()
+                    reply = instance.invoke(
+                        {
+                            "function": function["name"],
+                            "client": host.client_binding(instance),
+                            "http": {
+                                "method": self.command,
+                                "url": f"http://localhost:7071{self.path}",
+                                "headers": dict(self.headers.items()),
+                                "params": query,
+                                "route_params": {k: unquote(v) for k, v in match.groupdict().items()},
+                                "body": base64.b64encode(body).decode(),
+                            },
+                        },
+                        host.settings.function_timeout,
+                    )
+                except (InvocationFailed, FunctionTimedOut, Stopped):
+                    return self._send(502, b"Bad Gateway", {"Content-Type": "text/plain"})
+                if "error" in reply:
+                    host.note(f"HTTP function {function['name']} raised: {reply['error']}")
+                    return self._send(500, b"Internal Server Error", {"Content-Type": "text/plain"})
+                headers = dict(reply["headers"])
+                headers.setdefault("Content-Type", reply.get("mimetype") or "text/plain")
+                return self._send(reply["status"], base64.b64decode(reply["body"]), headers)
+            return self._send(404, b"", {})
+
+        do_GET = do_POST = do_DELETE = _handle
+
+    return Handler
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_iso(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def scaled(factor: float, **overrides: Any) -> Settings:
+    """The app's settings with the storage provider's lease, visibility and drain times scaled by
+    `factor` (tests cannot wait 5 minutes for a redelivery)."""
+    base = Settings.from_host_json()
+    times = {
+        "visibility_timeout": base.visibility_timeout * factor,
+        "lease_interval": base.lease_interval * factor,
+        "acquire_interval": base.acquire_interval * factor,
+        "drain_timeout": base.drain_timeout * factor,
+    }
+    return replace(base, **{**times, **overrides})
