@@ -155,7 +155,7 @@ async def publish(req: func.HttpRequest, client: df.DurableOrchestrationClient) 
                 # a running instance): wait for that one.
                 if await client.get_status(instance) is None:
                     raise
-        return await _outcome(client, stream, instance, float(setting("VAULT_WAIT_SECONDS", "30") or 30))
+        return await _outcome(client, stream, instance, float(setting("VAULT_WAIT_SECONDS") or 30))
     except Exception as error:
         return problem_response(error)
 
@@ -197,7 +197,7 @@ async def purge_history(client: df.DurableOrchestrationClient) -> int:
     only: running ones, and the entities, which hold no history worth purging, are kept). Once
     purged, a retried Idempotency-Key is still recognised by the stream itself while it is among
     the stream's last 1,024 batches."""
-    hours = float(setting("VAULT_PURGE_AFTER_HOURS", "24") or 24)
+    hours = float(setting("VAULT_PURGE_AFTER_HOURS") or 24)
     result = await client.purge_instance_history_by(
         created_time_from=datetime(2000, 1, 1, tzinfo=UTC),
         created_time_to=datetime.now(UTC) - timedelta(hours=hours),
@@ -493,7 +493,7 @@ class _Owners:
         with self._lock:
             writer = self._writers.get(stream)
         if writer is None:
-            lease = int(setting("VAULT_LEASE_SECONDS", "60") or 60)
+            lease = int(setting("VAULT_LEASE_SECONDS") or 60)
             writer = store().writer(stream, lease_seconds=lease, takeover=True)
             with self._lock:
                 self._writers[stream] = writer

@@ -182,6 +182,7 @@ class AppInstance:
         self.owned: dict[int, Partition] = {}
         self.pending: dict[str, WorkItem] = {}
         self.active: dict[str, WorkItem] = {}
+        self.in_flight: Counter[str] = Counter()  # invocations running in the worker, by function
         self.executor = ThreadPoolExecutor(self.settings.max_concurrent, thread_name_prefix=f"{name}-work")
         self.calls = ThreadPoolExecutor(64, thread_name_prefix=f"{name}-call")
         self._log = open(host.logs / f"{name}.log", "ab")  # noqa: SIM115
@@ -235,6 +236,8 @@ class AppInstance:
             self.gate()
         process, port = self.process, self.port
         future = self.calls.submit(_post, port, "/invoke", request)
+        future.add_done_callback(lambda _: self.in_flight.subtract([request["function"]]))
+        self.in_flight.update([request["function"]])
         elapsed, last = 0.0, time.monotonic()
         while True:
             try:
@@ -691,10 +694,9 @@ class DurableHost:
         self._leaving: set[str] = set()
         self.held: set[str] = set()
         self._next = itertools.count()
-        self._rpc = ThreadingHTTPServer(("127.0.0.1", 0), _rpc_handler(self))
-        self._front = ThreadingHTTPServer(("127.0.0.1", 0), _front_door(self))
+        self._rpc = _Server(("127.0.0.1", 0), _rpc_handler(self))
+        self._front = _Server(("127.0.0.1", 0), _front_door(self))
         for server in (self._rpc, self._front):
-            server.daemon_threads = True
             threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         self.url = f"http://127.0.0.1:{self._front.server_address[1]}/api"
         self.instances: list[AppInstance] = []
@@ -771,6 +773,13 @@ class DurableHost:
         instance.thaw()
         self.note(f"{instance.name} thawed")
 
+    def hang_worker(self, instance: AppInstance) -> None:
+        """Only the worker process stops (SIGSTOP); its host goes on, and restarts it once an
+        invocation runs past functionTimeout."""
+        if instance.process is not None:
+            instance.process.send_signal(signal.SIGSTOP)
+        self.note(f"{instance.name}'s worker hung")
+
     def move_partition(self, index: int, to: AppInstance) -> None:
         """Rebalancing: `to` asks for the partition; its owner drains it and hands it over."""
         with self.hub.lock:
@@ -789,6 +798,20 @@ class DurableHost:
             self.held.discard(instance_id)
             for instance in self.live():
                 instance.dispatch()
+
+    def settle(self, timeout: float = 60.0) -> None:
+        """Waits until the partitions are shared out: each owned, none being handed over, and every
+        live instance holding its share."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.hub.lock:
+                rows = self.hub.partitions
+                counts = Counter(r.owner for r in rows)
+                shares = [counts[i.name] for i in self.live()]
+                if all(r.owner and r.next_owner is None for r in rows) and max(shares) - min(shares) <= 1:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError("the partitions did not settle")
 
     def owner_of(self, instance_id: str) -> AppInstance | None:
         row = self.hub.partitions[p.partition_of(instance_id, self.settings.partition_count)]
@@ -872,6 +895,15 @@ class DurableHost:
 
     def record(self, instance_id: str) -> Record | None:
         return self.hub.peek(instance_id)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A caller that died mid-request (a killed worker) is expected here, not an error."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _get(port: int, path: str) -> Any:
