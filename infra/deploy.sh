@@ -65,8 +65,22 @@ if [ -z "$app" ] || [ -z "$url" ]; then
     die "the deployment returned no functionAppName/functionAppUrl outputs"
 fi
 
-echo "deploy: publishing the code to $app"
-func azure functionapp publish "$app" --python
+# On a first deployment the app's role assignments (made just above) take minutes to reach the
+# storage service, and until they do the platform cannot write the package with the app's
+# identity: publishing fails. Try again, a bounded number of times.
+attempts=${DEPLOY_PUBLISH_ATTEMPTS:-8}
+pause=${DEPLOY_RETRY_SECONDS:-30}
+for attempt in $(seq 1 "$attempts"); do
+    echo "deploy: publishing the code to $app (attempt $attempt of $attempts)"
+    if func azure functionapp publish "$app" --python; then
+        break
+    fi
+    if [ "$attempt" -eq "$attempts" ]; then
+        die "publishing failed $attempts times; run infra/deploy.sh again (it converges)"
+    fi
+    echo "deploy: publishing failed; new role assignments can take minutes to apply, retrying in ${pause} s" >&2
+    sleep "$pause"
+done
 
 cat <<EOF
 

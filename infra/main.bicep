@@ -77,7 +77,7 @@ param instanceMemoryMB int = 2048
 @maxValue(365)
 param softDeleteRetentionDays int = 7
 
-@description('Object ids of principals (consumers) granted Storage Blob Data Reader on the account, to read streams directly.')
+@description('Object ids of principals (consumers) granted Storage Blob Data Reader on the account, to read streams directly, and Storage Table Data Contributor on the consumer checkpoint table only.')
 param readerPrincipalIds array = []
 
 @description('Principal type of readerPrincipalIds.')
@@ -112,7 +112,7 @@ var roles = {
   storageBlobDataReader: '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
   // Durable Functions task hub: control and work-item queues.
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
-  // Durable Functions task hub: History and Instances tables.
+  // Durable Functions task hub: History and Instances tables; consumers: their checkpoints.
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
   // Send telemetry to an Application Insights resource that accepts only Entra ID.
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
@@ -222,6 +222,18 @@ resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01'
       days: softDeleteRetentionDays
     }
   }
+}
+
+resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+// Consumer groups' checkpoints (vault_core's table `vaultcheckpoints`), made here so that
+// consumers get rights on this one table only, not on the task hub's tables beside it.
+resource checkpointTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = {
+  parent: tableService
+  name: 'vaultcheckpoints'
 }
 
 resource vaultContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
@@ -451,6 +463,18 @@ resource readerRoleAssignments 'Microsoft.Authorization/roleAssignments@2022-04-
     scope: storage
     properties: {
       roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataReader)
+      principalId: principalId
+      principalType: readerPrincipalType
+    }
+  }
+]
+
+resource readerCheckpointAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for principalId in readerPrincipalIds: {
+    name: guid(checkpointTable.id, principalId, roles.storageTableDataContributor)
+    scope: checkpointTable
+    properties: {
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageTableDataContributor)
       principalId: principalId
       principalType: readerPrincipalType
     }

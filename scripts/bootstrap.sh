@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv (Python 3.11+) with the project installed; `bootstrap.sh dev` adds the test tools
-# and the storage emulator (Azurite, from npm). Safe to run again: it only installs what is missing.
+# Creates .venv (Python 3.11+) with the project installed, at the versions the Function App deploys
+# with (requirements.txt); `bootstrap.sh dev` adds the test tools and the storage emulator (Azurite,
+# from npm). Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -10,11 +11,11 @@ if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
 if [ "${1:-}" = dev ]; then
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements.txt -e ".[dev]"
     npm ci --no-audit --no-fund --loglevel=error
     # checkov pins libraries the test tools need newer: it gets a virtual environment of its own.
     [ -x .venv-checkov/bin/python ] || "$python" -m venv .venv-checkov
     .venv-checkov/bin/python -m pip install --quiet --disable-pip-version-check "checkov==3.3.30"
 else
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements.txt -e .
 fi

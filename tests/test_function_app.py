@@ -12,6 +12,7 @@ import itertools
 import json
 import threading
 
+import azure.durable_functions as df
 import azure.functions as func
 import httpx
 import pytest
@@ -442,3 +443,37 @@ def test_which_problems_the_orchestration_retries(error, retry):
         if retry
         else answer["problem"]["status"] < 503
     )
+
+
+def test_a_post_parses_and_hashes_its_body_off_the_event_loop(app, monkeypatch):
+    """A 16 MiB body takes a while to parse, encode and hash; on the worker's one event loop that
+    would stall every other request."""
+    import asyncio
+
+    from azure.durable_functions.models.utils import http_utils
+
+    for name, value in app.app_settings.items():
+        monkeypatch.setenv(name, value)
+    ran_on: list[threading.Thread] = []
+    encode = host_module._encode
+    monkeypatch.setattr(
+        host_module, "_encode", lambda *a: ran_on.append(threading.current_thread()) or encode(*a)
+    )
+    request = func.HttpRequest(
+        method="POST",
+        url=f"{app.url}/streams/off-loop",
+        headers={"content-type": http.JSON},
+        route_params={"stream": "off-loop"},
+        body=http.encode_json([Message("k", b"v")]),
+    )
+
+    async def call() -> func.HttpResponse:
+        try:
+            client = df.DurableOrchestrationClient(app.client_binding(app.instances[0]))
+            return await host_module.publish(request, client)
+        finally:
+            await http_utils._close_session()
+
+    response = asyncio.run(call())
+    assert response.status_code == 200, response.get_body()
+    assert ran_on and ran_on[0] is not threading.main_thread()

@@ -37,6 +37,7 @@ APP_SETTINGS = {
     "VAULT_WAIT_SECONDS",
     "VAULT_LEASE_SECONDS",
     "VAULT_TASK_HUB",
+    "VAULT_PURGE_AFTER_HOURS",
 }
 
 
@@ -235,11 +236,14 @@ def test_app_role_assignments(main: dict[str, Any]) -> None:
         TABLE_DATA_CONTRIBUTOR,
         MONITORING_METRICS_PUBLISHER,
     }
-    # Consumers: Storage Blob Data Reader for each id in readerPrincipalIds, and nothing else.
-    assert granted == {"principalId": {BLOB_DATA_READER}}
+    # Consumers: Storage Blob Data Reader for each id in readerPrincipalIds (streams) and Storage
+    # Table Data Contributor (checkpoints), and nothing else.
+    assert granted == {"principalId": {BLOB_DATA_READER, TABLE_DATA_CONTRIBUTOR}}
 
 
 def test_reader_principals_parameter(main: dict[str, Any]) -> None:
+    from vault_core.checkpoints import TABLE_NAME
+
     parameter = main["parameters"]["readerPrincipalIds"]
     assert parameter["type"] == "array"
     assert parameter["default"] == []
@@ -248,8 +252,14 @@ def test_reader_principals_parameter(main: dict[str, Any]) -> None:
         for name, r in main["resources"].items()
         if r["type"] == ROLE_ASSIGNMENT
     }
-    [readers] = [main["resources"][name] for name, array in loops.items() if array == "readerPrincipalIds"]
-    assert readers["config"]["config"]["scope"] == "storage"
+    readers = [main["resources"][name] for name, array in loops.items() if array == "readerPrincipalIds"]
+    scopes = {r["config"]["config"]["scope"]: role_ids(main, r) for r in readers}
+    # Blobs on the account (any stream); tables only on the checkpoint table, never on the task
+    # hub's History and Instances tables.
+    assert scopes == {"storage": [BLOB_DATA_READER], "checkpointTable": [TABLE_DATA_CONTRIBUTOR]}
+    table = main["resources"]["checkpointTable"]
+    assert table["type"] == "Microsoft.Storage/storageAccounts/tableServices/tables"
+    assert table["config"]["name"] == TABLE_NAME
 
 
 def test_app_insights_is_workspace_based(trees: dict[Path, dict[str, Any]]) -> None:

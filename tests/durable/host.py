@@ -325,6 +325,7 @@ class AppInstance:
                         continue
                     row.owner, row.next_owner = self.name, None
                     row.expires_at = now + 2 * self.settings.lease_interval
+                    self.host.claims.append((now, index, self.name))
                     self._start_polling(index)
                 elif row.owner is not None and row.expires_at <= now and row.next_owner is not None:
                     row.next_owner = None  # the thief died too
@@ -686,6 +687,7 @@ class DurableHost:
         self.stopping = threading.Event()
         self.stats: Counter[str] = Counter()
         self.batch_sizes: list[int] = []
+        self.claims: list[tuple[float, int, str]] = []  # (monotonic time, partition, instance)
         self.events: list[str] = []
         self.errors: list[BaseException] = []
         self._logs = tempfile.TemporaryDirectory(prefix="durable-host-")
