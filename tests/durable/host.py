@@ -313,22 +313,19 @@ class AppInstance:
                     self._stop_polling(index)
             for index, row in enumerate(rows):
                 if row.owner == self.name:
+                    row.expires_at = now + self.settings.lease_interval  # renewed, draining or not
                     if row.next_owner not in (None, self.name) or self.host.leaving(self):
                         waiting = True
                         self._drain(index)
-                    else:
-                        row.expires_at = now + self.settings.lease_interval
-                elif (row.owner is None and row.next_owner in (None, self.name)) or (
-                    row.owner is not None and row.expires_at <= now and row.next_owner in (None, self.name)
-                ):
+                elif (row.owner is None and row.next_owner in (None, self.name)) or row.expires_at <= now:
+                    # Free for us, or its lease ran out: the owner stopped renewing, or the one who
+                    # asked for it never came to take it.
                     if self.host.leaving(self):
                         continue
                     row.owner, row.next_owner = self.name, None
                     row.expires_at = now + 2 * self.settings.lease_interval
                     self.host.claims.append((now, index, self.name))
                     self._start_polling(index)
-                elif row.owner is not None and row.expires_at <= now and row.next_owner is not None:
-                    row.next_owner = None  # the thief died too
             if self.host.leaving(self):
                 return True
             live = {r.owner for r in rows if r.owner and r.expires_at > now} | {self.name}
