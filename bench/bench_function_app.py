@@ -126,46 +126,66 @@ class Figure:
 # --- failover -------------------------------------------------------------------------------
 
 
-def probe(url: str, stream: str, since: float, limit: float) -> float:
-    """Fresh appends, a new one every 100 ms (each waits on its own), until one commits; returns
-    the monotonic time of the first commit."""
-    committed: list[float] = []
-    done = threading.Event()
+class Prober:
+    """A fresh append every 100 ms, each waiting on its own thread; remembers when each committed."""
 
-    def one() -> None:
-        with VaultClient(url, timeout=limit, attempts=100) as client:
+    def __init__(self, url: str, stream: str) -> None:
+        self.url, self.stream = url, stream
+        self.commits: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.1):
+            threading.Thread(target=self._one, daemon=True).start()
+
+    def _one(self) -> None:
+        with VaultClient(self.url, timeout=300, attempts=100) as client:
             try:
-                client.publish(stream, [Message("probe", b"")])
+                client.publish(self.stream, [Message("probe", b"")])
             except Exception:
                 return
-            committed.append(time.monotonic())
-            done.set()
+            self.commits.append(time.monotonic())
 
-    while not done.wait(0.1):
-        if time.monotonic() - since > limit:
-            raise RuntimeError(f"no append committed within {limit} s")
-        threading.Thread(target=one, daemon=True).start()
-    return min(committed)
+    def first_commit_after(self, moment: float, limit: float = 300) -> float:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            later = [t for t in self.commits if t > moment]
+            if later:
+                return min(later)
+            time.sleep(0.01)
+        raise RuntimeError(f"no append committed within {limit} s")
 
 
 def failover(host: DurableHost, stream: str, kind: str) -> tuple[float, float]:
     """The owner of the stream's entity dies ("kill") or hands its partition to another instance
-    ("move"). Returns (seconds until the partition was claimed by the new owner, seconds from that
-    claim until the first append committed)."""
+    ("move") while appends keep coming. Returns (seconds until the partition was claimed by the
+    new owner, seconds from that claim until the first append committed after it)."""
     with VaultClient(host.url) as client:
         client.publish(stream, [Message("warm", b"")])  # the owner holds the stream's lease
     entity = protocol.entity_instance_id("stream_writer", stream)
     partition = protocol.partition_of(entity, host.settings.partition_count)
     old = host.owner_of(entity)
     assert old is not None
-    claims = len(host.claims)
-    started = time.monotonic()
-    if kind == "kill":
-        host.kill(old, replace=False)
-    else:
-        host.move_partition(partition, next(i for i in host.live() if i is not old))
-    first = probe(host.url, stream, started, 300)
-    claimed = next(t for t, p, who in host.claims[claims:] if p == partition and who != old.name)
+    prober = Prober(host.url, stream)
+    try:
+        time.sleep(1)
+        claims = len(host.claims)
+        started = time.monotonic()
+        if kind == "kill":
+            host.kill(old, replace=False)
+        else:
+            host.move_partition(partition, next(i for i in host.live() if i is not old))
+        deadline = time.monotonic() + 300
+        while not any(p == partition and who != old.name for _, p, who in host.claims[claims:]):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the partition was never claimed")
+            time.sleep(0.01)
+        claimed = next(t for t, p, who in host.claims[claims:] if p == partition and who != old.name)
+        first = prober.first_commit_after(claimed)
+    finally:
+        prober.stop.set()
     if kind == "kill":
         host.add_instance()
     host.settle()

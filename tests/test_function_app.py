@@ -172,9 +172,18 @@ def test_the_same_key_on_two_streams_is_two_appends(app):
     assert elsewhere.status_code == 404 and elsewhere.headers["content-type"] == http.PROBLEM_JSON
 
 
-def test_instance_ids_are_valid_durable_instance_ids():
+def test_instance_ids_are_valid_durable_instance_ids_on_their_entitys_partition():
+    from tests.durable.host import Settings
+
+    partitions = Settings.from_host_json().partition_count
     longest = host_module.instance_id("a" * 50, "K" * 128)
     assert len(longest) <= 256 and not set("/\\#?") & set(longest) and not longest.startswith("@")
+    for stream, key in [("a", "k"), ("b", "k"), ("orders", "order-42"), ("a" * 50, "K" * 128)]:
+        instance = host_module.instance_id(stream, key)
+        assert instance == host_module.instance_id(stream, key)  # the same every time
+        assert instance.startswith(f"{stream}:{key}:")
+        entity = protocol.entity_instance_id("stream_writer", stream)
+        assert protocol.partition_of(instance, partitions) == protocol.partition_of(entity, partitions)
     assert host_module.instance_id("a", "k") != host_module.instance_id("b", "k")
 
 

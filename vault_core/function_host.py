@@ -43,6 +43,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import azure.durable_functions as df
@@ -108,9 +109,39 @@ def staging() -> Store:
 
 def instance_id(stream: str, key: str) -> str:
     """The append orchestration's instance id: one per stream and Idempotency-Key, so the same key
-    on two streams is two appends. At most 179 characters, none of them / \\ # ? or a leading @
-    (stream names are lowercase letters, digits and hyphens; keys letters, digits and ._:-)."""
-    return f"{stream}:{key}"
+    on two streams is two appends. Durable's Azure Storage provider runs an instance on the
+    control-queue partition its id hashes to; the id ends in the smallest number that puts it on
+    its stream entity's partition, so that both run on the same instance and wake each other at
+    once, rather than waiting for another instance's next poll of its queue. At most 184
+    characters, none of them / \\ # ? or a leading @ (stream names are lowercase letters, digits
+    and hyphens; keys letters, digits and ._:-)."""
+    partitions = _partition_count()
+    entity = _partition_of(f"@{ENTITY}@{stream}", partitions)
+    for salt in range(64 * partitions):  # a match is found within `partitions` tries on average
+        candidate = f"{stream}:{key}:{salt}"
+        if _partition_of(candidate, partitions) == entity:
+            return candidate
+    return f"{stream}:{key}"  # as good an id, on another partition (about 1 time in 10^28)
+
+
+def _partition_of(instance: str, partitions: int) -> int:
+    """Durable's Azure Storage provider: 32-bit FNV-1a over the id's UTF-8 bytes, modulo the
+    partition count."""
+    value = 2166136261
+    for byte in instance.encode():
+        value = ((value ^ byte) * 16777619) & 0xFFFFFFFF
+    return value % partitions
+
+
+@functools.cache
+def _partition_count() -> int:
+    """host.json's partitionCount (the provider's default, 4, if it sets none)."""
+    try:
+        config = json.loads((Path(__file__).resolve().parent.parent / "host.json").read_text())
+    except (OSError, ValueError):
+        return 4
+    provider = config.get("extensions", {}).get("durableTask", {}).get("storageProvider", {})
+    return int(provider.get("partitionCount", 4))
 
 
 def problem_response(error: BaseException) -> func.HttpResponse:
@@ -155,7 +186,7 @@ async def publish(req: func.HttpRequest, client: df.DurableOrchestrationClient) 
                 # a running instance): wait for that one.
                 if await client.get_status(instance) is None:
                     raise
-        return await _outcome(client, stream, instance, float(setting("VAULT_WAIT_SECONDS") or 30))
+        return await _outcome(client, stream, key, float(setting("VAULT_WAIT_SECONDS") or 30))
     except Exception as error:
         return problem_response(error)
 
@@ -169,7 +200,7 @@ async def batch_status(req: func.HttpRequest, client: df.DurableOrchestrationCli
         earlier = _input_of(status)
         if earlier is None or earlier.get("stream") != stream:
             raise http.ProblemError(404, "not-found", "Unknown batch", "no append is known at this location")
-        return await _outcome(client, stream, instance, 0)  # type: ignore[arg-type]
+        return await _outcome(client, stream, key, 0)  # type: ignore[arg-type]
     except Exception as error:
         return problem_response(error)
 
@@ -214,10 +245,11 @@ def _encode(content_type: str | None, body: bytes) -> tuple[bytes, str]:
 
 
 async def _outcome(
-    client: df.DurableOrchestrationClient, stream: str, instance: str, wait: float
+    client: df.DurableOrchestrationClient, stream: str, key: str, wait: float
 ) -> func.HttpResponse:
     """The append's answer once its orchestration finished within `wait` seconds, else 202. The
     status is asked for at growing intervals (50 ms to 1 s): each ask is a storage read."""
+    instance = instance_id(stream, key)
     loop = asyncio.get_running_loop()
     deadline, delay = loop.time() + wait, 0.05
     while True:
@@ -229,7 +261,7 @@ async def _outcome(
             raise RuntimeError(f"the append orchestration {instance} ended {runtime.value}")  # type: ignore[union-attr]
         remaining = deadline - loop.time()
         if remaining <= 0:
-            location = http.batch_location(stream, instance.split(":", 1)[1])
+            location = http.batch_location(stream, key)
             body = json.dumps({"stream": stream, "status": location})
             return func.HttpResponse(
                 body, status_code=202, headers={"Location": location}, mimetype=http.JSON

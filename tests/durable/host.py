@@ -482,9 +482,9 @@ class AppInstance:
     ) -> bool:
         """DTFx's order: outbound messages first (they are never taken back), then the state if its
         ETag still matches (the checkpoint), then the inputs are deleted."""
-        for target, event, delay in outbound:
-            self.gate()
-            self.host.send(self, target, event, delay)
+        self.gate()
+        if outbound:
+            self.host.send(self, outbound)
         self.gate()
         if not self.host.hub.save(record, loaded_etag):
             self.host.stats["split-brain checkpoints refused"] += 1
@@ -829,18 +829,20 @@ class DurableHost:
         rpc = f"http://127.0.0.1:{self._rpc.server_address[1]}/{instance.name}/durabletask/"
         return p.client_binding(rpc, self.task_hub)
 
-    def send(
-        self, sender: AppInstance | None, target: str, event: dict[str, Any], delay: float = 0.0
-    ) -> None:
-        """Enqueues a message; one over the queue limit costs a blob round trip (Azure stores it
-        compressed in the large-messages container)."""
-        size = len(json.dumps(event).encode())
-        if size > p.QUEUE_MESSAGE_LIMIT:
-            self.hub.spilled += 1
+    def send(self, sender: AppInstance | None, messages: list[tuple[str, dict[str, Any], float]]) -> None:
+        """Enqueues messages (target, event, delay) in parallel, as DTFx does; those over the
+        queue limit cost a blob round trip more (Azure stores them compressed in the
+        large-messages container)."""
+        sized = [(target, event, len(json.dumps(event).encode()), delay) for target, event, delay in messages]
+        spilled = sum(size > p.QUEUE_MESSAGE_LIMIT for _, _, size, _ in sized)
+        if spilled:
+            self.hub.spilled += spilled
             self.hub.round_trip()
-        partition = self.hub.enqueue(target, event, size, delay=delay)
-        if sender is not None and not delay:
-            sender.wake(partition)
+        partitions = self.hub.enqueue(sized)
+        if sender is not None:
+            for partition, (_, _, _, delay) in zip(partitions, sized, strict=True):
+                if not delay:
+                    sender.wake(partition)
 
     def start(self, caller: AppInstance | None, name: str, instance_id: str, input_text: str | None) -> bool:
         if input_text is not None and len(input_text) * 2 > p.TABLE_PROPERTY_LIMIT:
@@ -858,7 +860,7 @@ class DurableHost:
             Input=input_text,
             OrchestrationInstance={"InstanceId": instance_id, "ExecutionId": execution},
         )
-        self.send(caller, instance_id, started)
+        self.send(caller, [(instance_id, started, 0.0)])
         return True
 
     def purge(self, created_from: datetime, created_to: datetime, statuses: list[str]) -> int:

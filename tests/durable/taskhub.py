@@ -79,14 +79,18 @@ class TaskHub:
 
     # --- control queues
 
-    def enqueue(self, instance: str, event: dict[str, Any], size: int, *, delay: float = 0.0) -> int:
-        """Adds a message for `instance` to its partition's queue; returns the partition."""
+    def enqueue(self, messages: list[tuple[str, dict[str, Any], int, float]]) -> list[int]:
+        """Adds messages (instance, event, size, delay) to their partitions' queues, all at once
+        (DTFx sends a checkpoint's messages in parallel: one round trip); returns the partitions."""
         self.round_trip()
-        partition = partition_of(instance, self.partition_count)
+        partitions = []
         with self.lock:
-            message = QueueMessage(next(self._seq), instance, event, size, time.monotonic() + delay)
-            self.queues[partition].append(message)
-        return partition
+            for instance, event, size, delay in messages:
+                partition = partition_of(instance, self.partition_count)
+                message = QueueMessage(next(self._seq), instance, event, size, time.monotonic() + delay)
+                self.queues[partition].append(message)
+                partitions.append(partition)
+        return partitions
 
     def dequeue(self, partition: int, count: int, visibility: float) -> list[QueueMessage]:
         self.round_trip()
