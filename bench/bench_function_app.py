@@ -113,6 +113,7 @@ class Figure:
     messages: int
     seconds: float
     per_invocation: float | None = None
+    host_cpu: float | None = None  # CPU seconds of the host stand-in's own threads (this process)
 
     @property
     def appends_per_second(self) -> float:
@@ -225,12 +226,13 @@ def run(
                     for producers in PRODUCERS:
                         for target, url in (("Function App", host.url), ("vault serve", served.url)):
                             stream = f"s{size}-x{producers}-{target.split()[0].lower()}"
-                            sizes_before = len(host.batch_sizes)
+                            sizes_before, cpu_before = len(host.batch_sizes), time.process_time()
                             appends, messages, seconds = measure(url, stream, producers, size, args.seconds)
                             figure = Figure(target, producers, size, appends, messages, seconds)
                             if target == "Function App":
                                 sizes = host.batch_sizes[sizes_before:]
                                 figure.per_invocation = sum(sizes) / len(sizes) if sizes else None
+                                figure.host_cpu = time.process_time() - cpu_before
                             figures.append(figure)
                             print(
                                 f"  {target:<12} x{producers:<2} {size:>4}-message batches: "
@@ -265,6 +267,7 @@ def tables(
             "vault serve appends/s",
             "ratio",
             "ops per entity invocation",
+            "stand-in CPU",
         ]
     ]
     for size in BATCH_SIZES:
@@ -283,6 +286,7 @@ def tables(
                     f"{serve.appends_per_second:,.1f}",
                     f"{app.appends_per_second / serve.appends_per_second:.2f}",
                     ("-" if per is None else f"{per:.1f}") + verdict,
+                    f"{app.host_cpu / app.seconds:.0%} of a core" if app.host_cpu is not None else "-",
                 ]
             )
     takeover = [

@@ -389,3 +389,32 @@ def test_every_command_explains_itself(command):
     result = vault(command, "--help")
     assert result.returncode == 0 and not result.stderr
     assert result.stdout.decode().startswith(f"Usage: vault {command} [OPTIONS]")
+
+
+def test_serve_says_where_the_store_is_without_its_key(azurite):
+    from tests.azurite import KEY, free_port
+
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vault_core.cli",
+            "serve",
+            "--store",
+            azurite.connection_string,
+            "--container",
+            "said",
+            "--port",
+            str(free_port()),
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        said = server.stderr.readline()
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert f"{azurite.blob_endpoint}/said" in said
+    assert KEY not in said and "AccountKey" not in said

@@ -174,7 +174,7 @@ def streams(target: str | None, container: str, as_json: bool) -> None:
             click.echo(json.dumps({**fields, "last_append": last}))
         return
     if not statuses:
-        click.echo(f"no streams in {target}", err=True)
+        click.echo(f"no streams in {store}", err=True)
         return
     from rich.console import Console
     from rich.filesize import decimal
@@ -504,16 +504,15 @@ def demo(target: str) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(open_store(target)), "127.0.0.1", port, log_level="warning")
-    )
+    store = open_store(target)
+    server = uvicorn.Server(uvicorn.Config(create_app(store), "127.0.0.1", port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started and thread.is_alive():
         time.sleep(0.02)
     url = f"http://127.0.0.1:{port}/api"
     stream = "demo-orders"
-    click.echo(f"vault serve on {url}, store {target}")
+    click.echo(f"vault serve on {url}, store {store}")
     try:
         with VaultClient(url) as client:
             click.echo("\npublishing through the HTTP API")
@@ -574,8 +573,10 @@ def serve(
 
     from .server import create_app
 
-    app = create_app(open_store(target, container=container), api_key=api_key, wait_seconds=wait_seconds)
-    click.echo(f"Message Vault on http://{host}:{port}/api (store: {target})", err=True)
+    store = open_store(target, container=container)
+    app = create_app(store, api_key=api_key, wait_seconds=wait_seconds)
+    # The store as it prints itself: a connection string's key or a SAS never reaches the output.
+    click.echo(f"Message Vault on http://{host}:{port}/api (store: {store})", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

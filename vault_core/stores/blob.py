@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlparse, urlsplit
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -81,7 +81,11 @@ class BlobStore(Store):
         )
 
     def __repr__(self) -> str:
-        return f"BlobStore({self._container.url!r})"
+        return f"BlobStore({str(self)!r})"
+
+    def __str__(self) -> str:
+        """The container's URL, without any SAS token: safe to print."""
+        return urlsplit(self._container.url)._replace(query="").geturl()
 
     @classmethod
     def from_connection_string(cls, connection_string: str, *, container: str) -> BlobStore:

@@ -30,6 +30,9 @@ class LocalStore(Store):
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
 
+    def __str__(self) -> str:
+        return str(self.root)
+
     def streams(self) -> list[str]:
         if not self.root.is_dir():
             return []
