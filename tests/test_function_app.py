@@ -358,6 +358,7 @@ def entity(functions, azurite, monkeypatch):
         monkeypatch.setenv(name, value)
     host_module.store.cache_clear()
     host_module.staging.cache_clear()
+    host_module.owners.cache_clear()
     handle = functions["stream_writer"].get_user_function()
 
     def run(stream: str, payloads: list[dict], state: str | None = None) -> tuple[list, str]:
@@ -370,7 +371,8 @@ def entity(functions, azurite, monkeypatch):
     run.store = vault_core.open_store(azurite.connection_string, container=container)
     run.staging = vault_core.open_store(azurite.connection_string, container=f"{container}-staging")
     yield run
-    host_module._owners.close()
+    host_module.owners().close()
+    host_module.owners.cache_clear()
     host_module.store.cache_clear()
     host_module.staging.cache_clear()
 

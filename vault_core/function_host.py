@@ -37,7 +37,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -54,10 +53,10 @@ from azure.durable_functions.models.entities import EntityState, OperationResult
 from . import http_models as http
 from .errors import BatchIdConflict, FencedError, StreamBusyError
 from .format import Message
-from .server import describe_stream, problem_for, summarize_streams
+from .server import Writers, describe_stream, problem_for, summarize_streams
 from .stores import open_store
 from .stores.base import Store
-from .writer import AppendResult, Batch, StreamWriter
+from .writer import AppendResult, Batch
 
 log = logging.getLogger("vault.functions")
 
@@ -413,7 +412,7 @@ def _append_round(stream: str, appends: list[_Append]) -> None:
     ready = [a for a in appends if a.outcome is None and a.messages is not None]
     for attempt in range(2 if ready else 0):
         try:
-            writer = _owners.writer(stream)
+            writer = owners().writer(stream)
             outcomes = writer.append_all([Batch(a.messages or [], a.payload["batch_id"]) for a in ready])
         except Exception as error:  # the stream could not be opened, or taken over
             outcomes = [error] * len(ready)
@@ -424,7 +423,7 @@ def _append_round(stream: str, appends: list[_Append]) -> None:
             break
         # Another writer took the stream over since this worker last wrote. The runtime has just
         # handed this batch to this worker, so it owns the entity now: take the stream back once.
-        _owners.drop(stream)
+        owners().drop(stream)
         ready = fenced
     _missing_staged(stream, appends)
     committed = [
@@ -463,7 +462,7 @@ def _missing_staged(stream: str, appends: list[_Append]) -> None:
         if append.messages is not None or append.outcome is not None:
             continue
         try:
-            found = _owners.writer(stream).find(append.payload["batch_id"])
+            found = owners().writer(stream).find(append.payload["batch_id"])
         except Exception as error:
             append.outcome = _problem(error)
             continue
@@ -513,38 +512,11 @@ def _may_pass(error: BaseException) -> bool:
     return isinstance(error, AzureError)  # connection and response errors on the way to storage
 
 
-class _Owners:
+@functools.cache
+def owners() -> Writers:
     """This worker process's writers, one per stream whose entity ran here, each opened with
-    takeover: the runtime only runs an entity where it owns it now."""
-
-    def __init__(self) -> None:
-        self._writers: dict[str, StreamWriter] = {}
-        self._lock = threading.Lock()
-
-    def writer(self, stream: str) -> StreamWriter:
-        with self._lock:
-            writer = self._writers.get(stream)
-        if writer is None:
-            lease = int(setting("VAULT_LEASE_SECONDS") or 60)
-            writer = store().writer(stream, lease_seconds=lease, takeover=True)
-            with self._lock:
-                self._writers[stream] = writer
-        return writer
-
-    def drop(self, stream: str) -> None:
-        with self._lock:
-            writer = self._writers.pop(stream, None)
-        if writer is not None:
-            writer.close()
-
-    def close(self) -> None:
-        with self._lock:
-            writers, self._writers = list(self._writers.values()), {}
-        for writer in writers:
-            writer.close()
-
-
-_owners = _Owners()
+    takeover: the runtime runs an entity only where it owns it now."""
+    return Writers(store(), lease_seconds=int(setting("VAULT_LEASE_SECONDS") or 60), takeover=True)
 
 
 @functools.cache

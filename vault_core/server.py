@@ -33,39 +33,47 @@ FINISHED_KEPT = 10_000  # outcomes of 202-answered appends kept for their status
 
 
 class Writers:
-    """One open writer per stream, opened on first use and kept."""
+    """One open writer per stream, opened on first use and kept. `takeover`: open each with
+    takeover (the Function App's entity, which owns its stream wherever the runtime runs it)."""
 
-    def __init__(self, store: Store, *, lease_seconds: int = 60) -> None:
+    def __init__(self, store: Store, *, lease_seconds: int = 60, takeover: bool = False) -> None:
         self.store = store
         self.lease_seconds = lease_seconds
+        self.takeover = takeover
         self._writers: dict[str, StreamWriter] = {}
         self._lock = threading.Lock()
 
     def append(self, stream: str, messages: list[Message], batch_id: str | None) -> AppendResult:
         for attempt in range(2):
-            writer = self._writer(stream)
+            writer = self.writer(stream)
             try:
                 return writer.append(messages, batch_id=batch_id)
             except FencedError:
                 # Another writer took the stream over; ours is dead. One fresh try: the batch id
                 # (if any) keeps it exactly once.
-                self._drop(stream, writer)
+                self.drop(stream, writer)
                 if attempt:
                     raise
         raise AssertionError("unreachable")
 
-    def _writer(self, stream: str) -> StreamWriter:
+    def writer(self, stream: str) -> StreamWriter:
+        """The stream's writer, opened now if this process has none."""
         with self._lock:
             writer = self._writers.get(stream)
             if writer is None:
-                writer = self._writers[stream] = self.store.writer(stream, lease_seconds=self.lease_seconds)
+                writer = self._writers[stream] = self.store.writer(
+                    stream, lease_seconds=self.lease_seconds, takeover=self.takeover
+                )
             return writer
 
-    def _drop(self, stream: str, writer: StreamWriter) -> None:
+    def drop(self, stream: str, writer: StreamWriter | None = None) -> None:
+        """Close the stream's writer (only if it is still `writer`, when given)."""
         with self._lock:
-            if self._writers.get(stream) is writer:
-                del self._writers[stream]
-        writer.close()
+            current = self._writers.get(stream)
+            if current is None or (writer is not None and current is not writer):
+                return
+            del self._writers[stream]
+        current.close()
 
     def close(self) -> None:
         with self._lock:

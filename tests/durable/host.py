@@ -96,26 +96,26 @@ class Settings:
     def from_host_json(cls, path: Path = ROOT / "host.json", **overrides: Any) -> Settings:
         config = json.loads(path.read_text())
         durable = config.get("extensions", {}).get("durableTask", {})
-        provider = durable.get("storageProvider", {})
+        sections = {"root": config, "durable": durable, "provider": durable.get("storageProvider", {})}
         values: dict[str, Any] = {}
-        if "partitionCount" in provider:
-            values["partition_count"] = provider["partitionCount"]
-        if "maxQueuePollingInterval" in provider:
-            values["max_polling_interval"] = _seconds(provider["maxQueuePollingInterval"])
-        if "controlQueueBatchSize" in provider:
-            values["control_queue_batch_size"] = provider["controlQueueBatchSize"]
-        if "controlQueueBufferThreshold" in provider:
-            values["buffer_threshold"] = provider["controlQueueBufferThreshold"]
-        if "controlQueueVisibilityTimeout" in provider:
-            values["visibility_timeout"] = _seconds(provider["controlQueueVisibilityTimeout"])
-        if "maxEntityOperationBatchSize" in durable:
-            values["max_entity_batch"] = durable["maxEntityOperationBatchSize"]
-        if "maxConcurrentOrchestratorFunctions" in durable:
-            values["max_concurrent"] = durable["maxConcurrentOrchestratorFunctions"]
-        if "functionTimeout" in config:
-            values["function_timeout"] = _seconds(config["functionTimeout"])
-        values.update(overrides)
-        return cls(**values)
+        for field_name, (section, key) in _HOST_JSON.items():
+            if key in sections[section]:
+                value = sections[section][key]
+                values[field_name] = _seconds(value) if isinstance(value, str) else value
+        return cls(**{**values, **overrides})
+
+
+# Settings fields read from host.json: (section, key); durations are "[d.]hh:mm:ss" strings.
+_HOST_JSON = {
+    "partition_count": ("provider", "partitionCount"),
+    "max_polling_interval": ("provider", "maxQueuePollingInterval"),
+    "control_queue_batch_size": ("provider", "controlQueueBatchSize"),
+    "buffer_threshold": ("provider", "controlQueueBufferThreshold"),
+    "visibility_timeout": ("provider", "controlQueueVisibilityTimeout"),
+    "max_entity_batch": ("durable", "maxEntityOperationBatchSize"),
+    "max_concurrent": ("durable", "maxConcurrentOrchestratorFunctions"),
+    "function_timeout": ("root", "functionTimeout"),
+}
 
 
 class InvocationFailed(Exception):
