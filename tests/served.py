@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -15,24 +17,29 @@ from tests.azurite import ROOT, free_port, stop_process
 class Served:
     """A `vault serve` process on a free loopback port."""
 
-    def __init__(self, target: str, container: str, *extra: str) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        target: str | None,
+        container: str | None,
+        *extra: str,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+    ) -> None:
+        """`target`, `container`: given as options, unless None (then from `env`, say). `log`: a
+        file for the server's stderr (else the test's)."""
+        self.port = port or free_port()
         self.target, self.container = target, container
+        options = [
+            *(["--store", target] if target else []),
+            *(["--container", container] if container else []),
+        ]
+        self.log = open(log, "ab") if log else None  # noqa: SIM115
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vault_core.cli",
-                "serve",
-                "--store",
-                target,
-                "--container",
-                container,
-                "--port",
-                str(self.port),
-                *extra,
-            ],
+            [sys.executable, "-m", "vault_core.cli", "serve", *options, "--port", str(self.port), *extra],
             cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stderr=self.log,
         )
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 30
@@ -50,5 +57,12 @@ class Served:
     def store(self) -> vault_core.Store:
         return vault_core.open_store(self.target, container=self.container)
 
+    def kill(self) -> None:
+        """As a crash: SIGKILL, nothing given back."""
+        self.process.kill()
+        self.process.wait()
+
     def stop(self) -> None:
         stop_process(self.process)
+        if self.log:
+            self.log.close()

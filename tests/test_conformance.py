@@ -455,3 +455,38 @@ def test_append_all_past_the_group_size_commits_in_order_over_several_writes(sto
     assert all(r.position < n.offsets[0] < n.position for r, n in itertools.pairwise(results))
     assert 2 <= counts["commits"] - 1 < len(batches)  # 24 MiB: more than one group, fewer than eight
     assert contents(store, "s") == [m for b in batches for m in b.messages]
+
+
+def test_a_new_stream_whose_first_append_is_refused_is_not_left_behind(store):
+    assert not store.exists() or "s" not in store.streams()
+    with store.writer("s") as writer, pytest.raises(vault_core.MessageTooLarge):
+        writer.append([Message("k", bytes(MiB + 1))])
+    assert "s" not in store.streams()
+    with store.writer("s") as writer:  # and it can be created afterwards
+        writer.append(batch(1))
+    with store.writer("s") as writer, pytest.raises(vault_core.MessageTooLarge):  # an existing one stays
+        writer.append([Message("k", bytes(MiB + 1))])
+    assert store.streams() == ["s"] and contents(store, "s") == batch(1)
+    assert store.exists()
+
+
+def test_objects_beside_the_streams(store):
+    store.put_object("staged/a/b", b"one")
+    store.put_object("staged/a/b", b"two")  # replaced
+    assert store.get_object("staged/a/b") == b"two"
+    store.delete_object("staged/a/b")
+    store.delete_object("staged/a/b")  # nothing to delete is fine
+    with pytest.raises(FileNotFoundError):
+        store.get_object("staged/a/b")
+    assert store.streams() == []  # objects are not streams
+
+
+def test_local_streams_are_private_to_their_owner(local_store):
+    with local_store.writer("s") as writer:
+        writer.append(batch(1))
+    local_store.put_object("x/y", b"z")
+    root = local_store.root
+    for path in (root, root / "s", root / "_objects", root / "_objects" / "x"):
+        assert path.stat().st_mode & 0o777 == 0o700, path
+    for path in (root / "s" / "log", root / "_objects" / "x" / "y"):
+        assert path.stat().st_mode & 0o777 == 0o600, path

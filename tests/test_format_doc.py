@@ -265,10 +265,11 @@ def test_valid_read_positions(tmp_path):
 def test_empty_streams(tmp_path):
     assert decode_commit(b"") == Commit(None, 0, 0, 0, [])
     store = vault_core.open_store(tmp_path)
-    store.writer(STREAM).close()  # creates the log and its initial, empty commit in slot A
-    assert decode_commit(read_log(tmp_path)) == Commit(0, 0, 0, 0, [])
-    with store.reader(STREAM) as reader:
-        assert reader.position() == 0
+    with store.writer(STREAM):  # a new log, nothing appended yet: its initial, empty commit in slot A
+        assert decode_commit(read_log(tmp_path)) == Commit(0, 0, 0, 0, [])
+        with store.reader(STREAM) as reader:
+            assert reader.position() == 0
+    assert STREAM not in store.streams()  # closed with nothing appended, the new stream is gone
 
 
 def test_a_damaged_newest_slot_falls_back_to_the_other(tmp_path):

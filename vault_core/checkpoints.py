@@ -127,13 +127,14 @@ class FileCheckpoints(Checkpoints):
         # Imported here, as the tables SDK is below: importing vault_core loads no backend.
         import fcntl
 
-        from .stores.local import fsync_dir
+        from .stores.local import FILE_MODE, FOLDER_MODE, fsync_dir
 
         if not self.folder.is_dir():
-            self.folder.mkdir(parents=True, exist_ok=True)
+            for folder in (self.folder.parent.parent, self.folder.parent, self.folder):
+                folder.mkdir(mode=FOLDER_MODE, exist_ok=True)
             for folder in (self.folder.parent, self.folder.parent.parent):
                 fsync_dir(folder)  # the new folders survive a crash with the first checkpoint
-        lock = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        lock = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             current = self._get(stream)
@@ -145,7 +146,7 @@ class FileCheckpoints(Checkpoints):
             path = self.folder / f"{stream}.json"
             partial = path.with_name(path.name + ".partial")
             data = {"position": position, "etag": checkpoint.etag, "updated": checkpoint.updated.isoformat()}
-            with open(partial, "w") as file:
+            with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "w") as file:
                 json.dump(data, file)
                 file.flush()
                 os.fsync(file.fileno())

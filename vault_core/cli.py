@@ -6,7 +6,10 @@ codes: 0 done, 1 failed (the message says what went wrong and what to do), 2 bad
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -26,6 +29,8 @@ from .stores import Store, open_source
 
 # A publish sends at most this many key and value bytes per batch (the HTTP API takes 16 MiB).
 PUBLISH_BATCH_BYTES = 8 * 1024 * 1024
+# A publish records its progress beside the stream this often (in batches).
+PROGRESS_EVERY = 100
 
 
 class _Group(click.Group):
@@ -39,10 +44,15 @@ class _Group(click.Group):
             sys.exit(1)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except (VaultError, ValueError, TypeError, OSError) as error:
-            raise click.ClickException(str(error)) from None
         except Exception as error:
-            raise click.ClickException(_explain(error)) from None
+            raise click.ClickException(_describe(error)) from None
+
+
+def _describe(error: Exception) -> str:
+    """An error as one line for people: ours say what to do; others are explained."""
+    if isinstance(error, VaultError | ValueError | TypeError | OSError):
+        return str(error)
+    return _explain(error)
 
 
 def _explain(error: Exception) -> str:
@@ -111,6 +121,17 @@ def _store(target: str | None, container: str) -> Store:
     return open_store(target, container=container)
 
 
+def _existing_store(target: str | None, container: str) -> Store:
+    """The store, which must exist: a mistyped --store is an error, not an empty store."""
+    store = _store(target, container)
+    if not store.exists():
+        raise click.ClickException(
+            f"no store at {store}: check --store (a directory, a connection string or an account URL)"
+            + ("" if "://" not in str(store) else " and --container")
+        )
+    return store
+
+
 def _reader(stream: str, target: str | None, container: str, read_url: str | None) -> StreamReader:
     """The stream's reader, from its read URL or from the store, which must hold the stream."""
     fmt.check_stream_name(stream)
@@ -120,13 +141,18 @@ def _reader(stream: str, target: str | None, container: str, read_url: str | Non
         named, source = open_source(read_url)
         if named != stream:
             raise click.UsageError(f"--url is the read URL of stream {named!r}, not of {stream!r}")
+        if source.size() == 0:
+            where = read_url.split("?", 1)[0]  # not the SAS
+            raise click.ClickException(
+                f"no stream at {where}: check the URL (GET /api/streams/{stream} gives a fresh one)"
+            )
         return StreamReader(stream, source)
     if not target:
         raise click.UsageError("say where the stream is: --store TARGET (or VAULT_STORE) or --url READ_URL")
-    store = open_store(target, container=container)
+    store = _existing_store(target, container)
     if stream not in store.streams():
         raise click.ClickException(
-            f"stream {stream!r} does not exist in {target}; `vault streams` lists the streams there"
+            f"stream {stream!r} does not exist in {store}; `vault streams` lists the streams there"
         )
     return store.reader(stream)
 
@@ -165,7 +191,7 @@ def _emit(as_json: bool, fields: dict[str, Any], text: str) -> None:
 @_json_option
 def streams(target: str | None, container: str, as_json: bool) -> None:
     """List every stream with its position, size on storage and last append time."""
-    store = _store(target, container)
+    store = _existing_store(target, container)
     statuses = [store.reader(name).status() for name in store.streams()]
     if as_json:
         for status in statuses:
@@ -203,6 +229,7 @@ def streams(target: str | None, container: str, as_json: bool) -> None:
     type=click.IntRange(1, fmt.MAX_BATCH_MESSAGES),
     help="Messages per batch (a batch also stays under 8 MiB).",
 )
+@click.option("--again", is_flag=True, help="Publish the input even if it was published to STREAM before.")
 @_json_option
 def publish(
     stream: str,
@@ -212,65 +239,112 @@ def publish(
     api_url: str | None,
     key: str | None,
     batch_size: int,
+    again: bool,
     as_json: bool,
 ) -> None:
     """Append the messages of FILE (or stdin), one JSON object per line: {"key": "...", "value":
     "text"} or {"key": "...", "value_b64": "base64"}. The whole input is checked before anything
-    is appended, so a bad line changes nothing. Each batch is appended exactly once, retries
-    included."""
+    is appended, so a bad line changes nothing.
+
+    Each line is appended once, whatever happens: batch ids are derived from the input, so running
+    the same command again after Ctrl-C, a crash or an error appends only what is missing. Use
+    --again to publish the same input anew."""
     fmt.check_stream_name(stream)
     if bool(api_url) == bool(target):
         raise click.UsageError("give --store (or VAULT_STORE) to append directly, or --url for the HTTP API")
-    with _checked_input(source) as (lines, count):
-        if count == 0:
-            raise click.ClickException(
-                f"no messages in {source if source != '-' else 'stdin'}: nothing to publish"
-            )
-        append, close = _appender(stream, target, container, api_url, key)
-        run = f"publish-{uuid.uuid4().hex[:12]}"  # makes each batch's id unique to this run
-        first = last = position = batches = 0
+    name = source if source != "-" else "stdin"
+    with _checked_input(source, batch_size) as (lines, plan, digest):
+        if not plan:
+            raise click.ClickException(f"no messages in {name}: nothing to publish")
+        # Batch k of this input is `pub-<fingerprint>-<k>` whoever publishes it, whenever.
+        salt = uuid.uuid4().hex if again else ""
+        fingerprint = hashlib.sha256(f"{stream}\0{batch_size}\0{salt}\0{digest}".encode()).hexdigest()[:32]
+        ids = [f"pub-{fingerprint}-{k}" for k in range(len(plan))]
+        destination = _Destination(stream, target, container, api_url, key, fingerprint)
         try:
-            with _progress(f"publishing to {stream}", count) as update:
-                done = 0
-                for batch in _batches(parse_lines(lines), batch_size):
-                    result = append(batch, f"{run}-{batches}")
-                    first = first if batches else result.offsets[0]
-                    last, position = result.offsets[-1], result.position
-                    batches += 1
-                    done += len(batch)
-                    update(done)
+            done = destination.committed(ids)
+            skipped = sum(plan[:done])
+            if done == len(plan):
+                _emit(
+                    as_json,
+                    {"stream": stream, "messages": 0, "batches": 0, "skipped": skipped},
+                    f"nothing to publish: all {_many(skipped, 'message')} of {name} are in {stream} already "
+                    "(use --again to publish them anew)",
+                )
+                return
+            if done:
+                held = f"{_many(skipped, 'line')} of {name} ({_many(done, 'batch', 'batches')})"
+                click.echo(f"resuming: the first {held} are in {stream} already", err=True)
+            first = last = position = 0
+            sent = done
+            try:
+                with _progress(f"publishing to {stream}", sum(plan)) as update:
+                    update(skipped)
+                    for k, batch in enumerate(_batches(parse_lines(lines), batch_size)):
+                        if k < done:
+                            continue
+                        result = destination.append(batch, ids[k])
+                        first = first or result.offsets[0]
+                        last, position = result.offsets[-1], result.position
+                        sent = k + 1
+                        update(sum(plan[:sent]))
+                        if sent % PROGRESS_EVERY == 0:
+                            destination.remember(sent)
+            except KeyboardInterrupt:
+                destination.remember(sent)
+                click.echo(
+                    f"\ninterrupted: lines 1 to {sum(plan[:sent]):,} of {name} are in {stream} "
+                    f"({_many(sent, 'batch', 'batches')} of {len(plan):,}); run the same command again to "
+                    "append the rest, each line once",
+                    err=True,
+                )
+                sys.exit(130)
+            except Exception as error:
+                with contextlib.suppress(Exception):
+                    destination.remember(sent)
+                raise click.ClickException(
+                    f"{_describe(error)}. Lines 1 to {sum(plan[:sent]):,} of {name} are in {stream}; run "
+                    "the same command again to append the rest, each line once"
+                ) from None
+            destination.remember(sent)
         finally:
-            close()
-    fields = {"stream": stream, "messages": count, "batches": batches, "first_offset": first}
+            destination.close()
+    count = sum(plan) - skipped
+    fields = {"stream": stream, "messages": count, "batches": len(plan) - done, "first_offset": first}
     _emit(
         as_json,
-        {**fields, "last_offset": last, "position": position},
-        f"published {_many(count, 'message')} in {_many(batches, 'batch', 'batches')} to {stream}: "
-        f"offsets {first:,} to {last:,}, stream position now {position:,}",
+        {**fields, "last_offset": last, "position": position, "skipped": skipped},
+        f"published {_many(count, 'message')} in {_many(len(plan) - done, 'batch', 'batches')} to {stream}: "
+        f"offsets {first:,} to {last:,}, stream position now {position:,}"
+        + (f" ({_many(skipped, 'message')} of {name} were there already)" if skipped else ""),
     )
 
 
 @contextmanager
-def _checked_input(source: str) -> Iterator[tuple[IO[bytes], int]]:
-    """The input, every line checked, rewound for publishing, with its number of messages. Stdin
-    is kept in a temporary file meanwhile, since it can be read only once."""
+def _checked_input(source: str, batch_size: int) -> Iterator[tuple[IO[bytes], list[int], str]]:
+    """The input, every line checked, rewound for publishing; with its plan (the number of
+    messages in each batch it makes) and the SHA-256 of its bytes. Stdin is kept in a temporary
+    file meanwhile, since it can be read only once."""
     with (
         tempfile.TemporaryFile() if source == "-" else click.open_file(source, "rb") as lines  # type: ignore[union-attr]
     ):
-        count = 0
+        digest = hashlib.sha256()
+        if source == "-":
+            for line in sys.stdin.buffer:
+                lines.write(line)
+                digest.update(line)
+        else:
+            for chunk in iter(lambda: lines.read(1 << 20), b""):
+                digest.update(chunk)
+        lines.seek(0)
         try:
-            if source == "-":
-                for line in sys.stdin.buffer:
-                    lines.write(line)
-                lines.seek(0)
-            for _message in parse_lines(lines):
-                count += 1
+            plan = [len(batch) for batch in _batches(parse_lines(lines), batch_size)]
         except BadLine as error:
             raise click.ClickException(
                 f"{source if source != '-' else 'stdin'}, {error}; nothing was published"
             ) from None
         lines.seek(0)
-        yield lines, count
+        yield lines, plan, digest.hexdigest()
 
 
 def _batches(messages: Iterator[Message], size: int) -> Iterator[list[Message]]:
@@ -287,25 +361,78 @@ def _batches(messages: Iterator[Message], size: int) -> Iterator[list[Message]]:
         yield batch
 
 
-def _appender(stream: str, target: str | None, container: str, api_url: str | None, key: str | None) -> Any:
-    """append(batch, batch_id) and close() for the store's writer or the HTTP API's client."""
-    if api_url:
-        from .client import VaultClient
+class _Destination:
+    """Where a publish goes, the store's writer or the HTTP API, and what it already holds of the
+    input: the newest of the input's batch ids the stream remembers (its last 1,024), and, beside
+    a store's stream, a progress record kept every PROGRESS_EVERY batches, for when more than
+    1,024 other batches were appended since."""
 
-        client = VaultClient(api_url, key=key)
-        return (lambda batch, batch_id: client.publish(stream, batch, idempotency_key=batch_id)), client.close
-    from azure.core.exceptions import AzureError
-    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+    def __init__(
+        self,
+        stream: str,
+        target: str | None,
+        container: str,
+        api_url: str | None,
+        key: str | None,
+        fingerprint: str,
+    ) -> None:
+        self.stream = stream
+        self._record = f"_publish/{stream}/{fingerprint}.json"
+        self._store = None if api_url else _store(target, container)
+        self._client: Any = None
+        self._writer: Any = None
+        if api_url:
+            from .client import VaultClient
 
-    writer = _store(target, container).writer(stream)
-    # A failed append may have landed; retried with its batch id, it is appended once either way.
-    retrying = Retrying(
-        retry=retry_if_exception_type((AzureError, ConnectionError, TimeoutError)),
-        stop=stop_after_attempt(4),
-        wait=wait_exponential(multiplier=0.5, max=8),
-        reraise=True,
-    )
-    return (lambda batch, batch_id: retrying(writer.append, batch, batch_id=batch_id)), writer.close
+            self._client = VaultClient(api_url, key=key)
+
+    def committed(self, ids: list[str]) -> int:
+        """How many of the input's batches, in order, the stream holds already."""
+        from .client import NotFound
+
+        remembered = 0
+        if self._store is not None:
+            with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+                remembered = int(json.loads(self._store.get_object(self._record))["batches"])
+            reader = self._store.reader(self.stream)
+        else:
+            try:
+                reader = open_reader(self._client.stream_info(self.stream).read_url)
+            except NotFound:  # no such stream yet
+                return remembered
+        with reader:
+            latest = reader.latest_of(ids)
+        return max(remembered, ids.index(latest) + 1 if latest else 0)
+
+    def append(self, batch: list[Message], batch_id: str) -> Any:
+        if self._client is not None:
+            return self._client.publish(self.stream, batch, idempotency_key=batch_id)
+        from azure.core.exceptions import AzureError
+        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+        if self._writer is None:
+            assert self._store is not None
+            self._writer = self._store.writer(self.stream)
+        # A failed append may have landed; retried with its batch id, it is appended once either way.
+        retrying = Retrying(
+            retry=retry_if_exception_type((AzureError, ConnectionError, TimeoutError)),
+            stop=stop_after_attempt(4),
+            wait=wait_exponential(multiplier=0.5, max=8),
+            reraise=True,
+        )
+        return retrying(self._writer.append, batch, batch_id=batch_id)
+
+    def remember(self, batches: int) -> None:
+        """Record that the input's first `batches` batches are in the stream (beside a store's
+        stream; through the HTTP API, the stream's batch ids alone tell)."""
+        if self._store is not None and batches:
+            self._store.put_object(self._record, json.dumps({"batches": batches}).encode())
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._client is not None:
+            self._client.close()
 
 
 def _parse_time(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
@@ -551,12 +678,18 @@ def demo(target: str) -> None:
     default=".vault",
     show_default=True,
     envvar="VAULT_STORE",
-    help="A directory (embedded store), an Azure Storage connection string or an account URL.",
+    help="A directory (embedded store), an Azure Storage connection string or an account URL. "
+    "Env: VAULT_STORE (keeps a connection string out of the command line).",
 )
-@click.option("--container", default="vault", show_default=True, help="Blob container, on Azure Storage.")
+@_container_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=7071, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--api-key", envvar="VAULT_API_KEY", help="Require this key (x-functions-key header).")
+@click.option(
+    "--api-key",
+    envvar="VAULT_API_KEY",
+    help="Require this key, in the x-functions-key header or ?code= (as Azure Functions takes "
+    "function keys). Env: VAULT_API_KEY.",
+)
 @click.option(
     "--wait",
     "wait_seconds",
@@ -565,16 +698,61 @@ def demo(target: str) -> None:
     type=click.FloatRange(0, 600),
     help="Seconds a POST waits for its commit before answering 202.",
 )
+@click.option(
+    "--lease-seconds",
+    default=60,
+    show_default=True,
+    type=click.IntRange(15, 60),
+    help="The writers' blob lease: after a crash, how long a restarted server waits for its streams.",
+)
+@click.option(
+    "--takeover",
+    is_flag=True,
+    help="Take each stream over from any other writer at once (fencing it) instead of waiting "
+    "for its lease: for a server that is its streams' only writer, restarted after a crash.",
+)
+@click.option(
+    "--max-bodies",
+    "max_bodies_mib",
+    default=64,
+    show_default=True,
+    type=click.IntRange(16, 65536),
+    help="MiB of request bodies held at once; past it, a POST is answered 503 with Retry-After.",
+)
 def serve(
-    target: str, container: str, host: str, port: int, api_key: str | None, wait_seconds: float
+    target: str,
+    container: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+    wait_seconds: float,
+    lease_seconds: int,
+    takeover: bool,
+    max_bodies_mib: int,
 ) -> None:
     """Serve the HTTP API on this machine, with one in-process writer per stream."""
+    import socket
+
     import uvicorn
 
     from .server import create_app
 
+    try:  # a port in use is one line here, not uvicorn's log
+        socket.create_server((host, port), reuse_port=False).close()
+    except OSError as error:
+        raise click.ClickException(
+            f"cannot listen on {host}:{port} ({os.strerror(error.errno or 0)}): another process has it; "
+            "pass --port"
+        ) from None
     store = open_store(target, container=container)
-    app = create_app(store, api_key=api_key, wait_seconds=wait_seconds)
+    app = create_app(
+        store,
+        api_key=api_key,
+        wait_seconds=wait_seconds,
+        lease_seconds=lease_seconds,
+        takeover=takeover,
+        body_budget=max_bodies_mib * 1024 * 1024,
+    )
     # The store as it prints itself: a connection string's key or a SAS never reaches the output.
     click.echo(f"Message Vault on http://{host}:{port}/api (store: {store})", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -109,12 +109,16 @@ class VaultClient:
             else (http.encode_json(batch), http.JSON)
         )
         deadline = time.monotonic() + self._timeout
-        response = self._send(
-            "POST",
-            f"{http.API_PREFIX}/streams/{stream}",
-            content=body,
-            headers={"content-type": content_type, http.IDEMPOTENCY_KEY: key},
-        )
+
+        def post() -> httpx.Response:
+            return self._send(
+                "POST",
+                f"{http.API_PREFIX}/streams/{stream}",
+                content=body,
+                headers={"content-type": content_type, http.IDEMPOTENCY_KEY: key},
+            )
+
+        response = post()
         delay = 0.05
         while response.status_code == 202:  # accepted, not yet committed: ask where it stands
             if time.monotonic() > deadline:
@@ -123,7 +127,12 @@ class VaultClient:
                 )
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
-            response = self._send("GET", response.headers["location"])
+            try:
+                response = self._send("GET", response.headers["location"])
+            except NotFound:
+                # The service forgot the append (a restarted server, a purged orchestration): the
+                # batch sent again under the same key is appended at most once, and answers.
+                response = post()
         body_json = response.json()
         return AppendResult(body_json["position"], body_json["offsets"])
 

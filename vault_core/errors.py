@@ -20,6 +20,24 @@ class FencedError(VaultError):
     """This writer lost ownership of its stream and must stop; nothing more it writes is accepted."""
 
 
+class StoreError(VaultError):
+    """The store cannot do what was asked: it does not exist, it is full, or access is denied.
+    The message names the place and what to do; nothing was appended."""
+
+
+class StoreNotFound(StoreError):
+    """The store (a directory, a blob container) or the stream asked for does not exist."""
+
+
+class StoreFull(StoreError):
+    """The disk under a local store is full. Free space and retry: an append retried with its
+    batch id is stored once."""
+
+
+class StoreAccessDenied(StoreError):
+    """The operating system or the storage service refused access to the store."""
+
+
 class CorruptDataError(VaultError):
     """Stored bytes failed their checksum or structure check; `position` says where."""
 

@@ -198,7 +198,7 @@ async def batch_status(req: func.HttpRequest, client: df.DurableOrchestrationCli
         status = await client.get_status(instance) if instance else None
         earlier = _input_of(status)
         if earlier is None or earlier.get("stream") != stream:
-            raise http.ProblemError(404, "not-found", "Unknown batch", "no append is known at this location")
+            raise http.unknown_batch()
         return await _outcome(client, stream, key, 0)  # type: ignore[arg-type]
     except Exception as error:
         return problem_response(error)

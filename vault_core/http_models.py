@@ -128,10 +128,20 @@ def check_idempotency_key(value: str | None) -> str | None:
     return value
 
 
-def check_content_length(value: str | None) -> None:
-    """Refuse a body declared too large before reading any of it."""
-    if value is not None and value.isdigit() and int(value) > MAX_BODY_BYTES:
+def check_content_length(value: str | None) -> int | None:
+    """The declared body size (None if none is declared); refuses one too large before reading
+    any of it."""
+    if value is None or not value.isdigit():
+        return None
+    if int(value) > MAX_BODY_BYTES:
         raise body_too_large()
+    return int(value)
+
+
+def unknown_batch() -> ProblemError:
+    """What a status location answers once the append it stood for is forgotten: the client
+    sends the batch again under the same Idempotency-Key, which appends it at most once."""
+    return ProblemError(404, "unknown-batch", "Unknown batch", "no append is known at this location")
 
 
 def body_too_large() -> ProblemError:

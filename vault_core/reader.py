@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from datetime import datetime
 from itertools import chain
 from queue import Empty, Full, Queue
@@ -61,6 +61,20 @@ class StreamReader:
     def commit(self) -> fmt.Commit:
         """The stream's current commit record (position, last append time, ...)."""
         return fmt.decode_commit(self.stream, self._source.read(0, 2 * fmt.SLOT_SIZE))
+
+    def latest_of(self, batch_ids: Iterable[str]) -> str | None:
+        """Of these batch ids, the one appended last, if the stream still remembers it (its last
+        1,024 batch ids), else None: where a producer that numbers its batches resumes."""
+        wanted: dict[int, list[bytes]] = {}
+        for batch_id in batch_ids:
+            encoded = fmt.check_batch_id(batch_id)
+            wanted.setdefault(fmt.batch_id_hash(encoded), []).append(encoded)
+        for id_hash, start in reversed(fmt.ring_entries(self.commit().ring)):
+            if id_hash in wanted:
+                _, header = read_batch(self.stream, self._source, start)
+                if header.batch_id in wanted[id_hash]:  # else another id with the same hash
+                    return header.batch_id.decode()
+        return None
 
     def status(self) -> StreamStatus:
         commit = self.commit()

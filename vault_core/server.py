@@ -11,12 +11,12 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -30,6 +30,7 @@ log = logging.getLogger("vault.serve")
 READ_URL_LIFETIME = timedelta(hours=1)
 KEY_HEADER = "x-functions-key"  # the header Azure Functions reads function keys from
 FINISHED_KEPT = 10_000  # outcomes of 202-answered appends kept for their status location
+BODY_BUDGET = 64 * 1024 * 1024  # request bodies held at once (four of the largest)
 
 
 class Writers:
@@ -82,9 +83,20 @@ class Writers:
             writer.close()
 
 
-def create_app(store: Store, *, api_key: str | None = None, wait_seconds: float = 30.0) -> Starlette:
-    """The ASGI app. `wait_seconds`: how long a POST waits for its commit before answering 202."""
-    writers = Writers(store)
+def create_app(
+    store: Store,
+    *,
+    api_key: str | None = None,
+    wait_seconds: float = 30.0,
+    lease_seconds: int = 60,
+    takeover: bool = False,
+    body_budget: int = BODY_BUDGET,
+) -> Starlette:
+    """The ASGI app. `wait_seconds`: how long a POST waits for its commit before answering 202.
+    `lease_seconds`, `takeover`: how the writers hold their streams (see `Store.writer`).
+    `body_budget`: the request bodies held at once, in bytes; past it a POST is answered 503."""
+    writers = Writers(store, lease_seconds=lease_seconds, takeover=takeover)
+    bodies = _BodyBudget(body_budget)
     finished: OrderedDict[tuple[str, str], asyncio.Task[AppendResult]] = OrderedDict()
 
     def authorize(request: Request) -> None:
@@ -100,9 +112,15 @@ def create_app(store: Store, *, api_key: str | None = None, wait_seconds: float 
         authorize(request)
         stream = http.check_stream(request.path_params["stream"])
         key = http.check_idempotency_key(request.headers.get(http.IDEMPOTENCY_KEY))
-        http.check_content_length(request.headers.get("content-length"))
-        messages = http.parse_batch(request.headers.get("content-type"), await _read_body(request))
-        task = asyncio.ensure_future(asyncio.to_thread(writers.append, stream, messages, key))
+        declared = http.check_content_length(request.headers.get("content-length"))
+        release = bodies.take(http.MAX_BODY_BYTES if declared is None else declared)
+        try:
+            messages = http.parse_batch(request.headers.get("content-type"), await _read_body(request))
+            task = asyncio.ensure_future(asyncio.to_thread(writers.append, stream, messages, key))
+        except BaseException:
+            release()
+            raise
+        task.add_done_callback(lambda _: release())  # the body is held until its append ends
         try:
             result = await asyncio.wait_for(asyncio.shield(task), wait_seconds)
         except TimeoutError:
@@ -120,7 +138,7 @@ def create_app(store: Store, *, api_key: str | None = None, wait_seconds: float 
         stream = http.check_stream(request.path_params["stream"])
         task = finished.get((stream, request.path_params["token"]))
         if task is None:
-            raise http.ProblemError(404, "not-found", "Unknown batch", "no append is known at this location")
+            raise http.unknown_batch()
         if not task.done():
             location = http.batch_location(stream, request.path_params["token"])
             return JSONResponse({"stream": stream, "status": location}, 202, headers={"Location": location})
@@ -141,22 +159,65 @@ def create_app(store: Store, *, api_key: str | None = None, wait_seconds: float 
     prefix = http.API_PREFIX
     app = Starlette(
         routes=[
-            Route(f"{prefix}/health", health, methods=["GET"]),
-            Route(f"{prefix}/streams", list_streams, methods=["GET"]),
-            Route(f"{prefix}/streams/{{stream}}", publish, methods=["POST"]),
-            Route(f"{prefix}/streams/{{stream}}", stream_info, methods=["GET"]),
-            Route(f"{prefix}/streams/{{stream}}/batches/{{token}}", batch_status, methods=["GET"]),
+            Route(f"{prefix}/health", _answered(health), methods=["GET"]),
+            Route(f"{prefix}/streams", _answered(list_streams), methods=["GET"]),
+            Route(f"{prefix}/streams/{{stream}}", _answered(publish), methods=["POST"]),
+            Route(f"{prefix}/streams/{{stream}}", _answered(stream_info), methods=["GET"]),
+            Route(f"{prefix}/streams/{{stream}}/batches/{{token}}", _answered(batch_status), methods=["GET"]),
         ],
-        exception_handlers={
-            http.ProblemError: _problem_response,
-            VaultError: _problem_response,
-            Exception: _problem_response,  # the last resort: a 500 problem, never a stack trace
-            404: _not_found,
-            405: _not_allowed,
-        },
+        exception_handlers={404: _not_found, 405: _not_allowed},
         lifespan=lambda app: _closing(writers),
     )
     return app
+
+
+def _answered(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Every error a route meets becomes its problem response here, in the route: an error left to
+    Starlette's last-resort handler would also close the keep-alive connection without saying so,
+    and the client's next request on it would get no answer."""
+
+    async def route(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ClientDisconnect:
+            log.warning(
+                "%s %s: the client went away before sending its whole body", request.method, request.url.path
+            )
+            return Response(status_code=400)  # nobody is there to read it
+        except Exception as error:
+            return await _problem_response(request, error)
+
+    return route
+
+
+class _BodyBudget:
+    """Bytes of request bodies held at once (each body until its append ends): past the budget, a
+    POST is turned away with 503 before its body is read, rather than held in memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0  # only touched on the event loop
+
+    def take(self, size: int) -> Callable[[], None]:
+        if self.held and self.held + size > self.limit:
+            raise http.ProblemError(
+                503,
+                "server-busy",
+                "The server is busy",
+                f"{self.held:,} bytes of requests are being appended (the limit is {self.limit:,}); "
+                "retry shortly",
+                **{"Retry-After": "1"},
+            )
+        self.held += size
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.held -= size
+
+        return release
 
 
 @contextlib.asynccontextmanager
@@ -169,9 +230,11 @@ def describe_stream(store: Store, stream: str) -> http.StreamInfo:
     """GET /api/streams/{stream}: the position and a read-only URL; 404 for an unknown stream."""
     if stream not in store.streams():
         raise http.ProblemError(404, "not-found", "Unknown stream", f"stream {stream!r} does not exist")
+    with store.reader(stream) as reader:
+        position = reader.position()
     return http.StreamInfo(
         stream=stream,
-        position=store.reader(stream).position(),
+        position=position,
         read_url=store.read_url(stream, expires_in=READ_URL_LIFETIME),
         expires_on=datetime.now(UTC) + READ_URL_LIFETIME,
     )
@@ -179,12 +242,11 @@ def describe_stream(store: Store, stream: str) -> http.StreamInfo:
 
 def summarize_streams(store: Store) -> http.StreamList:
     """GET /api/streams: every stream with its position."""
-    return http.StreamList(
-        streams=[
-            http.StreamSummary(stream=name, position=store.reader(name).position())
-            for name in store.streams()
-        ]
-    )
+    summaries = []
+    for name in store.streams():
+        with store.reader(name) as reader:
+            summaries.append(http.StreamSummary(stream=name, position=reader.position()))
+    return http.StreamList(streams=summaries)
 
 
 async def _read_body(request: Request) -> bytes:

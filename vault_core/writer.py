@@ -44,10 +44,11 @@ class StreamWriter:
         self._queue: list[_Append] = []
         self._closed = False
         self._fenced: FencedError | None = None
+        self._in_doubt = False
         try:
             self._load()
         except BaseException:
-            log.close()
+            log.discard() if log.created else log.close()
             raise
 
     def _load(self) -> None:
@@ -228,10 +229,15 @@ class StreamWriter:
         return result
 
     def close(self) -> None:
+        """Give up the stream. A stream this writer created and appended nothing to (its first
+        append refused, say) is removed: a refused append leaves nothing behind."""
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._log.close()
+                if self._log.created and self._commit.position == 0 and not self._in_doubt:
+                    self._log.discard()
+                else:
+                    self._log.close()
 
     def __enter__(self) -> StreamWriter:
         return self

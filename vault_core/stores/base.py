@@ -39,6 +39,8 @@ class LogSource(Protocol):
 class LogWriter(Protocol):
     """One stream's log, owned by this process alone (a blob lease, a file lock) while open."""
 
+    created: bool  # whether opening it created the log: the stream is new
+
     def read(self, start: int, length: int) -> bytes:
         """As `LogSource.read`."""
         ...
@@ -57,17 +59,26 @@ class LogWriter(Protocol):
         """Re-learn the log's state after a write whose outcome is unknown."""
         ...
 
+    def discard(self) -> None:
+        """Remove the log and give up ownership: for a new stream nothing was committed to."""
+        ...
+
     def close(self) -> None:
         """Give up ownership."""
         ...
 
 
 class Store(abc.ABC):
-    """A namespace of streams: a local directory, or a blob container."""
+    """A namespace of streams: a local directory, or a blob container. `str(store)` says where it
+    is without any secret (no account key, no SAS), for messages and logs."""
+
+    @abc.abstractmethod
+    def exists(self) -> bool:
+        """Whether the store itself (the directory, the container) exists."""
 
     @abc.abstractmethod
     def streams(self) -> list[str]:
-        """Names of the streams that exist, sorted."""
+        """Names of the streams that exist, sorted (none if the store does not exist)."""
 
     @abc.abstractmethod
     def open_log(self, stream: str, *, lease_seconds: int, takeover: bool = False) -> LogWriter:

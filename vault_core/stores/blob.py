@@ -131,15 +131,27 @@ class BlobStore(Store):
     def _blob(self, stream: str) -> BlobClient:
         return self._container.get_blob_client(f"{stream}/{LOG_BLOB}")
 
+    def exists(self) -> bool:
+        try:
+            self._container.get_container_properties()
+        except ResourceNotFoundError:
+            return False
+        return True
+
     def open_log(self, stream: str, *, lease_seconds: int, takeover: bool = False) -> LogWriter:
         blob = self._blob(stream)
-        try:
-            _create_page_blob(blob)
-        except ResourceNotFoundError:  # the container is new too
-            with contextlib.suppress(ResourceExistsError):
-                self._container.create_container()
-            _create_page_blob(blob)
-        return BlobLog(blob, stream, lease_seconds, takeover=takeover)
+        for _ in range(3):
+            try:
+                created = _create_page_blob(blob)
+            except ResourceNotFoundError:  # the container is new too
+                with contextlib.suppress(ResourceExistsError):
+                    self._container.create_container()
+                created = _create_page_blob(blob)
+            try:
+                return BlobLog(blob, stream, lease_seconds, takeover=takeover, created=created)
+            except ResourceNotFoundError:  # its last writer discarded it meanwhile: make it again
+                continue
+        raise StreamBusyError(f"stream {stream!r} keeps being created and removed by another writer")
 
     def open_source(self, stream: str) -> LogSource:
         return BlobSource(self._blob(stream))
@@ -258,10 +270,14 @@ def _table_client_from(connection_string: str) -> TableClient:
     )
 
 
-def _create_page_blob(blob: BlobClient) -> None:
-    # If it exists already, the lease decides who writes.
-    with contextlib.suppress(ResourceExistsError, ResourceModifiedError):
+def _create_page_blob(blob: BlobClient) -> bool:
+    """Creates the stream's blob unless it exists (then the lease decides who writes); True if it
+    created it."""
+    try:
         blob.create_page_blob(GROWTH_STEP, match_condition=MatchConditions.IfMissing)
+    except (ResourceExistsError, ResourceModifiedError):
+        return False
+    return True
 
 
 class BlobSource:
@@ -291,7 +307,16 @@ class BlobSource:
 class BlobLog:
     """A stream's page blob, leased for writing."""
 
-    def __init__(self, blob: BlobClient, stream: str, lease_seconds: int, *, takeover: bool = False) -> None:
+    def __init__(
+        self,
+        blob: BlobClient,
+        stream: str,
+        lease_seconds: int,
+        *,
+        takeover: bool = False,
+        created: bool = False,
+    ) -> None:
+        self.created = created
         self._blob = blob
         self._source = BlobSource(blob)
         self._stream = stream
@@ -402,6 +427,11 @@ class BlobLog:
                 "stream changed; stop and open a new writer"
             ) from error
         raise error
+
+    def discard(self) -> None:
+        with contextlib.suppress(HttpResponseError):  # fenced: the stream is someone else's now
+            self._blob.delete_blob(lease=self._lease)
+        self.close()
 
     def close(self) -> None:
         if self._pool is not None:

@@ -1,18 +1,23 @@
 """The embedded store: a directory with one folder per stream, each holding a `log` file whose
-bytes are identical to the page blob of the same stream. An OS file lock is the lease."""
+bytes are identical to the page blob of the same stream. An OS file lock is the lease.
+
+Streams may hold private data: folders are made readable by their owner only (0700), files
+likewise (0600), whatever the umask. A full disk and a refused permission are `StoreFull` and
+`StoreAccessDenied`, naming the path."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
-from ..errors import StreamBusyError, VaultError
+from ..errors import StoreAccessDenied, StoreFull, StoreNotFound, StreamBusyError, VaultError
 from ..format import check_stream_name
 from .base import LogSource, LogWriter, Store
 
@@ -20,6 +25,7 @@ if TYPE_CHECKING:
     from ..checkpoints import Checkpoints
 
 LOG_FILE = "log"
+FOLDER_MODE, FILE_MODE = 0o700, 0o600
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
 
 
@@ -32,6 +38,9 @@ class LocalStore(Store):
 
     def __str__(self) -> str:
         return str(self.root)
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
 
     def streams(self) -> list[str]:
         if not self.root.is_dir():
@@ -49,10 +58,27 @@ class LocalStore(Store):
     def open_log(self, stream: str, *, lease_seconds: int, takeover: bool = False) -> LogWriter:
         # lease_seconds and takeover have no meaning here: the OS releases the lock the moment its
         # holder dies, and a live (even frozen) holder cannot be fenced, so it keeps the stream.
+        self._make_root()
         folder = self.root / stream
-        created = not folder.exists()
-        folder.mkdir(parents=True, exist_ok=True)
-        return LocalLog(folder / LOG_FILE, stream, created=created)
+        with disk_errors(folder, "create the stream folder"):
+            folder_created = not folder.exists()
+            folder.mkdir(mode=FOLDER_MODE, exist_ok=True)
+        log = LocalLog(folder / LOG_FILE, stream)
+        if folder_created:  # make the new folder survive a crash
+            fsync_dir(self.root)
+        return log
+
+    def _make_root(self) -> None:
+        """The store's folder, made if its parent exists: a mistyped path is not a new tree."""
+        if self.root.is_dir():
+            return
+        if not self.root.parent.is_dir():
+            raise StoreNotFound(
+                f"no store at {self.root}, and its parent folder {self.root.parent} does not exist "
+                "either: check the path, or create the parent first"
+            )
+        with disk_errors(self.root, "create the store folder"):
+            self.root.mkdir(mode=FOLDER_MODE, exist_ok=True)
 
     def open_source(self, stream: str) -> LogSource:
         return LocalSource(self.root / stream / LOG_FILE)
@@ -62,17 +88,27 @@ class LocalStore(Store):
         return (self.root / stream / LOG_FILE).resolve().as_uri()
 
     def put_object(self, name: str, data: bytes) -> None:
+        self._make_root()
         path = self._object_path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_bytes(data)
-        os.replace(partial, path)  # readers see all of it or none
+        with disk_errors(path, "write"):
+            for folder in reversed(path.parents):
+                if folder.is_relative_to(self.root) and folder != self.root:
+                    folder.mkdir(mode=FOLDER_MODE, exist_ok=True)
+            partial = path.with_name(path.name + ".partial")
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            with open(fd, "wb") as file:
+                file.write(data)
+            os.replace(partial, path)  # readers see all of it or none
 
     def get_object(self, name: str) -> bytes:
-        return self._object_path(name).read_bytes()
+        path = self._object_path(name)
+        with disk_errors(path, "read"):
+            return path.read_bytes()
 
     def delete_object(self, name: str) -> None:
-        self._object_path(name).unlink(missing_ok=True)
+        path = self._object_path(name)
+        with disk_errors(path, "delete"):
+            path.unlink(missing_ok=True)
 
     def checkpoints(self, group: str) -> Checkpoints:
         """Files `<root>/_checkpoints/<group>/<stream>.json`."""
@@ -88,6 +124,25 @@ class LocalStore(Store):
         return self.root.joinpath("_objects", *parts)
 
 
+@contextlib.contextmanager
+def disk_errors(path: Path, doing: str) -> Iterator[None]:
+    """A full disk or a refused permission as the StoreError that says what to do; any other
+    OSError as it is."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFull(
+                f"no space left on the device of {path}: free some space, then retry (an append "
+                "retried with its batch id is stored once)"
+            ) from error
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise StoreAccessDenied(
+                f"cannot {doing} {path}: {error.strerror}; check that this user may read and write it"
+            ) from error
+        raise
+
+
 class LocalSource:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -96,7 +151,8 @@ class LocalSource:
     def read(self, start: int, length: int) -> bytes:
         if self._fd is None:
             try:
-                self._fd = os.open(self.path, os.O_RDONLY)
+                with disk_errors(self.path, "read"):
+                    self._fd = os.open(self.path, os.O_RDONLY)
             except FileNotFoundError:
                 return b""
         return _pread(self._fd, start, length)
@@ -117,21 +173,12 @@ class LocalLog:
     """A stream's log file, locked for writing. Data is fsynced before the commit slot is written,
     and the commit slot is fsynced before an append returns."""
 
-    def __init__(self, path: Path, stream: str, *, created: bool) -> None:
+    def __init__(self, path: Path, stream: str) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            os.close(self._fd)
-            if error.errno in (errno.EAGAIN, errno.EACCES):
-                raise StreamBusyError(
-                    f"stream {stream!r} has another live writer (lock on {path} is held)"
-                ) from None
-            raise
-        if created:  # make the new folder and file survive a crash
+        with disk_errors(path, "open"):
+            self._fd, self.created = _open_locked(path, stream)
+        if self.created:  # make the new file survive a crash
             fsync_dir(path.parent)
-            fsync_dir(path.parent.parent)
 
     def read(self, start: int, length: int) -> bytes:
         return _pread(self._fd, start, length)
@@ -148,23 +195,59 @@ class LocalLog:
             raise VaultError(f"log {self.path} is closed")
         views = [memoryview(part) for part in parts if len(part)]
         first = 0
-        while first < len(views):
-            written = os.pwritev(self._fd, views[first : first + _IOV_MAX], start)
-            start += written
-            while first < len(views) and written >= len(views[first]):
-                written -= len(views[first])
-                first += 1
-            if written:  # a short write: resume inside this part
-                views[first] = views[first][written:]
-        os.fdatasync(self._fd)
+        with disk_errors(self.path, "write"):
+            while first < len(views):
+                written = os.pwritev(self._fd, views[first : first + _IOV_MAX], start)
+                start += written
+                while first < len(views) and written >= len(views[first]):
+                    written -= len(views[first])
+                    first += 1
+                if written:  # a short write: resume inside this part
+                    views[first] = views[first][written:]
+            os.fdatasync(self._fd)
 
     def refresh(self) -> None:
         """Nothing to re-learn: every write either completed or raised."""
+
+    def discard(self) -> None:
+        """Remove the log (its stream had nothing committed), then give up the lock."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self.close()
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)  # releases the lock
             self._fd = -1
+
+
+def _open_locked(path: Path, stream: str) -> tuple[int, bool]:
+    """The log file, open and locked, and whether this call created it. A log discarded by its
+    previous holder while we waited is not the one at `path` any more: open that one instead."""
+    for _ in range(100):
+        try:
+            fd, created = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE), True
+        except FileExistsError:
+            try:
+                fd, created = os.open(path, os.O_RDWR), False
+            except FileNotFoundError:  # discarded between the two opens
+                continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            if error.errno in (errno.EAGAIN, errno.EACCES):
+                raise StreamBusyError(
+                    f"stream {stream!r} has another live writer (lock on {path} is held)"
+                ) from None
+            raise
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd, created
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    raise StreamBusyError(f"stream {stream!r} keeps being created and removed by another writer")
 
 
 def _pread(fd: int, start: int, length: int) -> bytes:

@@ -1,0 +1,201 @@
+"""`vault publish` as a user runs it (a subprocess, a real `vault serve`, a full disk): interrupted
+and run again, it stores each line once; a store that is not there is an error; a full or
+read-only disk is a message that says what to do, and the retry completes the stream exactly."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import vault_core
+from tests.served import Served
+from tests.test_cli import VAULT, lines_of, vault
+
+ROWS = [(f"key-{i % 7}", f"event {i} ".encode() * (1 + i % 4)) for i in range(6000)]
+
+
+def stored(store: vault_core.Store, stream: str) -> list[tuple[str, bytes]]:
+    return [(m.key, m.value) for m in store.reader(stream).replay()] if stream in store.streams() else []
+
+
+def interrupt(args: list[str], store: vault_core.Store, stream: str) -> subprocess.CompletedProcess:
+    """Start `vault ARGS`, press Ctrl-C (SIGINT) once some of it is committed, wait for it."""
+    process = subprocess.Popen(
+        [VAULT, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "VAULT_STORE": ""},
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if stream in store.streams() and store.reader(stream).position() > 0:
+            break
+        time.sleep(0.005)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+@pytest.mark.parametrize("via", ["store", "url"])
+def test_an_interrupted_publish_run_again_stores_each_line_once(tmp_path, via):
+    source = tmp_path / "events.jsonl"
+    source.write_text(lines_of(ROWS))
+    root = tmp_path / "vault"
+    store = vault_core.open_store(root)
+    served = Served(str(root), "vault") if via == "url" else None
+    where = ["--url", served.url] if served else ["--store", str(root)]
+    args = ["publish", "events", str(source), "--batch-size", "5", *where]
+    try:
+        first = interrupt(args, store, "events")
+        assert first.returncode == 130, first.stderr.decode()
+        said = re.search(
+            r"interrupted: lines 1 to ([\d,]+) of .*events.jsonl are in events "
+            r"\(([\d,]+) batch(?:es)? of 1,200\); run the same command again",
+            first.stderr.decode(),
+        )
+        assert said, first.stderr.decode()
+        acknowledged = int(said[1].replace(",", ""))
+        held = len(stored(store, "events"))
+        # What it said was committed is there; the batch in flight at Ctrl-C may be too.
+        assert held in (acknowledged, acknowledged + 5) and held < len(ROWS)
+        assert stored(store, "events") == ROWS[:held]
+
+        again = vault(*args)
+        assert again.returncode == 0, again.stderr.decode()
+        assert f"resuming: the first {held:,} lines of {source}" in again.stderr.decode()
+        assert stored(store, "events") == ROWS  # every line once, in order
+
+        third = vault(*args)
+        assert third.returncode == 0 and "nothing to publish" in third.stdout.decode()
+        assert len(stored(store, "events")) == len(ROWS)
+    finally:
+        if served:
+            served.stop()
+
+
+def test_a_publish_resumes_even_after_more_than_the_streams_batch_ids_were_appended(tmp_path):
+    """Over 1,024 batches from elsewhere push the input's batch ids out of the stream's memory:
+    the progress record kept beside the stream still knows where to resume."""
+    source = tmp_path / "events.jsonl"
+    source.write_text(lines_of(ROWS))
+    root = tmp_path / "vault"
+    store = vault_core.open_store(root)
+    args = ["publish", "events", str(source), "--batch-size", "5", "--store", str(root)]
+    assert interrupt(args, store, "events").returncode == 130
+    held = len(stored(store, "events"))
+    with store.writer("events") as writer:
+        for n in range(1100):
+            writer.append([vault_core.Message("other", b"%d" % n)])
+    assert vault(*args).returncode == 0
+    mine = [row for row in stored(store, "events") if row[0] != "other"]
+    assert mine == ROWS and len(stored(store, "events")) == len(ROWS) + 1100 and held < len(ROWS)
+
+
+def test_the_same_input_from_stdin_is_the_same_publish_and_again_publishes_anew(local_store):
+    where = ["--store", str(local_store.root)]
+    text = lines_of(ROWS[:30])
+    assert vault("publish", "s", "-", *where, input=text).returncode == 0
+    repeated = vault("publish", "s", "-", *where, input=text)
+    assert (
+        repeated.returncode == 0
+        and "nothing to publish: all 30 messages of stdin" in repeated.stdout.decode()
+    )
+    assert vault("publish", "s", "-", "--again", *where, input=text).returncode == 0
+    assert stored(local_store, "s") == ROWS[:30] * 2
+
+
+def test_publishing_to_a_store_whose_parent_is_missing_creates_nothing(tmp_path):
+    source = tmp_path / "one.jsonl"
+    source.write_text(lines_of(ROWS[:1]))
+    missing = tmp_path / "no-such-folder" / "vault"
+    result = vault("publish", "s", str(source), "--store", str(missing))
+    assert result.returncode == 1
+    assert (
+        f"no store at {missing}, and its parent folder {missing.parent} does not exist"
+        in result.stderr.decode()
+    )
+    assert not missing.parent.exists()
+    created = vault("publish", "s", str(source), "--store", str(tmp_path / "new-vault"))
+    assert created.returncode == 0  # a new store in an existing folder is fine
+    assert oct((tmp_path / "new-vault").stat().st_mode & 0o777) == "0o700"
+
+
+def test_reading_what_is_not_there_is_an_error(tmp_path):
+    for args, says in [
+        (["streams", "--store", str(tmp_path / "nothing")], f"no store at {tmp_path / 'nothing'}"),
+        (
+            ["read", "s", "--url", f"file://{tmp_path}/missing/s/log"],
+            f"no stream at file://{tmp_path}/missing/s/log",
+        ),
+        (["read", "s", "--store", str(tmp_path / "nothing")], "no store at"),
+    ]:
+        result = vault(*args)
+        assert result.returncode == 1, args
+        assert says in result.stderr.decode() and "Traceback" not in result.stderr.decode()
+
+
+def in_a_mount_namespace() -> list[str]:
+    """The command that runs a script where it may mount a small tmpfs of its own (seen by no one
+    else, gone when it ends): as root, a new mount namespace; otherwise a user namespace too."""
+    if os.geteuid() == 0:
+        return ["unshare", "--mount", "--propagation", "private"]
+    return ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"]
+
+
+def test_a_full_disk_and_a_read_only_disk_say_what_to_do_and_the_retry_stores_each_line_once(tmp_path):
+    source = tmp_path / "events.jsonl"
+    source.write_text(lines_of(ROWS))  # about 400 kB of messages
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = textwrap.dedent(
+        f"""
+        mount -t tmpfs -o size=1m tmpfs {disk}
+        free() {{ df --output=avail -B1 {disk} | tail -1; }}
+        fill() {{ head -c "$1" /dev/zero > "$2" 2>/dev/null || true; }}
+        run() {{ "$@"; echo "exit $?"; }}
+        fill $(( $(free) - 100000 )) {disk}/filler
+        echo "--- full before the first append"
+        fill $(free) {disk}/more
+        run {VAULT} publish empty {source} --store {disk}/store
+        {VAULT} streams --store {disk}/store --json; echo "streams $?"
+        rm {disk}/more
+        echo "--- full midway"
+        run {VAULT} publish events {source} --batch-size 100 --store {disk}/store
+        rm {disk}/filler
+        echo "--- space freed"
+        run {VAULT} publish events {source} --batch-size 100 --store {disk}/store
+        {VAULT} read events --store {disk}/store --json | wc -l
+        echo "--- read only"
+        mount -o remount,ro {disk}
+        run {VAULT} publish other {source} --store {disk}/store
+        """
+    )
+    done = subprocess.run(
+        [*in_a_mount_namespace(), "bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "VAULT_STORE": ""},
+    )
+    steps = dict(re.findall(r"--- (.+?)\n(.*?)(?=\n--- |\Z)", done.stdout + "\n", flags=re.S))
+    errors = done.stderr
+    assert "Traceback" not in errors, errors
+    assert steps["full before the first append"].splitlines()[0] == "exit 1"
+    assert "no space left on the device of" in errors and "free some space, then retry" in errors
+    assert "streams 0" in steps["full before the first append"]  # the refused stream left nothing
+    assert '"stream": "empty"' not in steps["full before the first append"]
+    assert steps["full midway"].strip() == "exit 1"
+    assert "run the same command again to append the rest, each line once" in errors
+    freed = steps["space freed"].splitlines()
+    assert "exit 0" in freed and "were there already" in freed[0]
+    assert int(freed[-1]) == len(ROWS)  # every line once
+    assert steps["read only"].strip() == "exit 1"
+    assert "cannot" in errors and "Read-only file system" in errors
+    assert Path(disk).exists()
