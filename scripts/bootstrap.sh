@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv (Python 3.11+) with the project installed, at the versions the Function App deploys
-# with (requirements.txt); `bootstrap.sh dev` adds the test tools and the storage emulator (Azurite,
-# from npm). Safe to run again: it only installs what is missing.
+# with (requirements.txt). `bootstrap.sh functions` adds the Azure Functions SDKs (what `func start`
+# needs); `bootstrap.sh dev` adds those, the test tools and the storage emulator (Azurite, from
+# npm). Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -12,10 +13,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ "${1:-}" = dev ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements.txt -e ".[dev]"
-    npm ci --no-audit --no-fund --loglevel=error
+    # npm ci empties node_modules first: only when the lock changed since the last install.
+    lock=$(sha256sum package-lock.json | cut -d' ' -f1)
+    if [ "$(cat node_modules/.installed-lock 2>/dev/null)" != "$lock" ]; then
+        npm ci --no-audit --no-fund --loglevel=error
+        echo "$lock" >node_modules/.installed-lock
+    fi
     # checkov pins libraries the test tools need newer: it gets a virtual environment of its own.
     [ -x .venv-checkov/bin/python ] || "$python" -m venv .venv-checkov
     .venv-checkov/bin/python -m pip install --quiet --disable-pip-version-check "checkov==3.3.30"
+elif [ "${1:-}" = functions ]; then
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements.txt -e ".[functions]"
 else
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements.txt -e .
 fi

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import vault_core
+from tests.azurite import free_port, stop_process
 from tests.served import Served
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,31 +24,88 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
 
 
-def test_readme_examples_run(azurite, tmp_path):
+@contextlib.contextmanager
+def emulator(location: Path, port: int | None = None) -> Iterator[str]:
+    """scripts/azurite.sh, as the README runs it; yields the connection string it printed."""
+    env = {**os.environ, "AZURITE_LOCATION": str(location)}
+    if port is not None:
+        env["AZURITE_PORT"] = str(port)
+    process = subprocess.Popen(
+        [str(ROOT / "scripts" / "azurite.sh")], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        printed = process.stdout.readline().strip()  # type: ignore[union-attr]
+        assert printed.startswith("export AZURE_STORAGE_CONNECTION_STRING='"), printed
+        yield printed.split("=", 1)[1].strip("'")
+    finally:
+        stop_process(process)
+
+
+def test_readme_examples_run(tmp_path):
+    """Every python block, with the emulator the README starts (scripts/azurite.sh) for the ones
+    that use Azure Storage and `vault serve` for the ones that use the HTTP API."""
     blocks = python_blocks()
     assert len(blocks) >= 4
     server = Served(str(tmp_path / "data"), "vault")  # what `vault serve --store ./data` runs
-    env = {
-        **os.environ,
-        "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string,
-        "VAULT_URL": server.url,
-    }
-    try:
-        for block in blocks:
-            result = subprocess.run(
-                [sys.executable, "-c", block],
-                cwd=tmp_path,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert result.returncode == 0, f"README example failed:\n{block}\n{result.stderr}"
-    finally:
-        server.stop()
+    port = free_port()
+    with emulator(tmp_path / "azurite", port) as connection_string:
+        env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": connection_string, "VAULT_URL": server.url}
+        wait_for_port(port)
+        try:
+            for block in blocks:
+                result = subprocess.run(
+                    [sys.executable, "-c", block],
+                    cwd=tmp_path,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+                assert result.returncode == 0, f"README example failed:\n{block}\n{result.stderr}"
+        finally:
+            server.stop()
+        payments = vault_core.open_store(connection_string).reader("payments")
+        assert [m.key for m in payments.replay()] == ["payment-captured"]
     assert "order-shipped" in [
         m.key for m in vault_core.open_store(tmp_path / "data").reader("orders").replay()
     ]
+
+
+def test_the_readmes_emulator_command_prints_the_connection_string_it_shows(tmp_path):
+    block = re.search(r"```sh\n(scripts/azurite\.sh.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    shown = re.search(r"export AZURE_STORAGE_CONNECTION_STRING='(.*?)'", block).group(1)
+    with emulator(tmp_path / "azurite") as printed:  # on the default ports, as a user runs it
+        assert printed == shown
+
+
+def test_the_functions_environment_the_readme_makes_indexes_the_app():
+    """`scripts/bootstrap.sh functions`, then the app as the Functions host's Python worker loads it."""
+    subprocess.run([str(ROOT / "scripts" / "bootstrap.sh"), "functions"], cwd=ROOT, check=True, timeout=600)
+    listed = subprocess.run(
+        [
+            str(ROOT / ".venv" / "bin" / "python"),
+            "-c",
+            "import function_app; print([f.get_function_name() for f in function_app.app.get_functions()])",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "'publish'" in listed.stdout and "'stream_writer'" in listed.stdout
+
+
+def wait_for_port(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def test_quickstart_commands_exist():
