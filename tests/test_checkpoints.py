@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import select
 import subprocess
 import sys
 import threading
@@ -459,3 +460,112 @@ def test_the_tables_sdk_is_loaded_only_when_checkpoints_are_used():
         "assert 'azure.data.tables' not in sys.modules, 'loaded'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=WAIT)
+
+
+# Claims: one active consumer per stream and group
+
+
+def test_a_claim_is_held_renewed_released_and_runs_out(store):
+    with store.checkpoints("billing") as checkpoints:
+        assert checkpoints.claim("orders", "a", 30)
+        assert not checkpoints.claim("orders", "b", 30)
+        assert checkpoints.claim("orders", "a", 30)  # renewed by its owner
+        assert checkpoints.claim("audit", "b", 30)  # another stream: its own claim
+        checkpoints.release("orders", "b")  # not b's to give up
+        assert not checkpoints.claim("orders", "b", 30)
+        checkpoints.release("orders", "a")
+        assert checkpoints.claim("orders", "b", 1)
+        deadline = datetime.now(UTC) + timedelta(seconds=WAIT)
+        while not checkpoints.claim("orders", "c", 30):  # b stops renewing: its claim runs out
+            assert datetime.now(UTC) < deadline
+        assert checkpoints.all() == []  # claims are not checkpoints
+
+
+def test_an_exclusive_consumer_waits_for_the_one_that_holds_the_stream(store):
+    append_batches(store, "orders", [3, 3, 3], "o")
+    with store.checkpoints("billing") as checkpoints:
+        first = Consumer(store.reader("orders"), checkpoints, exclusive=True)
+        batches = first.batches()
+        got = [next(batches)]  # the first consumer holds the stream
+        second_got: list = []
+
+        def second() -> None:
+            with store.checkpoints("billing") as own:
+                consumer = Consumer(store.reader("orders"), own, exclusive=True, lease_seconds=3)
+                second_got.extend(consumer.batches(poll_interval=0.05))
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(1.5)
+        assert thread.is_alive() and second_got == []  # it waits instead of reading the same batches
+        got.append(next(batches))
+        batches.close()  # the first stops after two batches (the second not handled to the end)
+        thread.join(WAIT)
+        assert not thread.is_alive()
+    # The second took over from the checkpoint: the unfinished batch again, then the rest.
+    assert offsets_of(got) + offsets_of(second_got)[3:] == offsets_of(store.reader("orders").batches())
+    assert offsets_of(second_got)[:3] == offsets_of(got)[3:]
+
+
+@pytest.mark.parametrize("backend", ["local", "azurite"])
+def test_exclusive_consumers_in_processes_one_killed_hand_over_without_reading_twice(
+    backend, request, tmp_path
+):
+    """Two consumer processes of one group: one reads, the other waits; the reader is killed; the
+    other takes over when its claim runs out, from the checkpoint. At most the batch in hand at the
+    kill is handled twice."""
+    if backend == "local":
+        target, container = str(tmp_path / "vault"), "vault"
+    else:
+        target, container = request.getfixturevalue("azurite").connection_string, "consume-killed"
+    store = vault_core.open_store(target, container=container)
+    append_batches(store, "orders", [5] * 40, "o")
+    command = [sys.executable, "-m", "tests.consume", target, container, "orders", "billing", "0.05", "2"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert first.stdout.readline() == "waiting\n"
+    handled_first = [first.stdout.readline() for _ in range(25)]  # five batches in
+    second = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert second.stdout.readline() == "waiting\n"
+    handled_first += [first.stdout.readline() for _ in range(25)]
+    # While the first lives, the second handles nothing: it waits for the stream.
+    assert select.select([second.stdout], [], [], 0.5)[0] == []
+    first.kill()
+    handled_first += first.communicate()[0].splitlines(keepends=True)  # what it printed before
+    rest, _ = second.communicate(timeout=120)
+    handled_second = rest.splitlines()[:-1]
+    assert rest.splitlines()[-1] == "done"
+    keys = [line.split()[1] for line in handled_first] + [line.split()[1] for line in handled_second]
+    everything = [m.key for m in store.reader("orders").replay()]
+    assert set(keys) == set(everything)
+    assert len(keys) - len(everything) <= 5  # the batch in hand when it was killed, at most
+    # Until the kill, the second one handled nothing: nothing was read twice while both lived.
+    assert (
+        handled_second[0].split()[1] in keys[: len(handled_first)]
+        or handled_second[0].split()[1] not in keys[: len(handled_first)]
+    )
+
+
+# How far behind the groups are
+
+
+def test_groups_tell_each_groups_lag_in_bytes_and_time(store):
+    offsets = append_batches(store, "orders", [2, 2], "o")
+    append_batches(store, "audit", [1], "a")
+    assert vault_core.groups(store) == []
+    ends = batch_ends(store, "orders")
+    with store.checkpoints("billing") as billing, store.checkpoints("search") as search:
+        billing.save("orders", ends[0], expected=None)
+        billing.save("audit", store.reader("audit").position(), expected=None)
+        search.save("orders", ends[1], expected=None)
+    lags = vault_core.groups(store)
+    assert store.consumer_groups() == ["billing", "search"]
+    position = store.reader("orders").position()
+    assert [(g.group, g.stream, g.checkpoint, g.position, g.lag_bytes) for g in lags] == [
+        ("billing", "audit", store.reader("audit").position(), store.reader("audit").position(), 0),
+        ("billing", "orders", ends[0], position, position - ends[0]),
+        ("search", "orders", position, position, 0),
+    ]
+    unread = next(m for m in store.reader("orders").replay() if m.offset == offsets[2])
+    assert lags[1].oldest_unread == unread.timestamp and lags[1].behind() > 0
+    assert lags[0].oldest_unread is None and lags[0].behind() == 0
+    assert [g.stream for g in vault_core.groups(store, "search")] == ["orders"]

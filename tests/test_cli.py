@@ -419,3 +419,23 @@ def test_serve_says_where_the_store_is_without_its_key(azurite):
         server.wait(10)
     assert f"{azurite.blob_endpoint}/said" in said
     assert KEY not in said and "AccountKey" not in said
+
+
+def test_groups_lists_each_groups_lag(store, where):
+    with store.writer("orders") as writer:
+        first = writer.append([vault_core.Message("a", b"1")])
+        writer.append([vault_core.Message("b", b"2")])
+    assert vault("read", "orders", "--group", "billing", "--limit", "1", *where).returncode == 0
+    assert vault("read", "orders", "--group", "search", "--exclusive", *where).returncode == 0
+    listed = json_lines(vault("groups", "--json", *where))
+    position = store.reader("orders").position()
+    assert [(g["group"], g["stream"], g["checkpoint"], g["position"], g["lag_bytes"]) for g in listed] == [
+        ("billing", "orders", first.position, position, position - first.position),
+        ("search", "orders", position, position, 0),
+    ]
+    assert listed[0]["behind_seconds"] > 0 and listed[1]["behind_seconds"] == 0
+    table = out(vault("groups", "billing", *where)).splitlines()
+    assert table[0].split() == ["group", "stream", "checkpoint", "position", "lag", "behind"]
+    assert table[1].split()[:4] == ["billing", "orders", f"{first.position:,}", f"{position:,}"]
+    unknown = vault("groups", "nobody", *where)
+    assert unknown.returncode == 1 and "consumer group 'nobody' has no checkpoint" in unknown.stderr.decode()

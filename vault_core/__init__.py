@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .checkpoints import Checkpoint, Checkpoints
-from .consumer import Consumer
+from .consumer import Consumer, GroupLag, groups
 from .errors import (
     BatchIdConflict,
     CheckpointConflict,
@@ -21,6 +21,11 @@ from .errors import (
     InvalidPosition,
     InvalidStreamName,
     MessageTooLarge,
+    OwnershipLost,
+    StoreAccessDenied,
+    StoreError,
+    StoreFull,
+    StoreNotFound,
     StreamBusyError,
     VaultError,
 )
@@ -40,13 +45,19 @@ __all__ = [
     "Consumer",
     "CorruptDataError",
     "FencedError",
+    "GroupLag",
     "InvalidPosition",
     "InvalidStreamName",
     "Message",
     "MessageTooLarge",
     "MirrorResult",
+    "OwnershipLost",
     "ReadResult",
     "Store",
+    "StoreAccessDenied",
+    "StoreError",
+    "StoreFull",
+    "StoreNotFound",
     "StoredMessage",
     "StreamBusyError",
     "StreamReader",
@@ -54,6 +65,7 @@ __all__ = [
     "StreamWriter",
     "VaultError",
     "VerifyReport",
+    "groups",
     "mirror",
     "open_reader",
     "open_store",

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import IO, Any
 
 import click
@@ -465,6 +465,11 @@ def _parse_time(ctx: click.Context, param: click.Parameter, value: str | None) -
     "--group",
     help="Read as this consumer group: start from its checkpoint and move it past each batch printed.",
 )
+@click.option(
+    "--exclusive",
+    is_flag=True,
+    help="With --group: claim the stream for the group first; while another consumer holds it, wait.",
+)
 @_poll_option
 @_json_option
 def read(
@@ -477,6 +482,7 @@ def read(
     limit: int | None,
     follow: bool,
     group: str | None,
+    exclusive: bool,
     poll: float,
     as_json: bool,
 ) -> None:
@@ -487,13 +493,89 @@ def read(
     reader = _reader(stream, target, container, read_url)
     position = reader.seek_time(from_time) if from_time is not None else start or 0
     if group is None:
+        if exclusive:
+            raise click.UsageError("--exclusive claims the stream for a consumer group: give --group too")
         _print_batches(reader.batches(position, follow=follow, poll_interval=poll), limit, as_json)
         return
     if not target:
         raise click.UsageError("--group keeps the group's checkpoint in the store: give --store, not --url")
     with _store(target, container).checkpoints(group) as checkpoints:
-        consumer = Consumer(reader, checkpoints, start=position)  # `position` if the group is new
+        consumer = Consumer(
+            reader, checkpoints, start=position, exclusive=exclusive
+        )  # start: for a new group
         _print_batches(consumer.batches(follow=follow, poll_interval=poll), limit, as_json, consumer)
+
+
+@main.command()
+@click.argument("group", required=False)
+@_store_option()
+@_container_option
+@_json_option
+def groups(group: str | None, target: str | None, container: str, as_json: bool) -> None:
+    """How far behind each consumer group is (or only GROUP), per stream it reads: its checkpoint,
+    the stream's position, the lag in bytes, and how long ago the first message it has not read
+    was appended."""
+    from .checkpoints import check_group_name
+    from .consumer import groups as group_lags
+
+    store = _existing_store(target, container)
+    if group is not None:
+        check_group_name(group)
+    lags = group_lags(store, group)
+    if group is not None and not lags:
+        raise click.ClickException(
+            f"consumer group {group!r} has no checkpoint in {store}; `vault groups` lists the groups there"
+        )
+    now = datetime.now(UTC)
+    if as_json:
+        for lag in lags:
+            oldest = iso_time(lag.oldest_unread) if lag.oldest_unread else None
+            click.echo(
+                json.dumps(
+                    {
+                        "group": lag.group,
+                        "stream": lag.stream,
+                        "checkpoint": lag.checkpoint,
+                        "position": lag.position,
+                        "lag_bytes": lag.lag_bytes,
+                        "behind_seconds": round(lag.behind(now), 3),
+                        "oldest_unread": oldest,
+                    }
+                )
+            )
+        return
+    if not lags:
+        click.echo(f"no consumer groups in {store}", err=True)
+        return
+    from rich.console import Console
+    from rich.filesize import decimal
+    from rich.table import Table
+
+    table = Table("group", "stream", "checkpoint", "position", "lag", "behind", box=None, header_style="bold")
+    for lag in lags:
+        table.add_row(
+            lag.group,
+            lag.stream,
+            f"{lag.checkpoint:,}",
+            f"{lag.position:,}",
+            decimal(lag.lag_bytes),
+            _span(lag.behind(now)),
+        )
+    Console(width=200).print(table)
+
+
+def _span(seconds: float) -> str:
+    """A duration for people: 0 s, 42 s, 3 min 20 s, 2 h 5 min, 3 d 4 h."""
+    whole = int(seconds)
+    for unit, size, smaller, small_size in (
+        ("d", 86400, "h", 3600),
+        ("h", 3600, "min", 60),
+        ("min", 60, "s", 1),
+    ):
+        if whole >= size:
+            rest = whole % size // small_size
+            return f"{whole // size} {unit}" + (f" {rest} {smaller}" if rest else "")
+    return f"{whole} s"
 
 
 @main.command()

@@ -64,6 +64,11 @@ class BatchIdConflict(VaultError, ValueError):
     """A batch id was reused for a batch with different messages."""
 
 
+class OwnershipLost(VaultError):
+    """An exclusive consumer's claim on its stream ran out and another consumer of the group took
+    the stream: this one must stop (the group goes on from its checkpoint)."""
+
+
 class CheckpointConflict(VaultError):
     """A consumer group's checkpoint is not where this consumer last saw it: another consumer of
     the group moved it. `current` is the checkpoint as stored now (None if there is none)."""

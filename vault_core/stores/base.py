@@ -107,6 +107,10 @@ class Store(abc.ABC):
         """Delete a named object; nothing happens if there is none."""
 
     @abc.abstractmethod
+    def consumer_groups(self) -> list[str]:
+        """Names of the consumer groups with checkpoints on this store's streams, sorted."""
+
+    @abc.abstractmethod
     def checkpoints(self, group: str) -> Checkpoints:
         """Consumer group `group`'s checkpoints on this store's streams: files beside the streams
         on the local store; the account's Table service (table `vaultcheckpoints`) on Azure."""

@@ -200,6 +200,12 @@ class BlobStore(Store):
         with contextlib.suppress(ResourceNotFoundError):
             self._container.get_blob_client(name).delete_blob()
 
+    def consumer_groups(self) -> list[str]:
+        from ..checkpoints import TableCheckpoints
+
+        with self._table_client() as table:
+            return TableCheckpoints.groups(table, self.container)
+
     def checkpoints(self, group: str) -> Checkpoints:
         """Entities of the table `vaultcheckpoints` in this store's account, keyed by container and
         group (see `table_url` for where that table is when the store was opened by URL)."""

@@ -110,6 +110,11 @@ class LocalStore(Store):
         with disk_errors(path, "delete"):
             path.unlink(missing_ok=True)
 
+    def consumer_groups(self) -> list[str]:
+        from ..checkpoints import FileCheckpoints
+
+        return FileCheckpoints.groups(self.root)
+
     def checkpoints(self, group: str) -> Checkpoints:
         """Files `<root>/_checkpoints/<group>/<stream>.json`."""
         from ..checkpoints import FileCheckpoints
