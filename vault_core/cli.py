@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any
 
 import click
@@ -261,8 +264,15 @@ def publish(
         fingerprint = hashlib.sha256(f"{stream}\0{batch_size}\0{salt}\0{digest}".encode()).hexdigest()[:32]
         ids = [f"pub-{fingerprint}-{k}" for k in range(len(plan))]
         destination = _Destination(stream, target, container, api_url, key, fingerprint)
+
+        def first_message(k: int) -> Message:
+            lines.seek(0)
+            batch = next(itertools.islice(_batches(parse_lines(lines), batch_size), k, None))
+            lines.seek(0)
+            return batch[0]
+
         try:
-            done = destination.committed(ids)
+            done = destination.committed(ids, first_message)
             skipped = sum(plan[:done])
             if done == len(plan):
                 _emit(
@@ -276,37 +286,51 @@ def publish(
                 held = f"{_many(skipped, 'line')} of {name} ({_many(done, 'batch', 'batches')})"
                 click.echo(f"resuming: the first {held} are in {stream} already", err=True)
             first = last = position = 0
+            started: int | None = None  # where this run's last committed batch starts
             sent = done
+            stopping = _StopAfterBatch()
             try:
-                with _progress(f"publishing to {stream}", sum(plan)) as update:
+                with stopping, _progress(f"publishing to {stream}", sum(plan)) as update:
                     update(skipped)
                     for k, batch in enumerate(_batches(parse_lines(lines), batch_size)):
                         if k < done:
                             continue
+                        if stopping.asked:
+                            break
                         result = destination.append(batch, ids[k])
                         first = first or result.offsets[0]
-                        last, position = result.offsets[-1], result.position
+                        started, last, position = result.offsets[0], result.offsets[-1], result.position
                         sent = k + 1
                         update(sum(plan[:sent]))
                         if sent % PROGRESS_EVERY == 0:
-                            destination.remember(sent)
-            except KeyboardInterrupt:
-                destination.remember(sent)
+                            destination.remember(sent, started)
+            except KeyboardInterrupt:  # Ctrl-C twice: the batch in flight may or may not be in
+                destination.remember(sent, started)
+                in_flight = plan[sent] if sent < len(plan) else 0
                 click.echo(
-                    f"\ninterrupted: lines 1 to {sum(plan[:sent]):,} of {name} are in {stream} "
-                    f"({_many(sent, 'batch', 'batches')} of {len(plan):,}); run the same command again to "
-                    "append the rest, each line once",
+                    f"\nstopped: lines 1 to {sum(plan[:sent]):,} of {name} are in {stream}, and the "
+                    f"{in_flight:,} after them may be; run the same command again to append the rest, "
+                    "each line once",
                     err=True,
                 )
                 sys.exit(130)
             except Exception as error:
                 with contextlib.suppress(Exception):
-                    destination.remember(sent)
+                    destination.remember(sent, started)
                 raise click.ClickException(
                     f"{_describe(error)}. Lines 1 to {sum(plan[:sent]):,} of {name} are in {stream}; run "
                     "the same command again to append the rest, each line once"
                 ) from None
-            destination.remember(sent)
+            if stopping.asked and sent < len(plan):
+                destination.remember(sent, started)
+                click.echo(
+                    f"interrupted: lines 1 to {sum(plan[:sent]):,} of {name} are in {stream} "
+                    f"({_many(sent, 'batch', 'batches')} of {len(plan):,}); run the same command again to "
+                    "append the rest, each line once",
+                    err=True,
+                )
+                sys.exit(130)
+            destination.remember(sent, started)
         finally:
             destination.close()
     count = sum(plan) - skipped
@@ -361,11 +385,34 @@ def _batches(messages: Iterator[Message], size: int) -> Iterator[list[Message]]:
         yield batch
 
 
+class _StopAfterBatch:
+    """While in use, Ctrl-C asks the publish to stop after the batch in flight, so that what it
+    reports as committed is exact; a second Ctrl-C stops it at once (KeyboardInterrupt)."""
+
+    def __init__(self) -> None:
+        self.asked = False
+        self._previous: Any = None
+
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+        click.echo("\nstopping after the batch in flight (Ctrl-C again to stop at once)", err=True)
+
+    def __enter__(self) -> _StopAfterBatch:
+        self._previous = signal.signal(signal.SIGINT, self._interrupt)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+
 class _Destination:
     """Where a publish goes, the store's writer or the HTTP API, and what it already holds of the
-    input: the newest of the input's batch ids the stream remembers (its last 1,024), and, beside
-    a store's stream, a progress record kept every PROGRESS_EVERY batches, for when more than
-    1,024 other batches were appended since."""
+    input: the newest of the input's batch ids the stream remembers (its last 1,024), and a
+    progress record kept every PROGRESS_EVERY batches and on exit, for when more than 1,024 other
+    batches were appended since: beside the stream for a store, in this user's state folder
+    ($XDG_STATE_HOME/message-vault, ~/.local/state/message-vault by default) for the HTTP API."""
 
     def __init__(
         self,
@@ -377,32 +424,42 @@ class _Destination:
         fingerprint: str,
     ) -> None:
         self.stream = stream
-        self._record = f"_publish/{stream}/{fingerprint}.json"
         self._store = None if api_url else _store(target, container)
         self._client: Any = None
         self._writer: Any = None
+        self._record = f"_publish/{stream}/{fingerprint}.json"
         if api_url:
             from .client import VaultClient
 
             self._client = VaultClient(api_url, key=key)
+            state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+            where = hashlib.sha256(f"{api_url.rstrip('/')}\0{fingerprint}".encode()).hexdigest()[:32]
+            self._local_record = state / "message-vault" / "publish" / f"{where}.json"
 
-    def committed(self, ids: list[str]) -> int:
-        """How many of the input's batches, in order, the stream holds already."""
+    def committed(self, ids: list[str], first_message: Callable[[int], Message]) -> int:
+        """How many of the input's batches, in order, the stream holds already. The progress
+        record counts only if the stream still holds, where it says, the first message of the last
+        batch it counts (the stream was not removed and made again since, say)."""
         from .client import NotFound
 
-        remembered = 0
         if self._store is not None:
-            with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
-                remembered = int(json.loads(self._store.get_object(self._record))["batches"])
             reader = self._store.reader(self.stream)
         else:
             try:
                 reader = open_reader(self._client.stream_info(self.stream).read_url)
-            except NotFound:  # no such stream yet
-                return remembered
+            except NotFound:  # no such stream (any more): nothing of the input is in it
+                return 0
         with reader:
             latest = reader.latest_of(ids)
-        return max(remembered, ids.index(latest) + 1 if latest else 0)
+            done = ids.index(latest) + 1 if latest else 0
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, VaultError):
+                record = json.loads(self._read_record())
+                batches, offset = int(record["batches"]), int(record["offset"])
+                if batches > done:
+                    found = reader.read(offset, max_messages=1).messages
+                    if found and (found[0].key, found[0].value) == tuple(first_message(batches - 1)):
+                        done = batches
+        return done
 
     def append(self, batch: list[Message], batch_id: str) -> Any:
         if self._client is not None:
@@ -422,11 +479,24 @@ class _Destination:
         )
         return retrying(self._writer.append, batch, batch_id=batch_id)
 
-    def remember(self, batches: int) -> None:
-        """Record that the input's first `batches` batches are in the stream (beside a store's
-        stream; through the HTTP API, the stream's batch ids alone tell)."""
-        if self._store is not None and batches:
-            self._store.put_object(self._record, json.dumps({"batches": batches}).encode())
+    def remember(self, batches: int, offset: int | None) -> None:
+        """Record that the input's first `batches` batches are in the stream, the last one's first
+        message at `offset` (None: this run appended nothing, the record stands)."""
+        if offset is None:
+            return
+        data = json.dumps({"batches": batches, "offset": offset}).encode()
+        if self._store is not None:
+            self._store.put_object(self._record, data)
+            return
+        self._local_record.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        partial = self._local_record.with_name(self._local_record.name + ".partial")
+        partial.write_bytes(data)
+        os.replace(partial, self._local_record)
+
+    def _read_record(self) -> bytes:
+        if self._store is not None:
+            return self._store.get_object(self._record)
+        return self._local_record.read_bytes()
 
     def close(self) -> None:
         if self._writer is not None:
