@@ -384,7 +384,7 @@ def test_read_as_a_consumer_group_resumes_where_the_group_stopped(store, where):
 
 
 @pytest.mark.parametrize(
-    "command", ["streams", "publish", "read", "tail", "verify", "mirror", "serve", "demo"]
+    "command", ["streams", "publish", "read", "tail", "groups", "verify", "mirror", "serve", "demo"]
 )
 def test_every_command_explains_itself(command):
     result = vault(command, "--help")
@@ -439,3 +439,65 @@ def test_groups_lists_each_groups_lag(store, where):
     assert table[1].split()[:4] == ["billing", "orders", f"{first.position:,}", f"{position:,}"]
     unknown = vault("groups", "nobody", *where)
     assert unknown.returncode == 1 and "consumer group 'nobody' has no checkpoint" in unknown.stderr.decode()
+
+
+def no_azure_login(tmp_path: Path) -> dict[str, str]:
+    """An environment with no Azure login anywhere: no AZURE_* settings, an empty home."""
+    return {**{k: "" for k in os.environ if k.startswith("AZURE_")}, "HOME": str(tmp_path)}
+
+
+def test_errors_say_what_went_wrong_and_what_to_do(local_store, tmp_path):
+    """Each as a user meets it: one line on stderr, exit 1, no traceback."""
+    from tests.served import Served
+
+    where = store_args(local_store)
+    source = tmp_path / "one.jsonl"
+    source.write_text(lines_of(MESSAGES[:3]))
+    with local_store.writer("orders") as writer:
+        writer.append([vault_core.Message("k", b"v")])
+        busy = vault("publish", "orders", str(source), *where)
+    served = Served(str(tmp_path / "served"), "vault", "--api-key", "s3cret")
+    try:
+        keyless = vault("publish", "orders", str(source), "--url", served.url)
+    finally:
+        served.stop()
+    surrogate = tmp_path / "surrogate.jsonl"
+    surrogate.write_text('{"key": "k", "value": "ok"}\n{"key": "k", "value": "\\ud800"}\n')
+    cases = [
+        (
+            busy,
+            "has another live writer",
+            "stop that writer, or publish through the server that holds the stream (--url)",
+        ),
+        (keyless, "401", "pass the API key with --key, or set VAULT_API_KEY"),
+        (vault("read", "orders", "--from", "3", *where), "not a record boundary", "--from-time"),
+        (
+            vault(
+                "read",
+                "s",
+                "--url",
+                "https://account.blob.core.windows.net/vault/s/log",
+                env=no_azure_login(tmp_path),
+            ),
+            "no Azure login to sign in with",
+            "run `az login`",
+        ),
+        (
+            vault(
+                "streams", "--store", "https://account.blob.core.windows.net", env=no_azure_login(tmp_path)
+            ),
+            "no Azure login to sign in with",
+            "or give a connection string",
+        ),
+        (
+            vault("publish", "s", str(surrogate), *where),
+            "line 2: the value holds a lone UTF-16 surrogate",
+            "value_b64",
+        ),
+    ]
+    for result, what, to_do in cases:
+        said = result.stderr.decode()
+        assert result.returncode == 1, said
+        assert what in said and to_do in said, said
+        assert "Traceback" not in said and len(said.strip().splitlines()) == 1, said
+    assert "Nothing was published" in busy.stderr.decode()

@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import threading
+import time
 
 import azure.durable_functions as df
 import azure.functions as func
@@ -488,3 +489,30 @@ def test_a_post_parses_and_hashes_its_body_off_the_event_loop(app, monkeypatch):
     response = asyncio.run(call())
     assert response.status_code == 200, response.get_body()
     assert ran_on and ran_on[0] is not threading.main_thread()
+
+
+def test_a_client_whose_pending_append_was_purged_sends_it_again_and_it_lands_once(app):
+    """The status location answers 404 once the runtime forgot the append (its history purged):
+    the client sends the batch again under the same Idempotency-Key."""
+    entity = protocol.entity_instance_id("stream_writer", "purged-pending")
+    outcome: list = []
+    with app.holding(entity):
+        thread = threading.Thread(
+            target=lambda: outcome.append(
+                VaultClient(app.url, timeout=120).publish(
+                    "purged-pending", [Message("k", b"v")], idempotency_key="pp-1"
+                )
+            )
+        )
+        thread.start()
+        instance = host_module.instance_id("purged-pending", "pp-1")
+        deadline = time.monotonic() + 30
+        while app.record(instance) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(3.5)  # past the POST's wait: the client polls the Location now
+        app.hub.purge([instance])
+        time.sleep(1)
+    thread.join(60)
+    assert outcome and contents(app.store, "purged-pending") == [("k", b"v")]
+    assert outcome[0].offsets == [m.offset for m in app.store.reader("purged-pending").replay()]

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import logging
 import os
 import signal
 import sys
@@ -26,7 +27,7 @@ import click
 
 from . import Consumer, Message, ReadResult, StreamReader, open_reader, open_store
 from . import format as fmt
-from .errors import CorruptDataError, VaultError
+from .errors import CorruptDataError, StreamBusyError, VaultError
 from .lines import BadLine, iso_time, parse_lines, to_json, to_text
 from .stores import Store, open_source
 
@@ -52,7 +53,13 @@ class _Group(click.Group):
 
 
 def _describe(error: Exception) -> str:
-    """An error as one line for people: ours say what to do; others are explained."""
+    """An error as one line for people, with what to do next."""
+    from .client import Unauthorized
+
+    if isinstance(error, StreamBusyError):
+        return f"{error}: stop that writer, or publish through the server that holds the stream (--url)"
+    if isinstance(error, Unauthorized):
+        return f"{error} (pass the API key with --key, or set VAULT_API_KEY)"
     if isinstance(error, VaultError | ValueError | TypeError | OSError):
         return str(error)
     return _explain(error)
@@ -116,12 +123,33 @@ def _stream_to_read(command: Any) -> Any:
 @click.version_option(package_name="message-vault")
 def main() -> None:
     """Message Vault: publish-subscribe with replay and batching on Azure Storage."""
+    # The Azure SDKs log each failed sign-in attempt and retry; the command says what went wrong once.
+    logging.getLogger("azure").setLevel(logging.ERROR)
 
 
 def _store(target: str | None, container: str) -> Store:
     if not target:
         raise click.UsageError("say where the streams are: --store TARGET (or set VAULT_STORE)")
+    if target.lower().startswith(("https://", "http://")):
+        return open_store(target, container=container, credential=_azure_login())
     return open_store(target, container=container)
+
+
+def _azure_login() -> Any:
+    """The Azure login an account URL or plain blob URL signs in with, checked now: without one,
+    one line that says how to sign in, rather than every credential's complaint, retried."""
+    from azure.core.exceptions import ClientAuthenticationError
+    from azure.identity import DefaultAzureCredential
+
+    credential = DefaultAzureCredential()
+    try:
+        credential.get_token("https://storage.azure.com/.default")
+    except ClientAuthenticationError:
+        raise click.ClickException(
+            "no Azure login to sign in with: run `az login` (or set AZURE_TENANT_ID, AZURE_CLIENT_ID and "
+            "AZURE_CLIENT_SECRET), or give a connection string, or a read URL with its SAS"
+        ) from None
+    return credential
 
 
 def _existing_store(target: str | None, container: str) -> Store:
@@ -141,7 +169,8 @@ def _reader(stream: str, target: str | None, container: str, read_url: str | Non
     if read_url:
         if target:
             raise click.UsageError("give --store or --url, not both")
-        named, source = open_source(read_url)
+        signed = "sig=" in read_url or not read_url.lower().startswith(("https://", "http://"))
+        named, source = open_source(read_url, credential=None if signed else _azure_login())
         if named != stream:
             raise click.UsageError(f"--url is the read URL of stream {named!r}, not of {stream!r}")
         if source.size() == 0:
@@ -317,9 +346,15 @@ def publish(
             except Exception as error:
                 with contextlib.suppress(Exception):
                     destination.remember(sent, started)
+                held = sum(plan[:sent])
                 raise click.ClickException(
-                    f"{_describe(error)}. Lines 1 to {sum(plan[:sent]):,} of {name} are in {stream}; run "
-                    "the same command again to append the rest, each line once"
+                    f"{_describe(error)}. "
+                    + (
+                        f"Lines 1 to {held:,} of {name} are in {stream}; run the same command again to "
+                        "append the rest, each line once"
+                        if held
+                        else "Nothing was published"
+                    )
                 ) from None
             if stopping.asked and sent < len(plan):
                 destination.remember(sent, started)

@@ -45,9 +45,15 @@ def parse_line(line: bytes | str, number: int) -> fmt.Message | None:
         raise BadLine(number, f"key must be a string, got {type(key).__name__}")
     if ("value" in fields) == ("value_b64" in fields):
         raise BadLine(number, "give exactly one of value (text) and value_b64 (base64)")
+    if _lone_surrogate(key):
+        raise BadLine(number, "the key holds a lone UTF-16 surrogate (like \\ud800), which is not text")
     if "value" in fields:
         if not isinstance(fields["value"], str):
             raise BadLine(number, f"value must be a string, got {type(fields['value']).__name__}")
+        if _lone_surrogate(fields["value"]):
+            raise BadLine(
+                number, "the value holds a lone UTF-16 surrogate (like \\ud800): send bytes as value_b64"
+            )
         value = fields["value"].encode()
     else:
         try:
@@ -60,6 +66,15 @@ def parse_line(line: bytes | str, number: int) -> fmt.Message | None:
     except (MessageTooLarge, ValueError) as error:
         raise BadLine(number, str(error).removeprefix("message 0: ")) from None
     return message
+
+
+def _lone_surrogate(text: str) -> bool:
+    """JSON's \\ud800 escapes decode to Python strings that cannot be UTF-8."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def parse_lines(lines: Iterable[bytes | str]) -> Iterator[fmt.Message]:

@@ -24,6 +24,10 @@ READ_SLACK = 64 * 1024
 SEEK_SPAN = 1024 * 1024
 # Bytes a time search reads at first when looking for the next batch start after a probe.
 SEEK_PROBE = 64 * 1024
+# What an InvalidPosition for a position that is not a record boundary says to do.
+BOUNDARY_HINT = (
+    " (a message's offset, or where a read stopped), or find one by its time (seek_time, --from-time)"
+)
 
 Frame = tuple[bytes, int, fmt.BatchHeader]  # a verified batch: buffer, where in it, its header
 
@@ -271,7 +275,8 @@ class StreamReader:
                 batch = fmt.decode_records(self.stream, buffer, at, header, position)
                 if not batch or batch[0].offset != position:
                     raise InvalidPosition(
-                        f"position {position} is not a record boundary of stream {self.stream!r}"
+                        f"position {position} is not a record boundary of stream {self.stream!r}: "
+                        f"read from an offset or position the vault returned{BOUNDARY_HINT}"
                     )
             else:
                 batch = fmt.decode_records(self.stream, buffer, at, header)
@@ -283,11 +288,15 @@ class StreamReader:
         if isinstance(position, bool) or not isinstance(position, int):
             raise TypeError(f"position must be an int, got {type(position).__name__}")
         if not 0 <= position <= end:
-            raise InvalidPosition(f"position {position} is outside stream {self.stream!r} (0 to {end})")
+            raise InvalidPosition(
+                f"position {position} is outside stream {self.stream!r} (0 to {end}): read from an offset "
+                "or position the vault returned"
+            )
         if position in (0, end):
             return position
         not_a_boundary = InvalidPosition(
-            f"position {position} is not a record boundary of stream {self.stream!r}"
+            f"position {position} is not a record boundary of stream {self.stream!r}: read from an offset "
+            f"or position the vault returned{BOUNDARY_HINT}"
         )
         probe = self._source.read(fmt.data_at(position), fmt.BATCH_HEADER.size)
         if fmt.is_batch_start(probe):
