@@ -4,6 +4,7 @@ read-only disk is a message that says what to do, and the retry completes the st
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,16 +49,30 @@ def interrupt(
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
-@pytest.mark.parametrize("via", ["store", "url"])
-def test_an_interrupted_publish_run_again_stores_each_line_once(tmp_path, via):
+@contextlib.contextmanager
+def publishing(tmp_path: Path, via: str) -> Iterator[tuple[list[str], vault_core.Store, Served | None]]:
+    """The arguments of `vault publish events <ROWS as a file>` in batches of 5, to a store or
+    through a `vault serve` on it; the store; the server, if any."""
     source = tmp_path / "events.jsonl"
     source.write_text(lines_of(ROWS))
     root = tmp_path / "vault"
-    store = vault_core.open_store(root)
     served = Served(str(root), "vault") if via == "url" else None
     where = ["--url", served.url] if served else ["--store", str(root)]
-    args = ["publish", "events", str(source), "--batch-size", "5", *where]
     try:
+        yield (
+            ["publish", "events", str(source), "--batch-size", "5", *where],
+            vault_core.open_store(root),
+            served,
+        )
+    finally:
+        if served:
+            served.stop()
+
+
+@pytest.mark.parametrize("via", ["store", "url"])
+def test_an_interrupted_publish_run_again_stores_each_line_once(tmp_path, via):
+    with publishing(tmp_path, via) as (args, store, _):
+        source = args[2]
         first = interrupt(args, store, "events")
         assert first.returncode == 130, first.stderr.decode()
         said = re.search(
@@ -80,9 +96,6 @@ def test_an_interrupted_publish_run_again_stores_each_line_once(tmp_path, via):
         third = vault(*args)
         assert third.returncode == 0 and "nothing to publish" in third.stdout.decode()
         assert len(stored(store, "events")) == len(ROWS)
-    finally:
-        if served:
-            served.stop()
 
 
 @pytest.mark.parametrize("via", ["store", "url"])
@@ -90,15 +103,8 @@ def test_a_publish_resumes_even_after_more_than_the_streams_batch_ids_were_appen
     """Over 1,024 batches from elsewhere push the input's batch ids out of the stream's memory:
     the progress record (beside the stream, or in the user's state folder for the HTTP API) still
     knows where to resume."""
-    source = tmp_path / "events.jsonl"
-    source.write_text(lines_of(ROWS))
-    root = tmp_path / "vault"
-    store = vault_core.open_store(root)
-    served = Served(str(root), "vault") if via == "url" else None
-    where = ["--url", served.url] if served else ["--store", str(root)]
-    args = ["publish", "events", str(source), "--batch-size", "5", *where]
     env = {"XDG_STATE_HOME": str(tmp_path / "state")}
-    try:
+    with publishing(tmp_path, via) as (args, store, served):
         assert interrupt(args, store, "events", env).returncode == 130
         held = len(stored(store, "events"))
         others = [[vault_core.Message("other", b"%d" % n)] for n in range(1100)]
@@ -111,9 +117,6 @@ def test_a_publish_resumes_even_after_more_than_the_streams_batch_ids_were_appen
                 for batch in others:
                     writer.append(batch)
         assert vault(*args, env=env).returncode == 0
-    finally:
-        if served:
-            served.stop()
     mine = [row for row in stored(store, "events") if row[0] != "other"]
     assert mine == ROWS and len(stored(store, "events")) == len(ROWS) + 1100 and held < len(ROWS)
 
