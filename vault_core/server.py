@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from . import http_models as http
 from .errors import BatchIdConflict, FencedError, MessageTooLarge, StreamBusyError, VaultError
-from .format import Message
+from .format import PreparedBatch
 from .stores.base import Store
 from .writer import AppendResult, StreamWriter
 
@@ -44,11 +44,12 @@ class Writers:
         self._writers: dict[str, StreamWriter] = {}
         self._lock = threading.Lock()
 
-    def append(self, stream: str, messages: list[Message], batch_id: str | None) -> AppendResult:
+    def append(self, stream: str, batch: PreparedBatch) -> AppendResult:
+        """Append an encoded batch (http_models.prepare_body) with the stream's writer."""
         for attempt in range(2):
             writer = self.writer(stream)
             try:
-                return writer.append(messages, batch_id=batch_id)
+                return writer.append_prepared(batch)
             except FencedError:
                 # Another writer took the stream over; ours is dead. One fresh try: the batch id
                 # (if any) keeps it exactly once.
@@ -115,8 +116,8 @@ def create_app(
         declared = http.check_content_length(request.headers.get("content-length"))
         release = bodies.take(http.MAX_BODY_BYTES if declared is None else declared)
         try:
-            messages = http.parse_batch(request.headers.get("content-type"), await _read_body(request))
-            task = asyncio.ensure_future(asyncio.to_thread(writers.append, stream, messages, key))
+            batch = http.prepare_body(request.headers.get("content-type"), await _read_body(request), key)
+            task = asyncio.ensure_future(asyncio.to_thread(writers.append, stream, batch))
         except BaseException:
             release()
             raise

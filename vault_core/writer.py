@@ -83,7 +83,12 @@ class StreamWriter:
         used for different messages. The last 1,024 batch ids of the stream are remembered.
         """
         # Encoded here, outside the lock, while the leader of a group commit waits on storage.
-        request = _Append.prepare(messages, batch_id)
+        return self.append_prepared(fmt.prepare_batch(messages, fmt.check_batch_id(batch_id)))
+
+    def append_prepared(self, batch: fmt.PreparedBatch) -> AppendResult:
+        """Append a batch already encoded (`format.prepare_batch`, or the HTTP API's binary body
+        taken straight to records), with the batch id it was encoded with; as `append`."""
+        request = _Append(batch)
         self._run([request])
         if request.error is not None:
             raise request.error
@@ -155,7 +160,7 @@ class StreamWriter:
                     if twin is not None:  # the same batch twice in one group
                         request.follow(twin, self.stream)
                         continue
-                    earlier = self._find(request.batch_id, request.messages)
+                    earlier = self._find(request.batch_id, request.prepared)
                     if earlier is not None:
                         request.finish(earlier)
                         continue
@@ -218,15 +223,17 @@ class StreamWriter:
             return AppendResult(header.end, [m.offset for m in stored]), stored
         return None
 
-    def _find(self, batch_id: bytes, messages: Sequence[fmt.Message]) -> AppendResult | None:
-        """The result of an earlier batch with this id, if it is still remembered."""
-        found = self._stored(batch_id)
-        if found is None:
-            return None
-        result, stored = found
-        if not _same_messages(stored, messages):
-            raise _conflict(batch_id, self.stream)
-        return result
+    def _find(self, batch_id: bytes, batch: fmt.PreparedBatch) -> AppendResult | None:
+        """The result of an earlier batch with this id, if it is still remembered; BatchIdConflict
+        if its records are not the same (records do not depend on where a batch lies)."""
+        for start in self._batch_starts.get(fmt.batch_id_hash(batch_id), ()):
+            buffer, header = read_batch(self.stream, self._log, start)
+            if header.batch_id != batch_id:  # a hash collision: a different id
+                continue
+            if not _same_records(memoryview(buffer)[: header.length], batch.buffer):
+                raise _conflict(batch_id, self.stream)
+            return AppendResult(header.end, [header.position + offset for offset in batch.offsets])
+        return None
 
     def close(self) -> None:
         """Give up the stream. A stream this writer created and appended nothing to (its first
@@ -249,12 +256,11 @@ class StreamWriter:
 class _Append:
     """One caller's batch, queued for a group commit."""
 
-    __slots__ = ("batch_id", "done", "error", "messages", "prepared", "result", "twin")
+    __slots__ = ("batch_id", "done", "error", "prepared", "result", "twin")
 
-    def __init__(self, messages: Sequence[fmt.Message], batch_id: bytes, prepared: fmt.PreparedBatch) -> None:
-        self.messages = messages
-        self.batch_id = batch_id
+    def __init__(self, prepared: fmt.PreparedBatch) -> None:
         self.prepared = prepared
+        self.batch_id = fmt.prepared_batch_id(prepared)
         self.result: AppendResult | None = None
         self.error: BaseException | None = None
         self.twin: _Append | None = None
@@ -263,8 +269,7 @@ class _Append:
     @classmethod
     def prepare(cls, messages: Sequence[fmt.Message], batch_id: str | None) -> _Append:
         """Check and encode a batch (ValueError or TypeError if it is wrong)."""
-        batch_id_bytes = fmt.check_batch_id(batch_id)
-        return cls(messages, batch_id_bytes, fmt.prepare_batch(messages, batch_id_bytes))
+        return cls(fmt.prepare_batch(messages, fmt.check_batch_id(batch_id)))
 
     def outcome(self) -> AppendResult | Exception:
         """Once done: the result, or the error that refused the batch."""
@@ -275,11 +280,7 @@ class _Append:
 
     def follow(self, twin: _Append, stream: str) -> None:
         """Share the outcome of an identical batch (same id) in the same group."""
-        try:
-            same = [tuple(m) for m in self.messages] == [tuple(m) for m in twin.messages]
-        except TypeError:
-            same = False
-        if not same:
+        if not _same_records(twin.prepared.buffer, self.prepared.buffer):
             raise _conflict(self.batch_id, stream)
         self.twin = twin
 
@@ -291,6 +292,13 @@ class _Append:
         self.result = result or self.result
         self.error = error
         self.done = True
+
+
+def _same_records(one: bytes | bytearray | memoryview, other: bytes | bytearray | memoryview) -> bool:
+    """Whether two batches with the same batch id hold the same records: the bytes after their
+    headers and ids, compared without copies."""
+    start = fmt.BATCH_HEADER.size + one[10]
+    return len(one) == len(other) and memoryview(one)[start:] == memoryview(other)[start:]
 
 
 def _last_bytes(buffers: list[bytes | bytearray], count: int) -> bytes:
@@ -308,12 +316,3 @@ def _conflict(batch_id: bytes, stream: str) -> BatchIdConflict:
     return BatchIdConflict(
         f"batch id {batch_id.decode()!r} was already used on stream {stream!r} for different messages"
     )
-
-
-def _same_messages(stored: list[fmt.StoredMessage], messages: Sequence[fmt.Message]) -> bool:
-    try:
-        return len(stored) == len(messages) and all(
-            s.key == key and s.value == value for s, (key, value) in zip(stored, messages, strict=False)
-        )
-    except (TypeError, ValueError):
-        return False
