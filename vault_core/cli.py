@@ -66,7 +66,7 @@ def _describe(error: Exception) -> str:
 
 
 def _explain(error: Exception) -> str:
-    import httpx
+    import urllib3
     from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 
     if isinstance(error, ClientAuthenticationError):
@@ -75,7 +75,7 @@ def _explain(error: Exception) -> str:
         return f"cannot reach the storage account: {error.message}"
     if isinstance(error, HttpResponseError):
         return f"storage answered {error.status_code}: {error.message}"
-    if isinstance(error, httpx.HTTPError):
+    if isinstance(error, urllib3.exceptions.HTTPError):
         return f"cannot reach the vault's HTTP API: {error}"
     return f"{type(error).__name__}: {error}"
 

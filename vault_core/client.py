@@ -6,12 +6,13 @@ failure (a dropped connection, 429, 5xx) can never append a batch twice.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import httpx
+import urllib3
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
 
 from . import http_models as http
@@ -66,7 +67,7 @@ _ERRORS = {
 
 
 class _Retry(Exception):
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
         self.response = response
 
 
@@ -86,12 +87,14 @@ class VaultClient:
         binary: bool = True,
         timeout: float = 120.0,
         attempts: int = 6,
-        transport: httpx.BaseTransport | None = None,
     ) -> None:
-        base = base_url.rstrip("/")
-        base = base.removesuffix(http.API_PREFIX)
-        headers = {"x-functions-key": key} if key else {}
-        self._http = httpx.Client(base_url=base, headers=headers, timeout=60.0, transport=transport)
+        self._base = base_url.rstrip("/").removesuffix(http.API_PREFIX)
+        self._headers = {"x-functions-key": key} if key else {}
+        # urllib3 keeps the connection alive between calls and costs a fraction of what fuller
+        # clients spend per request; retries are ours (below), with the same Idempotency-Key.
+        self._http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=10.0, read=60.0), retries=False, maxsize=4
+        )
         self._binary = binary
         self._timeout = timeout
         self._attempts = attempts
@@ -110,17 +113,17 @@ class VaultClient:
         )
         deadline = time.monotonic() + self._timeout
 
-        def post() -> httpx.Response:
+        def post() -> urllib3.BaseHTTPResponse:
             return self._send(
                 "POST",
                 f"{http.API_PREFIX}/streams/{stream}",
-                content=body,
+                body=body,
                 headers={"content-type": content_type, http.IDEMPOTENCY_KEY: key},
             )
 
         response = post()
         delay = 0.05
-        while response.status_code == 202:  # accepted, not yet committed: ask where it stands
+        while response.status == 202:  # accepted, not yet committed: ask where it stands
             if time.monotonic() > deadline:
                 raise Unavailable(
                     202, {"title": "Not committed in time", "detail": f"batch {key} is pending"}
@@ -133,44 +136,52 @@ class VaultClient:
                 # The service forgot the append (a restarted server, a purged orchestration): the
                 # batch sent again under the same key is appended at most once, and answers.
                 response = post()
-        body_json = response.json()
-        return AppendResult(body_json["position"], body_json["offsets"])
+        answer = json.loads(response.data)
+        return AppendResult(answer["position"], answer["offsets"])
 
     def stream_info(self, stream: str) -> http.StreamInfo:
         """The stream's position and a read-only URL (`vault_core.open_reader` reads it)."""
         check_stream_name(stream)
         return http.StreamInfo.model_validate_json(
-            self._send("GET", f"{http.API_PREFIX}/streams/{stream}").content
+            self._send("GET", f"{http.API_PREFIX}/streams/{stream}").data
         )
 
     def streams(self) -> list[http.StreamSummary]:
         return http.StreamList.model_validate_json(
-            self._send("GET", f"{http.API_PREFIX}/streams").content
+            self._send("GET", f"{http.API_PREFIX}/streams").data
         ).streams
 
-    def _send(self, method: str, url: str, **options: Any) -> httpx.Response:
+    def _send(self, method: str, url: str, **options: Any) -> urllib3.BaseHTTPResponse:
         """One request, retried with backoff (honouring Retry-After) on connection errors, 429
         and 5xx; a 4xx raises its typed error."""
-        retrying = Retrying(
-            retry=retry_if_exception(lambda e: isinstance(e, _Retry | httpx.TransportError)),
-            stop=stop_after_attempt(self._attempts) | stop_after_delay(self._timeout),
-            wait=_wait,
-            reraise=True,
-        )
+        target = url if url.startswith(("http://", "https://")) else self._base + url
+        headers = {**self._headers, **options.pop("headers", {})}
+
+        def once() -> urllib3.BaseHTTPResponse:
+            response = self._http.request(method, target, headers=headers, **options)
+            if response.status in RETRIED_STATUSES:
+                raise _Retry(response)
+            return response
+
         try:
-            for attempt in retrying:
-                with attempt:
-                    response = self._http.request(method, url, **options)
-                    if response.status_code in RETRIED_STATUSES:
-                        raise _Retry(response)
+            try:
+                response = once()  # most calls succeed at once: no retry machinery for them
+            except (_Retry, urllib3.exceptions.HTTPError):
+                retrying = Retrying(
+                    retry=retry_if_exception(lambda e: isinstance(e, _Retry | urllib3.exceptions.HTTPError)),
+                    stop=stop_after_attempt(self._attempts - 1) | stop_after_delay(self._timeout),
+                    wait=_wait,
+                    reraise=True,
+                )
+                response = retrying(once)
         except _Retry as exhausted:
             response = exhausted.response
-        if response.status_code >= 400:
+        if response.status >= 400:
             raise _rejected(response)
         return response
 
     def close(self) -> None:
-        self._http.close()
+        self._http.clear()  # closes the pooled connections
 
     def __enter__(self) -> VaultClient:
         return self
@@ -191,14 +202,14 @@ def _wait(state: Any) -> float:
     return _backoff(state)
 
 
-def _rejected(response: httpx.Response) -> RequestRejected:
+def _rejected(response: urllib3.BaseHTTPResponse) -> RequestRejected:
     try:
-        problem = response.json()
+        problem = json.loads(response.data)
     except ValueError:
-        problem = {"title": response.reason_phrase, "detail": response.text[:500]}
+        problem = {"title": response.reason or "", "detail": response.data[:500].decode(errors="replace")}
     if not isinstance(problem, dict):
         problem = {"detail": str(problem)}
-    kind = _ERRORS.get(response.status_code)
+    kind = _ERRORS.get(response.status)
     if kind is None:
-        kind = Unavailable if response.status_code in RETRIED_STATUSES else RequestRejected
-    return kind(response.status_code, problem)
+        kind = Unavailable if response.status in RETRIED_STATUSES else RequestRejected
+    return kind(response.status, problem)

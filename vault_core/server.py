@@ -7,18 +7,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import http_models as http
 from .errors import BatchIdConflict, FencedError, MessageTooLarge, StreamBusyError, VaultError
@@ -92,31 +95,41 @@ def create_app(
     lease_seconds: int = 60,
     takeover: bool = False,
     body_budget: int = BODY_BUDGET,
-) -> Starlette:
+) -> ASGIApp:
     """The ASGI app. `wait_seconds`: how long a POST waits for its commit before answering 202.
     `lease_seconds`, `takeover`: how the writers hold their streams (see `Store.writer`).
-    `body_budget`: the request bodies held at once, in bytes; past it a POST is answered 503."""
+    `body_budget`: the request bodies held at once, in bytes; past it a POST is answered 503.
+
+    A publish, the hot path, is handled on plain ASGI (no router, request or response objects:
+    they cost as much as the append); everything else goes through Starlette."""
     writers = Writers(store, lease_seconds=lease_seconds, takeover=takeover)
     bodies = _BodyBudget(body_budget)
     finished: OrderedDict[tuple[str, str], asyncio.Task[AppendResult]] = OrderedDict()
 
-    def authorize(request: Request) -> None:
+    def authorize(headers: Mapping[str, str], code: str | None) -> None:
         if api_key is None:
             return
-        given = request.headers.get(KEY_HEADER) or request.query_params.get("code") or ""
+        given = headers.get(KEY_HEADER) or code or ""
         if not hmac.compare_digest(given.encode(), api_key.encode()):
             raise http.ProblemError(
                 401, "unauthorized", "A key is required", f"send the API key in the {KEY_HEADER} header"
             )
 
-    async def publish(request: Request) -> Response:
-        authorize(request)
-        stream = http.check_stream(request.path_params["stream"])
-        key = http.check_idempotency_key(request.headers.get(http.IDEMPOTENCY_KEY))
-        declared = http.check_content_length(request.headers.get("content-length"))
+    def pending(stream: str, token: str) -> tuple[int, bytes, dict[str, str]]:
+        location = http.batch_location(stream, token)
+        return 202, json.dumps({"stream": stream, "status": location}).encode(), {"Location": location}
+
+    async def publish(stream: str, scope: Scope, receive: Receive) -> tuple[int, bytes, dict[str, str]]:
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]
+        }
+        authorize(headers, parse_qs(scope["query_string"].decode("latin-1")).get("code", [None])[0])
+        stream = http.check_stream(stream)
+        key = http.check_idempotency_key(headers.get(http.IDEMPOTENCY_KEY.lower()))
+        declared = http.check_content_length(headers.get("content-length"))
         release = bodies.take(http.MAX_BODY_BYTES if declared is None else declared)
         try:
-            batch = http.prepare_body(request.headers.get("content-type"), await _read_body(request), key)
+            batch = http.prepare_body(headers.get("content-type"), await _receive_body(receive), key)
             task = asyncio.ensure_future(asyncio.to_thread(writers.append, stream, batch))
         except BaseException:
             release()
@@ -130,46 +143,92 @@ def create_app(
             finished[(stream, token)] = task
             while len(finished) > FINISHED_KEPT:
                 finished.popitem(last=False)
-            location = http.batch_location(stream, token)
-            return JSONResponse({"stream": stream, "status": location}, 202, headers={"Location": location})
-        return _appended(stream, result)
+            return pending(stream, token)
+        return 200, _appended(stream, result), {}
 
     async def batch_status(request: Request) -> Response:
-        authorize(request)
+        authorize(request.headers, request.query_params.get("code"))
         stream = http.check_stream(request.path_params["stream"])
         task = finished.get((stream, request.path_params["token"]))
         if task is None:
             raise http.unknown_batch()
         if not task.done():
-            location = http.batch_location(stream, request.path_params["token"])
-            return JSONResponse({"stream": stream, "status": location}, 202, headers={"Location": location})
-        return _appended(stream, task.result())
+            status, body, headers = pending(stream, request.path_params["token"])
+            return Response(body, status, headers=headers, media_type=http.JSON)
+        return Response(_appended(stream, task.result()), media_type=http.JSON)
 
     async def stream_info(request: Request) -> Response:
-        authorize(request)
+        authorize(request.headers, request.query_params.get("code"))
         stream = http.check_stream(request.path_params["stream"])
         return _json(await asyncio.to_thread(describe_stream, store, stream))
 
     async def list_streams(request: Request) -> Response:
-        authorize(request)
+        authorize(request.headers, request.query_params.get("code"))
         return _json(await asyncio.to_thread(summarize_streams, store))
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     prefix = http.API_PREFIX
-    app = Starlette(
+    routes = Starlette(
         routes=[
             Route(f"{prefix}/health", _answered(health), methods=["GET"]),
             Route(f"{prefix}/streams", _answered(list_streams), methods=["GET"]),
-            Route(f"{prefix}/streams/{{stream}}", _answered(publish), methods=["POST"]),
             Route(f"{prefix}/streams/{{stream}}", _answered(stream_info), methods=["GET"]),
             Route(f"{prefix}/streams/{{stream}}/batches/{{token}}", _answered(batch_status), methods=["GET"]),
         ],
         exception_handlers={404: _not_found, 405: _not_allowed},
         lifespan=lambda app: _closing(writers),
     )
+    publish_prefix = f"{prefix}/streams/"
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and scope["method"] == "POST" and path.startswith(publish_prefix):
+            stream = path[len(publish_prefix) :]
+            if "/" not in stream:
+                await _answer(send, scope, lambda: publish(stream, scope, receive))
+                return
+        await routes(scope, receive, send)
+
     return app
+
+
+async def _answer(
+    send: Send, scope: Scope, handle: Callable[[], Awaitable[tuple[int, bytes, dict[str, str]]]]
+) -> None:
+    """Send what `handle` answers, or the problem for the error it raised."""
+    try:
+        status, body, headers = await handle()
+        media_type = http.JSON
+    except ClientDisconnect:
+        log.warning(
+            "%s %s: the client went away before sending its whole body", scope["method"], scope["path"]
+        )
+        return  # nobody is there to read an answer
+    except Exception as error:
+        problem = problem_for(error)
+        status, body, headers, media_type = problem.status, problem.body(), problem.headers, http.PROBLEM_JSON
+    raw = [(b"content-type", media_type.encode()), (b"content-length", str(len(body)).encode())]
+    raw += [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _receive_body(receive: Receive) -> bytes:
+    """The request body, refused as soon as it grows past the limit rather than read whole."""
+    parts, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        part = message.get("body", b"")
+        size += len(part)
+        if size > http.MAX_BODY_BYTES:
+            raise http.body_too_large()
+        parts.append(part)
+        if not message.get("more_body", False):
+            return b"".join(parts)
 
 
 def _answered(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
@@ -250,19 +309,11 @@ def summarize_streams(store: Store) -> http.StreamList:
     return http.StreamList(streams=summaries)
 
 
-async def _read_body(request: Request) -> bytes:
-    """The body, refused as soon as it grows past the limit rather than read whole."""
-    parts, size = [], 0
-    async for part in request.stream():
-        size += len(part)
-        if size > http.MAX_BODY_BYTES:
-            raise http.body_too_large()
-        parts.append(part)
-    return b"".join(parts)
-
-
-def _appended(stream: str, result: AppendResult) -> Response:
-    return _json(http.AppendResponse(stream=stream, position=result.position, offsets=result.offsets))
+def _appended(stream: str, result: AppendResult) -> bytes:
+    """The body of a committed append's answer (AppendResponse, written straight to JSON)."""
+    return json.dumps(
+        {"stream": stream, "position": result.position, "offsets": result.offsets}, separators=(",", ":")
+    ).encode()
 
 
 def _json(model: Any, status: int = 200) -> Response:
