@@ -326,10 +326,10 @@ CLIENT_PARTS = [
     ("VaultClient.publish, all of it", r"vault_core/client\.py:\d+\(publish\)", 3),
     ("  http_models.encode_binary", r"http_models\.py:\d+\(encode_binary\)", 3),
     ("  uuid4, check_stream_name, check_idempotency_key", r"\((uuid4|check_\w+)\)", 3),
-    ("  VaultClient._send (tenacity, httpx)", r"vault_core/client\.py:\d+\(_send\)", 3),
+    ("  VaultClient._send (urllib3)", r"vault_core/client\.py:\d+\(_send\)", 3),
     ("    socket recv: waiting for the server's answer", r"method 'recv(_into)?' of '_socket", 2),
     ("    socket send", r"method 'send(all)?' of '_socket", 2),
-    ("  Response.json (the answer's offsets)", r"httpx/_models\.py:\d+\(json\)", 3),
+    ("  json.loads (the answer's offsets)", r"json/__init__\.py:\d+\(loads\)", 3),
 ]
 
 
@@ -416,12 +416,11 @@ def _attached(spy: subprocess.Popen[bytes], log: Path) -> bool:
 
 SERVER_PARTS = [
     # (what, regex on one py-spy frame "function (file:line)")
-    ("event loop: HTTP/1.1 in (uvicorn's H11Protocol.data_received, h11)", r"^H11Protocol\.data_received "),
-    ("event loop: the ASGI app (Starlette, routing, the handler)", r"^RequestResponseCycle\.run_asgi "),
+    ("event loop: HTTP/1.1 in (uvicorn: httptools or h11)", r"^(HttpTools|H11)Protocol\.data_received "),
+    ("event loop: the ASGI app (publish path; Starlette for the rest)", r"^RequestResponseCycle\.run_asgi "),
     ("  publish handler (vault_core/server.py)", r"^create_app\.<locals>\.publish "),
-    ("    http_models.parse_batch", r"^parse_batch \(vault_core"),
-    ("      of which Message(...) of each message", r"^<lambda> \(<string>"),
-    ("  the response out (Starlette Response, uvicorn, h11)", r"^Response\.__call__ "),
+    ("    http_models.prepare_body (the body to records)", r"^prepare_body \(vault_core"),
+    ("  the answer out (JSON of the offsets, uvicorn)", r"^_answer "),
     ("event loop: to_thread hand-off, wake-ups", r"^(to_thread|_chain_future|\w+Loop\._read_from_self) "),
     ("worker thread: Writers.append", r"^Writers\.append "),
     ("  fmt.prepare_batch (validate, encode)", r"^prepare_batch "),
