@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import json
 import os
 import platform
 import pstats
@@ -36,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import urllib3
 from report import as_markdown, as_text
 
 import vault_core
@@ -53,6 +55,7 @@ PRODUCERS = (1, 8)
 WARMUP_BATCHES = 8  # the untimed warm-up round, per path
 THREAD_TIMEOUT = 300  # seconds any one run may take before the benchmark gives up
 SPY_RATE = 400  # py-spy samples per second
+HOP_ROUNDS = 3  # rounds of the HTTP hop alone (and of the direct writer beside it), the best kept
 
 # The target: the least acceptable ratio of the binary HTTP path's throughput to the direct
 # writer's with the same number of producers. JSON has no target: it is the convenient path.
@@ -267,6 +270,74 @@ def account(bench: Bench, count: int, when: str) -> list[str]:
         f"writer: {direct.seconds * ms:.2f}); client CPU {cpu * ms:.2f}; server CPU "
         f"{(server_user + server_system) * ms:.2f} (user {server_user * ms:.2f}, system "
         f"{server_system * ms:.2f}); server RSS then {server_rss(bench)}"
+    ]
+
+
+async def bare_app(scope: dict, receive: Callable, send: Callable) -> None:
+    """An ASGI app that reads a POST's body and answers the JSON of an append of BATCH messages,
+    doing nothing else: `vault serve`'s HTTP hop without the service (see `http_hop`)."""
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    offsets = list(range(1 << 30, (1 << 30) + BATCH * 136, 136))
+    body = f'{{"stream":"bare","position":{1 << 31},"offsets":{offsets}}}'.replace(" ", "").encode()
+    headers = [(b"content-type", http.JSON.encode()), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def http_hop(bench: Bench, count: int) -> list[str]:
+    """The HTTP hop alone: the same binary bodies posted with urllib3 (VaultClient's library) to
+    `bare_app` on uvicorn (vault serve's server), the answer parsed as VaultClient does. With the
+    direct writer's time it bounds what any Python service on this hop can reach."""
+    from tests.azurite import free_port, stop_process
+
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(Path(__file__).parent),
+            "bench_http:bare_app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+    )
+    pool = urllib3.PoolManager()
+    url = f"http://127.0.0.1:{port}/api/streams/bare"
+    bodies = [http.encode_binary(messages) for messages in bench.batches[:count]]
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                pool.request("POST", url, body=bodies[0])
+                break
+            except urllib3.exceptions.HTTPError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("uvicorn did not start") from None
+                time.sleep(0.1)
+        hop = float("inf")
+        for _ in range(HOP_ROUNDS):  # the first round also warms the connection and the server
+            start = time.perf_counter()
+            for body in bodies:
+                headers = {"content-type": http.BINARY_BATCH, http.IDEMPOTENCY_KEY: uuid.uuid4().hex}
+                json.loads(pool.request("POST", url, body=body, headers=headers).data)
+            hop = min(hop, (time.perf_counter() - start) / count)
+    finally:
+        pool.clear()
+        stop_process(server)
+    direct = min(bench.run("direct", 1, count).seconds for _ in range(HOP_ROUNDS)) / count
+    return [
+        f"the HTTP hop alone (the same bodies to a bare ASGI app on uvicorn, urllib3, the answer "
+        f"parsed): {hop * 1000:.2f} ms/batch; with the direct writer's {direct * 1000:.2f} ms/batch "
+        f"behind it, 1 producer could reach at most {direct / (direct + hop):.2f}x"
     ]
 
 
@@ -511,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_profile:
                 print("... where the time goes: binary bodies, 1 producer", flush=True)
                 profile += account(bench, args.profile_batches, "after the timed runs")
+                profile += http_hop(bench, args.profile_batches)
                 profile += profile_client(bench, args.profile_batches)
                 py_spy = find_py_spy()
                 if py_spy is None:
