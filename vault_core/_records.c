@@ -84,6 +84,23 @@ static int valid_utf8(const unsigned char *s, Py_ssize_t n) {
     return 1;
 }
 
+/* A new batch of `total` bytes: a bytearray with its header and id written, and an offsets list
+ * of `count` slots to fill. Returns where the records start, or -1 with an exception set. */
+static Py_ssize_t new_batch(Py_buffer *id, Py_ssize_t total, Py_ssize_t count, PyObject **buffer,
+                            PyObject **offsets) {
+    *buffer = PyByteArray_FromStringAndSize(NULL, total);
+    if (*buffer == NULL) return -1;
+    *offsets = PyList_New(count);
+    if (*offsets == NULL) {
+        Py_CLEAR(*buffer);
+        return -1;
+    }
+    unsigned char *out = (unsigned char *)PyByteArray_AS_STRING(*buffer);
+    put_header(out, id->len, total, count);
+    memcpy(out + BATCH_HEADER, id->buf, id->len);
+    return BATCH_HEADER + id->len;
+}
+
 /* (bytearray, count, offsets), taking the references to buffer and offsets. */
 static PyObject *prepared(PyObject *buffer, Py_ssize_t count, PyObject *offsets) {
     return Py_BuildValue("(NnN)", buffer, count, offsets);
@@ -115,17 +132,10 @@ static PyObject *prepare(PyObject *self, PyObject *args) {
         total += RECORD_HEADER + key_length + value_length;
         if (total > MAX_BATCH) goto none;
     }
-    PyObject *buffer = PyByteArray_FromStringAndSize(NULL, total);
-    if (buffer == NULL) goto done;
-    PyObject *offsets = PyList_New(count);
-    if (offsets == NULL) {
-        Py_DECREF(buffer);
-        goto done;
-    }
+    PyObject *buffer, *offsets;
+    Py_ssize_t at = new_batch(&id, total, count, &buffer, &offsets);
+    if (at < 0) goto done;
     unsigned char *out = (unsigned char *)PyByteArray_AS_STRING(buffer);
-    put_header(out, id.len, total, count);
-    memcpy(out + BATCH_HEADER, id.buf, id.len);
-    Py_ssize_t at = BATCH_HEADER + id.len;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
         PyObject *key = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
@@ -196,17 +206,10 @@ static PyObject *prepare_binary(PyObject *self, PyObject *args) {
         result = Py_NewRef(Py_None);
         goto done;
     }
-    PyObject *buffer = PyByteArray_FromStringAndSize(NULL, total);
-    if (buffer == NULL) goto done;
-    PyObject *offsets = PyList_New(count);
-    if (offsets == NULL) {
-        Py_DECREF(buffer);
-        goto done;
-    }
+    PyObject *buffer, *offsets;
+    Py_ssize_t to = new_batch(&id, total, count, &buffer, &offsets);
+    if (to < 0) goto done;
     unsigned char *out = (unsigned char *)PyByteArray_AS_STRING(buffer);
-    put_header(out, id.len, total, count);
-    memcpy(out + BATCH_HEADER, id.buf, id.len);
-    Py_ssize_t to = BATCH_HEADER + id.len;
     at = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
         Py_ssize_t key_length = in[at];
