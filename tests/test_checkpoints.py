@@ -19,10 +19,10 @@ from azure.data.tables import TableClient
 import vault_core
 from tests.azurite import ACCOUNT, KEY
 from vault_core import Checkpoint, CheckpointConflict, Consumer, Message
-from vault_core.checkpoints import TABLE_NAME, TableCheckpoints
-from vault_core.stores import blob
-from vault_core.stores.blob import BlobStore, table_client_options, table_url
+from vault_core.stores import tables
+from vault_core.stores.blob import BlobStore
 from vault_core.stores.local import LocalStore
+from vault_core.stores.tables import TABLE_NAME, TableCheckpoints, client_options, table_url
 
 WAIT = 10  # seconds any test waits for another thread, at most
 
@@ -391,7 +391,7 @@ def test_a_connection_string_without_a_table_endpoint_fails_only_for_checkpoints
 
 def test_a_store_opened_by_url_keeps_checkpoints_in_the_accounts_tables(azurite, monkeypatch):
     # Azurite's table port here is a free one, not blob port + 2.
-    monkeypatch.setattr(blob, "table_url", lambda url: azurite.table_endpoint)
+    monkeypatch.setattr(tables, "table_url", lambda url: azurite.table_endpoint)
     url = f"{azurite.blob_endpoint}/by-url"
     with vault_core.open_store(url, credential=AzureNamedKeyCredential(ACCOUNT, KEY)) as store:
         saved = store.checkpoints("billing").save("orders", 42, expected=None)
@@ -402,7 +402,7 @@ def test_a_store_opened_by_url_keeps_checkpoints_in_the_accounts_tables(azurite,
 def test_a_store_opened_with_a_token_credential_keeps_checkpoints(
     trust_azurite_oauth, entra_credential, monkeypatch
 ):
-    monkeypatch.setattr(blob, "table_url", lambda url: trust_azurite_oauth.table_endpoint)
+    monkeypatch.setattr(tables, "table_url", lambda url: trust_azurite_oauth.table_endpoint)
     url = f"{trust_azurite_oauth.blob_endpoint}/entra-checkpoints"
     with vault_core.open_store(url, credential=entra_credential) as store:
         checkpoints = store.checkpoints("billing")
@@ -432,7 +432,7 @@ class LosingTransport(RequestsTransport):
 def test_a_save_retried_after_its_response_was_lost_is_no_conflict(azurite):
     transport = LosingTransport()
     table = TableClient.from_connection_string(
-        azurite.connection_string, table_name=TABLE_NAME, transport=transport, **table_client_options()
+        azurite.connection_string, table_name=TABLE_NAME, transport=transport, **client_options()
     )
     with TableCheckpoints(table, "lost-save", "billing") as checkpoints:
         first = checkpoints.save("orders", 1, expected=None)

@@ -242,7 +242,7 @@ def test_app_role_assignments(main: dict[str, Any]) -> None:
 
 
 def test_reader_principals_parameter(main: dict[str, Any]) -> None:
-    from vault_core.checkpoints import TABLE_NAME
+    from vault_core.stores.tables import TABLE_NAME
 
     parameter = main["parameters"]["readerPrincipalIds"]
     assert parameter["type"] == "array"

@@ -8,12 +8,12 @@ committed over. Readers need only read access to the one blob (a blob SAS, or En
 from __future__ import annotations
 
 import contextlib
-import functools
 import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import parse_qs, urlparse, urlsplit
 
@@ -34,6 +34,7 @@ from azure.storage.blob import (
     generate_blob_sas,
 )
 
+from ..checkpoints import check_group_name
 from ..errors import FencedError, StreamBusyError
 from ..format import check_stream_name
 from .base import LogSource, LogWriter, Store
@@ -58,12 +59,6 @@ def client_options() -> dict[str, Any]:
     return {"retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=4)}
 
 
-def table_client_options() -> dict[str, Any]:
-    """Options for every table client: quick retries, as for blobs (the tables SDK takes the
-    retry settings themselves, not a policy; its default tries 10 times, up to 2 min apart)."""
-    return {"retry_total": 4}
-
-
 class BlobStore(Store):
     def __init__(self, service: BlobServiceClient, container: str) -> None:
         if not (3 <= len(container) <= 63 and _CONTAINER_NAME.fullmatch(container)):
@@ -76,8 +71,8 @@ class BlobStore(Store):
         self.container = container
         # How checkpoints() reaches the account's Table service: by default the blob service's
         # URL and credential; a store made from a connection string uses that instead.
-        self._table_client: Callable[[], TableClient] = functools.partial(
-            _table_client_for, service.url, service.credential
+        self._table_client: Callable[[], TableClient] = lambda: _tables().client_for(
+            service.url, service.credential
         )
 
     def __repr__(self) -> str:
@@ -91,7 +86,7 @@ class BlobStore(Store):
     def from_connection_string(cls, connection_string: str, *, container: str) -> BlobStore:
         service = BlobServiceClient.from_connection_string(connection_string, **client_options())
         store = cls(service, container)
-        store._table_client = functools.partial(_table_client_from, connection_string)
+        store._table_client = lambda: _tables().client_from(connection_string)
         return store
 
     @classmethod
@@ -201,79 +196,24 @@ class BlobStore(Store):
             self._container.get_blob_client(name).delete_blob()
 
     def consumer_groups(self) -> list[str]:
-        from ..checkpoints import TableCheckpoints
-
         with self._table_client() as table:
-            return TableCheckpoints.groups(table, self.container)
+            return _tables().TableCheckpoints.groups(table, self.container)
 
     def checkpoints(self, group: str) -> Checkpoints:
         """Entities of the table `vaultcheckpoints` in this store's account, keyed by container and
-        group (see `table_url` for where that table is when the store was opened by URL)."""
-        from ..checkpoints import TableCheckpoints, check_group_name
-
+        group (see `tables.table_url` for where that table is when the store was opened by URL)."""
         check_group_name(group)  # before making a client
-        return TableCheckpoints(self._table_client(), self.container, group)
+        return _tables().TableCheckpoints(self._table_client(), self.container, group)
 
     def close(self) -> None:
         self._service.close()
 
 
-def table_url(blob_url: str) -> str:
-    """The account's Table service URL from its Blob service URL: `<account>.blob.<suffix>` ->
-    `<account>.table.<suffix>`. The emulator's path-style `http://127.0.0.1:<port>/<account>`
-    does not tell where its Table service listens: this takes port + 2, Azurite's default layout
-    (blobs on 10000, tables on 10002); use a connection string with a TableEndpoint otherwise."""
-    parsed = urlparse(blob_url)
-    host = parsed.hostname or ""
-    if host in ("127.0.0.1", "localhost") or host[:1].isdigit():
-        if parsed.port is None:
-            raise ValueError(
-                f"cannot tell the Table service URL of {blob_url!r} (no port): open the store with "
-                "a connection string that has a TableEndpoint"
-            )
-        netloc = parsed.netloc.rsplit(":", 1)[0] + f":{parsed.port + 2}"
-    elif ".blob." in host:
-        netloc = parsed.netloc.replace(".blob.", ".table.", 1)
-    else:
-        raise ValueError(
-            f"cannot tell the Table service URL of {blob_url!r} (not <account>.blob.<suffix>): open "
-            "the store with a connection string that has a TableEndpoint"
-        )
-    return parsed._replace(netloc=netloc).geturl().rstrip("/")
+def _tables() -> ModuleType:
+    """The Table-service backend of checkpoints, imported when first needed."""
+    from . import tables
 
-
-def _table_client_for(blob_url: str, credential: Any) -> TableClient:
-    from azure.core.credentials import AzureNamedKeyCredential
-    from azure.data.tables import TableClient
-
-    from ..checkpoints import TABLE_NAME
-
-    account_key = getattr(credential, "account_key", None)
-    if account_key:  # the blob SDK's shared key credential, which the tables SDK does not take
-        credential = AzureNamedKeyCredential(credential.account_name, account_key)
-    return TableClient(table_url(blob_url), TABLE_NAME, credential=credential, **table_client_options())
-
-
-def _table_client_from(connection_string: str) -> TableClient:
-    from azure.data.tables import TableClient
-
-    from ..checkpoints import TABLE_NAME
-
-    settings = {
-        key.strip().lower(): value
-        for key, _, value in (part.partition("=") for part in connection_string.split(";"))
-        if key.strip()
-    }
-    if settings.get("usedevelopmentstorage", "").strip().lower() == "true":
-        connection_string = "UseDevelopmentStorage=true"  # the only form the tables SDK knows
-    elif "blobendpoint" in settings and "tableendpoint" not in settings:
-        raise ValueError(
-            "the store's connection string has a BlobEndpoint but no TableEndpoint: add "
-            "TableEndpoint=<the account's Table service URL>, where consumer checkpoints are kept"
-        )
-    return TableClient.from_connection_string(
-        connection_string, table_name=TABLE_NAME, **table_client_options()
-    )
+    return tables
 
 
 def _create_page_blob(blob: BlobClient) -> bool:

@@ -10,21 +10,31 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
+import time
+import uuid
 from collections.abc import Iterator, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 from urllib.parse import unquote, urlparse
 
-from ..errors import StoreAccessDenied, StoreFull, StoreNotFound, StreamBusyError, VaultError
+from ..checkpoints import GROUP_NAME, Checkpoint, Checkpoints, checkpoint_time
+from ..errors import (
+    CheckpointConflict,
+    StoreAccessDenied,
+    StoreFull,
+    StoreNotFound,
+    StreamBusyError,
+    VaultError,
+)
 from ..format import check_stream_name
 from .base import LogSource, LogWriter, Store
 
-if TYPE_CHECKING:
-    from ..checkpoints import Checkpoints
-
 LOG_FILE = "log"
+CHECKPOINT_FOLDER = "_checkpoints"  # not a valid stream name, so never listed as a stream
+OWNER_SUFFIX = ".owner"  # beside <stream>.json: which consumer of the group holds the stream
 FOLDER_MODE, FILE_MODE = 0o700, 0o600
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
 
@@ -111,14 +121,10 @@ class LocalStore(Store):
             path.unlink(missing_ok=True)
 
     def consumer_groups(self) -> list[str]:
-        from ..checkpoints import FileCheckpoints
-
         return FileCheckpoints.groups(self.root)
 
     def checkpoints(self, group: str) -> Checkpoints:
         """Files `<root>/_checkpoints/<group>/<stream>.json`."""
-        from ..checkpoints import FileCheckpoints
-
         return FileCheckpoints(self.root, group)
 
     def _object_path(self, name: str) -> Path:
@@ -285,3 +291,100 @@ def source_from_url(url: str) -> tuple[str, LogSource]:
     if path.name != LOG_FILE:
         raise ValueError(f"not a stream read URL: {url!r} (expected .../<stream>/{LOG_FILE})")
     return check_stream_name(path.parent.name), LocalSource(path)
+
+
+class FileCheckpoints(Checkpoints):
+    """Checkpoints as files `<root>/_checkpoints/<group>/<stream>.json`, claims on streams beside
+    them (`<stream>.owner`). Saves of one group take turns under a lock on a file in its folder
+    (threads and processes alike); each replaces the file whole, so a reader never sees half of
+    one."""
+
+    @staticmethod
+    def groups(root: str | os.PathLike[str]) -> list[str]:
+        """The consumer groups with checkpoints in the store at `root`."""
+        folder = Path(root) / CHECKPOINT_FOLDER
+        if not folder.is_dir():
+            return []
+        return sorted(
+            entry.name
+            for entry in folder.iterdir()
+            if GROUP_NAME.fullmatch(entry.name) and any(entry.glob("*.json"))
+        )
+
+    def __init__(self, root: str | os.PathLike[str], group: str) -> None:
+        super().__init__(group)
+        self.folder = Path(root) / CHECKPOINT_FOLDER / self.group
+
+    def __repr__(self) -> str:
+        return f"FileCheckpoints({str(self.folder)!r})"
+
+    def _get(self, stream: str) -> Checkpoint | None:
+        path = self.folder / f"{stream}.json"
+        try:
+            data = json.loads(path.read_bytes())
+            return Checkpoint(
+                self.group, stream, data["position"], data["etag"], datetime.fromisoformat(data["updated"])
+            )
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as error:
+            raise VaultError(f"checkpoint file {path} is unreadable: {error!r}") from error
+
+    def _all(self) -> list[Checkpoint]:
+        if not self.folder.is_dir():
+            return []
+        found = [self._get(path.name[: -len(".json")]) for path in self.folder.glob("*.json")]
+        return [checkpoint for checkpoint in found if checkpoint is not None]
+
+    def _save(self, stream: str, position: int, expected: Checkpoint | None) -> Checkpoint:
+        with self._locked():
+            current = self._get(stream)
+            if (current.etag if current else None) != (expected.etag if expected else None):
+                raise CheckpointConflict(self.group, stream, current, expected)
+            # A fresh token, not a counter: a checkpoint deleted and saved again never matches an
+            # ETag from before.
+            checkpoint = Checkpoint(self.group, stream, position, uuid.uuid4().hex, checkpoint_time())
+            data = {"position": position, "etag": checkpoint.etag, "updated": checkpoint.updated.isoformat()}
+            self._replace(self.folder / f"{stream}.json", data)
+        return checkpoint
+
+    def _claim(self, stream: str, owner: str, expires: float) -> bool:
+        path = self.folder / f"{stream}{OWNER_SUFFIX}"
+        with self._locked():
+            with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+                held = json.loads(path.read_bytes())
+                if held["owner"] != owner and held["expires"] > time.time():
+                    return False
+            self._replace(path, {"owner": owner, "expires": expires})
+        return True
+
+    def _release(self, stream: str, owner: str) -> None:
+        path = self.folder / f"{stream}{OWNER_SUFFIX}"
+        with self._locked(), contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+            if json.loads(path.read_bytes())["owner"] == owner:
+                path.unlink()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The group's lock (threads and processes take turns), its folder made first."""
+        if not self.folder.is_dir():
+            for folder in (self.folder.parent.parent, self.folder.parent, self.folder):
+                folder.mkdir(mode=FOLDER_MODE, exist_ok=True)
+            for folder in (self.folder.parent, self.folder.parent.parent):
+                fsync_dir(folder)  # the new folders survive a crash with the first checkpoint
+        lock = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(lock)  # releases the lock
+
+    def _replace(self, path: Path, data: dict[str, Any]) -> None:
+        """Replace the file whole: readers see the old contents or the new, never half."""
+        partial = path.with_name(path.name + ".partial")
+        with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "w") as file:
+            json.dump(data, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+        fsync_dir(self.folder)
