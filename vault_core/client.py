@@ -89,7 +89,7 @@ class VaultClient:
         attempts: int = 6,
     ) -> None:
         self._base = base_url.rstrip("/").removesuffix(http.API_PREFIX)
-        self._headers = {"x-functions-key": key} if key else {}
+        self._headers = {http.FUNCTION_KEY_HEADER: key} if key else {}
         # urllib3 keeps the connection alive between calls and costs a fraction of what fuller
         # clients spend per request; retries are ours (below), with the same Idempotency-Key.
         self._http = urllib3.PoolManager(

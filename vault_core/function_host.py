@@ -53,7 +53,7 @@ from azure.durable_functions.models.entities import EntityState, OperationResult
 from . import http_models as http
 from .errors import BatchIdConflict, FencedError, StreamBusyError
 from .format import Message
-from .server import Writers, describe_stream, problem_for, summarize_streams
+from .service import Writers, appended_body, describe_stream, pending_answer, problem_for, summarize_streams
 from .stores import open_store
 from .stores.base import Store
 from .writer import AppendResult, Batch
@@ -260,8 +260,7 @@ async def _outcome(
             raise RuntimeError(f"the append orchestration {instance} ended {runtime.value}")  # type: ignore[union-attr]
         remaining = deadline - loop.time()
         if remaining <= 0:
-            location = http.batch_location(stream, key)
-            body = json.dumps({"stream": stream, "status": location})
+            body, location = pending_answer(stream, key)
             return func.HttpResponse(
                 body, status_code=202, headers={"Location": location}, mimetype=http.JSON
             )
@@ -304,9 +303,7 @@ def _from_entity(stream: str, output: dict[str, Any]) -> func.HttpResponse:
         return func.HttpResponse(
             json.dumps(problem), status_code=problem["status"], headers=headers, mimetype=http.PROBLEM_JSON
         )
-    return json_response(
-        http.AppendResponse(stream=stream, position=output["position"], offsets=output["offsets"])
-    )
+    return func.HttpResponse(appended_body(stream, output["position"], output["offsets"]), mimetype=http.JSON)
 
 
 def _stage(name: str, batch: bytes) -> str:

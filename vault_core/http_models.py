@@ -33,6 +33,7 @@ PROBLEM_JSON = "application/problem+json"
 BINARY_BATCH = "application/vnd.message-vault.batch"
 BINARY_RECORD = struct.Struct("<BI")
 IDEMPOTENCY_KEY = "Idempotency-Key"
+FUNCTION_KEY_HEADER = "x-functions-key"  # where Azure Functions reads a function key; vault serve its API key
 PROBLEM_BASE = "https://message-vault.dev/problems/"
 _IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 

@@ -7,13 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
-import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -24,67 +21,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import http_models as http
-from .errors import BatchIdConflict, FencedError, MessageTooLarge, StreamBusyError, VaultError
-from .format import PreparedBatch
+from .service import Writers, appended_body, describe_stream, pending_answer, problem_for, summarize_streams
 from .stores.base import Store
-from .writer import AppendResult, StreamWriter
+from .writer import AppendResult
 
 log = logging.getLogger("vault.serve")
-READ_URL_LIFETIME = timedelta(hours=1)
-KEY_HEADER = "x-functions-key"  # the header Azure Functions reads function keys from
 FINISHED_KEPT = 10_000  # outcomes of 202-answered appends kept for their status location
 BODY_BUDGET = 64 * 1024 * 1024  # request bodies held at once (four of the largest)
-
-
-class Writers:
-    """One open writer per stream, opened on first use and kept. `takeover`: open each with
-    takeover (the Function App's entity, which owns its stream wherever the runtime runs it)."""
-
-    def __init__(self, store: Store, *, lease_seconds: int = 60, takeover: bool = False) -> None:
-        self.store = store
-        self.lease_seconds = lease_seconds
-        self.takeover = takeover
-        self._writers: dict[str, StreamWriter] = {}
-        self._lock = threading.Lock()
-
-    def append(self, stream: str, batch: PreparedBatch) -> AppendResult:
-        """Append an encoded batch (http_models.prepare_body) with the stream's writer."""
-        for attempt in range(2):
-            writer = self.writer(stream)
-            try:
-                return writer.append_prepared(batch)
-            except FencedError:
-                # Another writer took the stream over; ours is dead. One fresh try: the batch id
-                # (if any) keeps it exactly once.
-                self.drop(stream, writer)
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
-
-    def writer(self, stream: str) -> StreamWriter:
-        """The stream's writer, opened now if this process has none."""
-        with self._lock:
-            writer = self._writers.get(stream)
-            if writer is None:
-                writer = self._writers[stream] = self.store.writer(
-                    stream, lease_seconds=self.lease_seconds, takeover=self.takeover
-                )
-            return writer
-
-    def drop(self, stream: str, writer: StreamWriter | None = None) -> None:
-        """Close the stream's writer (only if it is still `writer`, when given)."""
-        with self._lock:
-            current = self._writers.get(stream)
-            if current is None or (writer is not None and current is not writer):
-                return
-            del self._writers[stream]
-        current.close()
-
-    def close(self) -> None:
-        with self._lock:
-            writers, self._writers = list(self._writers.values()), {}
-        for writer in writers:
-            writer.close()
 
 
 def create_app(
@@ -109,15 +52,18 @@ def create_app(
     def authorize(headers: Mapping[str, str], code: str | None) -> None:
         if api_key is None:
             return
-        given = headers.get(KEY_HEADER) or code or ""
+        given = headers.get(http.FUNCTION_KEY_HEADER) or code or ""
         if not hmac.compare_digest(given.encode(), api_key.encode()):
             raise http.ProblemError(
-                401, "unauthorized", "A key is required", f"send the API key in the {KEY_HEADER} header"
+                401,
+                "unauthorized",
+                "A key is required",
+                f"send the API key in the {http.FUNCTION_KEY_HEADER} header",
             )
 
     def pending(stream: str, token: str) -> tuple[int, bytes, dict[str, str]]:
-        location = http.batch_location(stream, token)
-        return 202, json.dumps({"stream": stream, "status": location}).encode(), {"Location": location}
+        body, location = pending_answer(stream, token)
+        return 202, body, {"Location": location}
 
     async def publish(stream: str, scope: Scope, receive: Receive) -> tuple[int, bytes, dict[str, str]]:
         headers = {
@@ -144,7 +90,7 @@ def create_app(
             while len(finished) > FINISHED_KEPT:
                 finished.popitem(last=False)
             return pending(stream, token)
-        return 200, _appended(stream, result), {}
+        return 200, appended_body(stream, result.position, result.offsets), {}
 
     async def batch_status(request: Request) -> Response:
         authorize(request.headers, request.query_params.get("code"))
@@ -155,7 +101,8 @@ def create_app(
         if not task.done():
             status, body, headers = pending(stream, request.path_params["token"])
             return Response(body, status, headers=headers, media_type=http.JSON)
-        return Response(_appended(stream, task.result()), media_type=http.JSON)
+        result = task.result()
+        return Response(appended_body(stream, result.position, result.offsets), media_type=http.JSON)
 
     async def stream_info(request: Request) -> Response:
         authorize(request.headers, request.query_params.get("code"))
@@ -286,57 +233,8 @@ async def _closing(writers: Writers) -> AsyncIterator[None]:
     writers.close()  # give the leases back when the server stops
 
 
-def describe_stream(store: Store, stream: str) -> http.StreamInfo:
-    """GET /api/streams/{stream}: the position and a read-only URL; 404 for an unknown stream."""
-    if stream not in store.streams():
-        raise http.ProblemError(404, "not-found", "Unknown stream", f"stream {stream!r} does not exist")
-    with store.reader(stream) as reader:
-        position = reader.position()
-    return http.StreamInfo(
-        stream=stream,
-        position=position,
-        read_url=store.read_url(stream, expires_in=READ_URL_LIFETIME),
-        expires_on=datetime.now(UTC) + READ_URL_LIFETIME,
-    )
-
-
-def summarize_streams(store: Store) -> http.StreamList:
-    """GET /api/streams: every stream with its position."""
-    summaries = []
-    for name in store.streams():
-        with store.reader(name) as reader:
-            summaries.append(http.StreamSummary(stream=name, position=reader.position()))
-    return http.StreamList(streams=summaries)
-
-
-def _appended(stream: str, result: AppendResult) -> bytes:
-    """The body of a committed append's answer (AppendResponse, written straight to JSON)."""
-    return json.dumps(
-        {"stream": stream, "position": result.position, "offsets": result.offsets}, separators=(",", ":")
-    ).encode()
-
-
 def _json(model: Any, status: int = 200) -> Response:
     return Response(model.model_dump_json(), status, media_type=http.JSON)
-
-
-def problem_for(error: BaseException) -> http.ProblemError:
-    """The problem a host answers for an error raised while handling a request."""
-    if isinstance(error, http.ProblemError):
-        return error
-    if isinstance(error, BatchIdConflict):
-        return http.ProblemError(422, "idempotency-key-reused", "Idempotency-Key reused", str(error))
-    if isinstance(error, MessageTooLarge):
-        return http.too_large(str(error))
-    if isinstance(error, StreamBusyError):
-        return http.ProblemError(
-            503, "stream-busy", "The stream has another writer", str(error), **{"Retry-After": "2"}
-        )
-    log.exception("request failed", exc_info=error)
-    detail = "the vault could not complete the request; it is safe to retry with the same Idempotency-Key"
-    if isinstance(error, VaultError):
-        detail = f"{type(error).__name__}: {error}"
-    return http.ProblemError(500, "internal", "Internal error", detail)
 
 
 async def _problem_response(request: Request, error: Exception) -> Response:
