@@ -111,7 +111,7 @@ def test_publish_from_stdin_appends_each_batch_once_and_says_what_it_committed(s
         f"published 10 messages in 1 batch to audit: offsets {stored[0].offset} to "
         f"{stored[-1].offset}, stream position now {position:,}"
     )
-    assert len(fmt.ring_entries(store.reader("audit").commit().ring)) == 1  # appended with a batch id
+    assert len(fmt.ring_entries(store.reader("audit").commit_record().ring)) == 1  # appended with a batch id
 
 
 @pytest.mark.parametrize(
@@ -295,7 +295,7 @@ def _copy_position(path: Path) -> int:
         header = path.read_bytes()[: 2 * fmt.SLOT_SIZE]
     except FileNotFoundError:
         return 0
-    return fmt.decode_commit("orders", header).position
+    return fmt.decode_commit_record("orders", header).position
 
 
 def test_mirror_copies_byte_for_byte_resumes_after_a_kill_and_then_copies_only_whats_new(

@@ -401,9 +401,9 @@ class CountingLog:
         self._counts["writes"] += 1
         return self._log.write(start, parts)
 
-    def commit(self, start, record):
+    def write_commit_slot(self, start, record):
         self._counts["commits"] += 1
-        return self._log.commit(start, record)
+        return self._log.write_commit_slot(start, record)
 
     def __getattr__(self, name):
         return getattr(self._log, name)

@@ -104,9 +104,9 @@ class PausingLog:
         self._wait("write")
         return self._log.write(start, parts)
 
-    def commit(self, start, record):
+    def write_commit_slot(self, start, record):
         self._wait("commit")
-        return self._log.commit(start, record)
+        return self._log.write_commit_slot(start, record)
 
     def _wait(self, step: str) -> None:
         if step == self._pause_before and not self.go.is_set():
@@ -343,14 +343,14 @@ def test_torn_commit_falls_back_to_the_previous_one(store):
         writer.append(batch(2, "a"))
         last_good = writer.append(batch(2, "b")).position
         writer.append(batch(2, "c"))  # commit 3 lands in slot 1
-    flip_byte(store, "s", fmt.SLOTS[1] + 30)  # the newest commit is torn
+    flip_byte(store, "s", fmt.COMMIT_SLOTS[1] + 30)  # the newest commit is torn
     assert store.reader("s").position() == last_good
     assert keys(store, "s") == ["a-0", "a-1", "b-0", "b-1"]
     with store.writer("s") as writer:  # the next writer overwrites what was past the commit
         writer.append(batch(1, "d"))
     assert keys(store, "s") == ["a-0", "a-1", "b-0", "b-1", "d-0"]
-    flip_byte(store, "s", fmt.SLOTS[0] + 30)
-    flip_byte(store, "s", fmt.SLOTS[1] + 30)
+    flip_byte(store, "s", fmt.COMMIT_SLOTS[0] + 30)
+    flip_byte(store, "s", fmt.COMMIT_SLOTS[1] + 30)
     with pytest.raises(vault_core.CorruptDataError, match="both commit slots"):
         store.reader("s").position()
 

@@ -198,7 +198,7 @@ def test_independent_decoder_reads_what_the_library_wrote(tmp_path):
 
     decoded = [message for batch in batches for message in batch.messages]
     with store.reader(STREAM) as reader:
-        library = reader.commit()
+        library = reader.commit_record()
         replayed = [tuple(message) for message in reader.replay()]
     assert decoded == replayed
     assert len(batches) == len(APPENDS) - 1  # the retry appended nothing

@@ -53,7 +53,7 @@ COMMIT_HEADER_SIZE = 64
 RING_ENTRY = struct.Struct("<QQ")  # batch id hash, batch start position
 RING_CAPACITY = 1024
 SLOT_SIZE = 33 * PAGE  # a 64-byte header and 1024 ring entries, rounded up to whole pages
-SLOTS = (0, SLOT_SIZE)
+COMMIT_SLOTS = (0, SLOT_SIZE)
 assert COMMIT_HEADER_SIZE + RING_CAPACITY * RING_ENTRY.size <= SLOT_SIZE
 assert 2 * SLOT_SIZE <= DATA_START
 
@@ -116,14 +116,14 @@ class BatchHeader(NamedTuple):
         return BATCH_HEADER.size + len(self.batch_id)
 
 
-class Commit(NamedTuple):
+class CommitRecord(NamedTuple):
     counter: int  # commits so far; slot = counter % 2
     position: int  # committed length of the stream
     timestamp_ms: int  # timestamp of the last batch
     ring: bytes  # RING_ENTRY records, oldest first
 
 
-EMPTY_COMMIT = Commit(0, 0, 0, b"")
+EMPTY_COMMIT_RECORD = CommitRecord(0, 0, 0, b"")
 
 
 def check_stream_name(name: object) -> str:
@@ -369,7 +369,7 @@ def back_pointer(buffer: bytes) -> int:
     return _BACK_POINTER.unpack_from(buffer)[0]
 
 
-def encode_commit(commit: Commit) -> bytes:
+def encode_commit_record(commit: CommitRecord) -> bytes:
     """A commit slot's bytes, padded to whole pages."""
     ring_len = len(commit.ring) // RING_ENTRY.size
     header = bytearray(COMMIT_HEADER_SIZE)
@@ -392,7 +392,7 @@ def encode_commit(commit: Commit) -> bytes:
     return record + bytes(-len(record) % PAGE)
 
 
-def _decode_slot(stream: str, buffer: bytes) -> Commit | None:
+def _decode_slot(stream: str, buffer: bytes) -> CommitRecord | None:
     """The commit in one slot, or None if the slot is empty (never written) or damaged."""
     if len(buffer) < COMMIT_HEADER_SIZE or buffer[:4] != COMMIT_MAGIC:
         return None
@@ -406,20 +406,20 @@ def _decode_slot(stream: str, buffer: bytes) -> Commit | None:
         raise CorruptDataError(
             stream, 0, f"the stream uses format version {version}; this reader knows version {VERSION}"
         )
-    return Commit(counter, position, timestamp, bytes(buffer[COMMIT_HEADER_SIZE:ring_end]))
+    return CommitRecord(counter, position, timestamp, bytes(buffer[COMMIT_HEADER_SIZE:ring_end]))
 
 
-def decode_commit(stream: str, header: bytes) -> Commit:
+def decode_commit_record(stream: str, header: bytes) -> CommitRecord:
     """The newest valid commit in a log's header bytes (both slots). A log that was never
     committed (short or zero bytes) is empty; both slots written and damaged is corruption."""
-    slots = [header[at : at + SLOT_SIZE] for at in SLOTS]
+    slots = [header[at : at + SLOT_SIZE] for at in COMMIT_SLOTS]
     commits = [_decode_slot(stream, slot) for slot in slots]
     valid = [c for c in commits if c is not None]
     if valid:
         return max(valid, key=lambda c: c.counter)
     if any(slot.strip(b"\0") for slot in slots):
         raise CorruptDataError(stream, 0, "both commit slots are damaged")
-    return EMPTY_COMMIT
+    return EMPTY_COMMIT_RECORD
 
 
 def ring_entries(ring: bytes) -> list[tuple[int, int]]:

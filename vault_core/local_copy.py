@@ -16,8 +16,8 @@ from typing import NamedTuple
 
 from . import format as fmt
 from .errors import VaultError
-from .reader import FIRST_CHUNK, StreamReader
-from .stores.base import LogWriter
+from .reader import StreamReader
+from .stores.base import LogWriter, read_commit_record, read_commit_slots
 
 # Bytes compared at each end of the copy to tell that it is a copy of this stream.
 IDENTITY_PROBE = 4096
@@ -36,29 +36,30 @@ def mirror(
     """Bring the copy of `reader`'s stream in the embedded store at `to` up to the stream's
     committed position. `progress(position)` is called after each chunk. StreamBusyError if
     another mirror (or a writer) holds the copy."""
-    source = reader._source
-    header = source.read(0, 2 * fmt.SLOT_SIZE)
-    if not header:
+    slots = read_commit_slots(reader.log)
+    if not slots:
         raise VaultError(f"stream {reader.stream!r} does not exist: there is nothing to mirror")
     from .stores.local import LocalStore  # not at import time: it needs fcntl
 
-    target = fmt.decode_commit(reader.stream, header)
+    target = fmt.decode_commit_record(reader.stream, slots)
     log = LocalStore(to).open_log(reader.stream, lease_seconds=60)
     try:
-        copy = fmt.decode_commit(reader.stream, log.read(0, 2 * fmt.SLOT_SIZE))
+        copy = read_commit_record(reader.stream, log)
         _check_same_stream(reader, log, copy.position, target.position, to)
         committed = copy
-        for frames in reader._frames(copy.position, target.position, FIRST_CHUNK):
+        for frames in reader.chunks(copy.position, target.position):
             first, last = frames[0][2], frames[-1][2]
             parts = [memoryview(buffer)[at : at + batch.length] for buffer, at, batch in frames]
             parts.append(bytes(-fmt.data_at(last.end) % fmt.PAGE))  # whole pages, as a writer leaves them
             log.write(fmt.data_at(first.position), parts)
             # Commit what the copy holds so far; the last step replaces both slots with the source's.
-            committed = fmt.Commit(committed.counter + 1, last.end, last.timestamp_ms, b"")
-            log.commit(fmt.SLOTS[committed.counter % 2], fmt.encode_commit(committed))
+            committed = fmt.CommitRecord(committed.counter + 1, last.end, last.timestamp_ms, b"")
+            log.write_commit_slot(
+                fmt.COMMIT_SLOTS[committed.counter % 2], fmt.encode_commit_record(committed)
+            )
             if progress is not None:
                 progress(last.end)
-        log.commit(0, header)
+        log.write_commit_slot(0, slots)
     finally:
         log.close()
     return MirrorResult(reader.stream, Path(to) / reader.stream / "log", copy.position, target.position)
@@ -74,7 +75,7 @@ def _check_same_stream(reader: StreamReader, log: LogWriter, position: int, end:
     size = min(position, IDENTITY_PROBE)
     for start in {0, position - size} if size else ():
         at = fmt.data_at(start)
-        if log.read(at, size) != reader._source.read(at, size):
+        if log.read(at, size) != reader.log.read(at, size):
             raise VaultError(
                 f"the copy of {reader.stream!r} in {to} differs from the source at position {start}: "
                 "it is not a copy of this stream; remove it or mirror somewhere else"

@@ -13,7 +13,7 @@ from typing import NamedTuple, TypeVar
 
 from . import format as fmt
 from .errors import InvalidPosition
-from .stores.base import LogSource
+from .stores.base import LogSource, read_batch, read_commit_record
 
 # A replay's first request is small, so decoding starts early; each next one doubles up to the last.
 FIRST_CHUNK = 256 * 1024
@@ -58,13 +58,18 @@ class StreamReader:
         self.stream = stream
         self._source = source
 
+    @property
+    def log(self) -> LogSource:
+        """The log this reader reads, as the store gives it: raw bytes, for tools that copy them."""
+        return self._source
+
     def position(self) -> int:
         """The committed length of the stream now; 0 if it does not exist."""
-        return self.commit().position
+        return self.commit_record().position
 
-    def commit(self) -> fmt.Commit:
+    def commit_record(self) -> fmt.CommitRecord:
         """The stream's current commit record (position, last append time, ...)."""
-        return fmt.decode_commit(self.stream, self._source.read(0, 2 * fmt.SLOT_SIZE))
+        return read_commit_record(self.stream, self._source)
 
     def latest_of(self, batch_ids: Iterable[str]) -> str | None:
         """Of these batch ids, the one appended last, if the stream still remembers it (its last
@@ -73,7 +78,7 @@ class StreamReader:
         for batch_id in batch_ids:
             encoded = fmt.check_batch_id(batch_id)
             wanted.setdefault(fmt.batch_id_hash(encoded), []).append(encoded)
-        for id_hash, start in reversed(fmt.ring_entries(self.commit().ring)):
+        for id_hash, start in reversed(fmt.ring_entries(self.commit_record().ring)):
             if id_hash in wanted:
                 _, header = read_batch(self.stream, self._source, start)
                 if header.batch_id in wanted[id_hash]:  # else another id with the same hash
@@ -81,7 +86,7 @@ class StreamReader:
         return None
 
     def status(self) -> StreamStatus:
-        commit = self.commit()
+        commit = self.commit_record()
         last = fmt.from_ms(commit.timestamp_ms) if commit.position else None
         return StreamStatus(self.stream, commit.position, self._source.size(), last)
 
@@ -93,12 +98,13 @@ class StreamReader:
         _check_limit("max_messages", max_messages)
         _check_limit("max_bytes", max_bytes)
         end = self.position()
-        batch_start = self._locate(position, end)
         messages: list[fmt.StoredMessage] = []
         size = 0
-        chunk = min(max_bytes + READ_SLACK, REPLAY_CHUNK)
-        frames = self._frames(batch_start, end, chunk)
-        for batch, header in self._decoded(position, chain.from_iterable(frames)):
+        # One request sized to the answer, read in this thread: a read is small and quick.
+        chunks = self._chunks(
+            position, end, first_chunk=min(max_bytes + READ_SLACK, REPLAY_CHUNK), ahead=False
+        )
+        for batch, header in self._decoded(position, chunks):
             for message in batch:
                 size += len(message.key) + len(message.value)
                 if messages and (len(messages) >= max_messages or size > max_bytes):
@@ -119,8 +125,7 @@ class StreamReader:
         return self._replay(position, end)
 
     def _replay(self, position: int, end: int) -> Replay:
-        frames = _in_background(self._frames(self._locate(position, end), end, FIRST_CHUNK))
-        return Replay(batch for batch, _header in self._decoded(position, frames))
+        return Replay(batch for batch, _header in self._decoded(position, self._chunks(position, end)))
 
     def follow(self, position: int = 0, *, poll_interval: float = 1.0) -> Iterator[fmt.StoredMessage]:
         """Every committed message from `position` on, in order, exactly once; then waits for new
@@ -139,12 +144,12 @@ class StreamReader:
         while True:
             end = self.position()
             if end != position:
-                frames = _in_background(self._frames(self._locate(position, end), end, FIRST_CHUNK))
+                chunks = self._chunks(position, end)
                 try:
-                    for batch, header in self._decoded(position, frames):
+                    for batch, header in self._decoded(position, chunks):
                         yield ReadResult(batch, header.end)
                 finally:
-                    frames.close()  # type: ignore[attr-defined]
+                    chunks.close()
                 position = end
             elif follow:
                 time.sleep(poll_interval)
@@ -156,7 +161,7 @@ class StreamReader:
         means UTC), or the end of the stream if there is none. Batch timestamps never decrease, so
         this is a binary search over the log: a few small reads however long the stream is."""
         target = fmt.to_ms(when)
-        commit = self.commit()
+        commit = self.commit_record()
         end = commit.position
         if end == 0 or commit.timestamp_ms < target:
             return end
@@ -240,11 +245,10 @@ class StreamReader:
         and records (lengths, back-pointers, UTF-8 keys), that timestamps never go back, and that
         the commit's batch-id ring names batches that exist. Raises CorruptDataError at the first
         damage. `progress(position)` is called as the check advances."""
-        commit = self.commit()
+        commit = self.commit_record()
         ring = {start: id_hash for id_hash, start in fmt.ring_entries(commit.ring)}
         batches = messages = last_timestamp = 0
-        chunks = _in_background([frames] for frames in self._frames(0, commit.position, FIRST_CHUNK))
-        for frames in chunks:
+        for frames in self._chunks(0, commit.position):
             for buffer, at, header in frames:
                 messages += len(fmt.decode_checked(self.stream, buffer, at, header))
                 if header.timestamp_ms < last_timestamp:
@@ -266,11 +270,27 @@ class StreamReader:
             raise fmt.CorruptDataError(self.stream, 0, "the commit's time is not the last batch's time")
         return VerifyReport(self.stream, commit.position, batches, messages)
 
+    def chunks(self, start: int, end: int) -> Generator[list[Frame], None, None]:
+        """The verified batches from `start` (0 or a batch start) to `end` (at most the committed
+        position), as stored: a list of (buffer, where in it, header) per chunk read, fetched
+        ahead in a background thread. For tools that copy a log's bytes (mirror); close() stops
+        the read-ahead."""
+        return self._chunks(start, end)
+
+    def _chunks(
+        self, position: int, end: int, *, first_chunk: int = FIRST_CHUNK, ahead: bool = True
+    ) -> Generator[list[Frame], None, None]:
+        """Every read starts here: the verified batches from the one holding `position` to
+        `end`, a list per chunk. With `ahead`, fetched, framed and verified (the CRC releases the
+        GIL) in a read-ahead thread while the caller decodes the chunk before."""
+        chunks = self._frames(self._locate(position, end), end, first_chunk)
+        return _in_background(chunks) if ahead else chunks
+
     def _decoded(
-        self, position: int, frames: Iterator[Frame]
+        self, position: int, chunks: Iterator[list[Frame]]
     ) -> Iterator[tuple[list[fmt.StoredMessage], fmt.BatchHeader]]:
         """The messages of each batch, those before `position` left out."""
-        for buffer, at, header in frames:
+        for buffer, at, header in chain.from_iterable(chunks):
             if header.position < position:
                 batch = fmt.decode_records(self.stream, buffer, at, header, position)
                 if not batch or batch[0].offset != position:
@@ -314,7 +334,7 @@ class StreamReader:
             raise not_a_boundary
         return start
 
-    def _frames(self, start: int, end: int, first_chunk: int) -> Iterator[list[Frame]]:
+    def _frames(self, start: int, end: int, first_chunk: int) -> Generator[list[Frame], None, None]:
         """The verified batches in [start, end), one list per chunk read. Chunks are read back to
         back, growing from `first_chunk`; only a batch that straddles two chunks is copied."""
         chunk, fetched, position = first_chunk, start, start
@@ -415,7 +435,7 @@ class Replay(Iterator[fmt.StoredMessage]):
 T = TypeVar("T")
 
 
-def _in_background(groups: Iterator[list[T]]) -> Iterator[T]:
+def _in_background(groups: Generator[list[T], None, None]) -> Generator[list[T], None, None]:
     """Runs `groups` in a thread one group ahead of the caller; errors surface in the caller, and
     a caller that stops early stops the thread."""
     queue: Queue[tuple[list[T] | None, BaseException | None]] = Queue(maxsize=1)
@@ -439,7 +459,7 @@ def _in_background(groups: Iterator[list[T]]) -> Iterator[T]:
         except BaseException as error:  # handed to the caller, who raises it
             put((None, error))
         finally:
-            groups.close()  # type: ignore[attr-defined]
+            groups.close()
 
     thread = threading.Thread(target=run, name="vault-read-ahead", daemon=True)
     thread.start()
@@ -450,7 +470,7 @@ def _in_background(groups: Iterator[list[T]]) -> Iterator[T]:
                 if error is not None:
                     raise error
                 return
-            yield from group
+            yield group
     finally:
         stop.set()
         with contextlib.suppress(Empty):
@@ -463,13 +483,3 @@ def _check_limit(name: str, value: int) -> None:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{name} must be at least 1, got {value}")
-
-
-def read_batch(stream: str, source: LogSource, position: int) -> tuple[bytes, fmt.BatchHeader]:
-    """The verified batch that starts at `position`, alone in its buffer."""
-    head = source.read(fmt.data_at(position), fmt.BATCH_HEADER.size)
-    header = fmt.decode_batch_header(stream, head, 0, position)
-    buffer = source.read(fmt.data_at(position), header.length)
-    header = fmt.decode_batch_header(stream, buffer, 0, position)
-    fmt.verify_batch(stream, buffer, 0, header)
-    return buffer, header

@@ -8,8 +8,7 @@ from typing import NamedTuple
 
 from . import format as fmt
 from .errors import BatchIdConflict, FencedError, VaultError
-from .reader import read_batch
-from .stores.base import LogWriter
+from .stores.base import LogWriter, read_batch, read_commit_slots
 
 # A group commit takes queued batches until its write reaches this size; the rest wait their turn.
 GROUP_BYTES = 16 * 1024 * 1024
@@ -52,12 +51,13 @@ class StreamWriter:
             raise
 
     def _load(self) -> None:
-        header = self._log.read(0, 2 * fmt.SLOT_SIZE)
-        if not header.strip(b"\0"):
+        slots = read_commit_slots(self._log)
+        if not slots.strip(b"\0"):
             # A new log: commit "empty" into slot A first, so that a torn first real commit (into
             # slot B) leaves a valid slot behind rather than two unreadable ones.
-            self._log.commit(fmt.SLOTS[0], fmt.encode_commit(fmt.EMPTY_COMMIT))
-        commit = fmt.decode_commit(self.stream, header)
+            empty = fmt.encode_commit_record(fmt.EMPTY_COMMIT_RECORD)
+            self._log.write_commit_slot(fmt.COMMIT_SLOTS[0], empty)
+        commit = fmt.decode_commit_record(self.stream, slots)
         self._commit = commit
         # Batch id hash -> starts of the batches in the ring with that hash (collisions are rare,
         # not impossible: every candidate is checked against the id stored in its batch).
@@ -179,12 +179,13 @@ class StreamWriter:
         if len(buffers) > 1:
             written = len(self._tail) + position - commit.position
             buffers.append(bytes(-written % fmt.PAGE))  # whole pages
-            new_commit = fmt.Commit(commit.counter + 1, position, timestamp, ring)
+            new_commit = fmt.CommitRecord(commit.counter + 1, position, timestamp, ring)
             # From the first byte written until the commit is known, a failure leaves the outcome
             # unknown: the next append re-reads the log before doing anything.
             self._in_doubt = True
             self._log.write(fmt.data_at(commit.position) - len(self._tail), buffers)
-            self._log.commit(fmt.SLOTS[new_commit.counter % 2], fmt.encode_commit(new_commit))
+            slot = fmt.COMMIT_SLOTS[new_commit.counter % 2]
+            self._log.write_commit_slot(slot, fmt.encode_commit_record(new_commit))
             self._in_doubt = False
             self._commit = new_commit
             self._index_ring(added, commit.ring)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol
 
+from .. import format as fmt
 from ..format import check_stream_name
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ class LogWriter(Protocol):
         durable when it returns. Raises FencedError if ownership was lost."""
         ...
 
-    def commit(self, start: int, record: bytes) -> None:
+    def write_commit_slot(self, start: int, record: bytes) -> None:
         """Store a commit slot, after the data it covers is durable: atomic, durable and fenced
         (FencedError if ownership was lost or the log changed since this writer's last write)."""
         ...
@@ -66,6 +67,29 @@ class LogWriter(Protocol):
     def close(self) -> None:
         """Give up ownership."""
         ...
+
+
+# --- what the reader, the writer and mirror read from any log -----------------------------------
+
+
+def read_commit_slots(log: LogSource) -> bytes:
+    """Both commit slots as stored (empty if the log does not exist)."""
+    return log.read(0, 2 * fmt.SLOT_SIZE)
+
+
+def read_commit_record(stream: str, log: LogSource) -> fmt.CommitRecord:
+    """The log's current commit record: the newer valid slot (the empty record for a new log)."""
+    return fmt.decode_commit_record(stream, read_commit_slots(log))
+
+
+def read_batch(stream: str, log: LogSource, position: int) -> tuple[bytes, fmt.BatchHeader]:
+    """The verified batch that starts at `position`, alone in its buffer."""
+    head = log.read(fmt.data_at(position), fmt.BATCH_HEADER.size)
+    header = fmt.decode_batch_header(stream, head, 0, position)
+    buffer = log.read(fmt.data_at(position), header.length)
+    header = fmt.decode_batch_header(stream, buffer, 0, position)
+    fmt.verify_batch(stream, buffer, 0, header)
+    return buffer, header
 
 
 class Store(abc.ABC):

@@ -301,7 +301,7 @@ class BlobLog:
         # The last piece goes alone, after the others: its ETag is the log's latest.
         self._etag = self._put(*last)
 
-    def commit(self, start: int, record: bytes) -> None:
+    def write_commit_slot(self, start: int, record: bytes) -> None:
         self._keep_lease()
         try:
             result = self._blob.upload_page(

@@ -197,7 +197,7 @@ class LocalLog:
     def write(self, start: int, parts: Sequence[bytes | bytearray]) -> None:
         self._pwrite(start, parts)
 
-    def commit(self, start: int, record: bytes) -> None:
+    def write_commit_slot(self, start: int, record: bytes) -> None:
         self._pwrite(start, [record])
 
     def _pwrite(self, start: int, parts: Sequence[bytes | bytearray]) -> None:
