@@ -107,13 +107,12 @@ def encode_like_writer(batches: Sequence[Sequence[vault_core.Message]]) -> list[
     position = 0
     tail = b""
     for messages in batches:
-        encoded = fmt.encode_batch(
-            messages, position=position, timestamp_ms=fmt.now_ms(), prefix=tail, align=fmt.PAGE
-        )
-        view = memoryview(encoded.buffer)
-        end = len(tail) + encoded.length
+        batch = fmt.prepare_batch(messages)
+        fmt.seal_batch(batch, position=position, timestamp_ms=fmt.now_ms())
+        end = len(tail) + len(batch.buffer)
+        view = memoryview(b"".join((tail, batch.buffer, bytes(-end % fmt.PAGE))))
         offset = fmt.data_at(position) - len(tail)
-        position += encoded.length
+        position += len(batch.buffer)
         writes.append(Write(offset, view, view[len(tail) : end], position))
         tail = bytes(view[end - fmt.data_at(position) % fmt.PAGE : end])
     return writes

@@ -359,7 +359,9 @@ def test_bytes_past_the_commit_are_invisible_and_overwritten(store):
     with store.writer("s") as writer:
         position = writer.append(batch(2)).position
     # A crashed writer's uncommitted batch: valid-looking data past the committed position.
-    junk = fmt.encode_batch(batch(5, "junk"), position=position, timestamp_ms=1, align=512).buffer
+    junk_batch = fmt.prepare_batch(batch(5, "junk"))
+    fmt.seal_batch(junk_batch, position=position, timestamp_ms=1)
+    junk = bytes(junk_batch.buffer) + bytes(-len(junk_batch.buffer) % 512)
     if isinstance(store, LocalStore):
         with open(store.root / "s" / "log", "r+b") as f:
             f.seek(fmt.data_at(position))

@@ -28,7 +28,7 @@ def outcome(call: Callable[[], Any]) -> tuple:
     except Exception as error:
         return ("raised", type(error), str(error))
     if isinstance(value, fmt.PreparedBatch):
-        return ("prepared", bytes(value.buffer), value.count, value.offsets)
+        return ("prepared", bytes(value.buffer), value.message_count, value.offsets)
     if isinstance(value, list):
         return ("list", [(type(m), tuple(m), type(m[-1])) for m in value])
     return ("value", type(value), value)
@@ -135,7 +135,7 @@ def test_decoding_damaged_records_fails_alike(batch, data):
     at = data.draw(st.integers(fmt.BATCH_HEADER.size, len(buffer) - 1))
     buffer[at] ^= data.draw(st.integers(1, 255))
     damaged = bytes(buffer)
-    header = fmt.BatchHeader(0, len(damaged), 7, prepared.count, b"")
+    header = fmt.BatchHeader(0, len(damaged), 7, prepared.message_count, b"")
     compiled, pure = compiled_and_pure(lambda: fmt.decode_records("s", damaged, 0, header))
     assert compiled == pure
 

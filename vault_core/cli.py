@@ -89,7 +89,8 @@ def _store_option(default: str | None = None) -> Any:
         envvar="VAULT_STORE",
         metavar="TARGET",
         help="Where streams live: a directory (embedded store), an Azure Storage connection "
-        "string, or an account URL (signs in with DefaultAzureCredential). Env: VAULT_STORE.",
+        "string, or an account URL (signs in with DefaultAzureCredential). Env: VAULT_STORE (keeps "
+        "a connection string out of the command line).",
     )
 
 
@@ -796,15 +797,9 @@ def mirror(
 
 
 @main.command()
-@click.option(
-    "--store",
-    "target",
-    default=".vault-demo",
-    show_default=True,
-    envvar="VAULT_STORE",
-    help="A directory (embedded store), an Azure Storage connection string or an account URL.",
-)
-def demo(target: str) -> None:
+@_store_option(default=".vault-demo")
+@_container_option
+def demo(target: str, container: str) -> None:
     """Serve the HTTP API on a free loopback port, publish a few batches of order events through
     it (retrying one), then replay the stream straight from storage through its read URL."""
     import socket
@@ -818,7 +813,7 @@ def demo(target: str) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    store = open_store(target)
+    store = _store(target, container)
     server = uvicorn.Server(uvicorn.Config(create_app(store), "127.0.0.1", port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -859,15 +854,7 @@ def demo(target: str) -> None:
 
 
 @main.command()
-@click.option(
-    "--store",
-    "target",
-    default=".vault",
-    show_default=True,
-    envvar="VAULT_STORE",
-    help="A directory (embedded store), an Azure Storage connection string or an account URL. "
-    "Env: VAULT_STORE (keeps a connection string out of the command line).",
-)
+@_store_option(default=".vault")
 @_container_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=7071, show_default=True, type=click.IntRange(1, 65535))
@@ -931,7 +918,7 @@ def serve(
             f"cannot listen on {host}:{port} ({os.strerror(error.errno or 0)}): another process has it; "
             "pass --port"
         ) from None
-    store = open_store(target, container=container)
+    store = _store(target, container)
     app = create_app(
         store,
         api_key=api_key,

@@ -103,7 +103,7 @@ class BatchHeader(NamedTuple):
     position: int  # where the batch starts in the stream
     length: int  # bytes, header included
     timestamp_ms: int
-    count: int
+    message_count: int
     batch_id: bytes  # empty when the batch had none
 
     @property
@@ -171,7 +171,7 @@ class PreparedBatch(NamedTuple):
     """A batch encoded but not yet placed: its header waits for a position and a timestamp."""
 
     buffer: bytearray
-    count: int
+    message_count: int
     offsets: list[int]  # where each record starts, from the batch start
 
 
@@ -241,29 +241,6 @@ def seal_batch(batch: PreparedBatch, *, position: int, timestamp_ms: int) -> lis
     return list(map(position.__add__, batch.offsets))
 
 
-class EncodedBatch(NamedTuple):
-    buffer: bytes  # prefix + batch + zero padding to the alignment
-    length: int  # bytes of the batch alone
-    offsets: list[int]
-
-
-def encode_batch(
-    messages: object,
-    *,
-    position: int,
-    timestamp_ms: int,
-    batch_id: bytes = b"",
-    prefix: bytes = b"",
-    align: int = 1,
-) -> EncodedBatch:
-    """One batch at `position`, in a buffer that begins with `prefix` and is zero-padded to a
-    multiple of `align`: what a writer writes for a single batch."""
-    batch = prepare_batch(messages, batch_id)
-    offsets = seal_batch(batch, position=position, timestamp_ms=timestamp_ms)
-    end = len(prefix) + len(batch.buffer)
-    return EncodedBatch(b"".join((prefix, batch.buffer, bytes(-end % align))), len(batch.buffer), offsets)
-
-
 def is_batch_start(buffer: bytes, at: int = 0) -> bool:
     return buffer[at : at + 4] == BATCH_MAGIC
 
@@ -313,7 +290,7 @@ def decode_records(
             at + header.length,
             header.position - at,
             header.timestamp_ms,
-            header.count,
+            header.message_count,
             StoredMessage,
         )
         if fast is not None:
@@ -344,7 +321,7 @@ def decode_records(
             index = next_index
     except (struct.error, UnicodeDecodeError) as error:
         raise CorruptDataError(stream, header.position, f"malformed record: {error}") from None
-    if index != end or len(out) != header.count:
+    if index != end or len(out) != header.message_count:
         raise CorruptDataError(stream, header.position, "records do not match the batch header")
     return out
 
