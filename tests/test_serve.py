@@ -51,7 +51,7 @@ def test_after_a_500_the_same_connection_still_gets_answers(tmp_path):
     with vault_core.open_store(root).writer("damaged") as writer:
         writer.append([Message("k", b"v")])
     with open(root / "damaged" / "log", "r+b") as log:  # both commit slots: the stream is unreadable
-        for slot in fmt.SLOTS:
+        for slot in fmt.COMMIT_SLOTS:
             log.seek(slot + 30)
             log.write(b"\xff\xff")
     server = Served(str(root), "vault")
