@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: lint, then pytest against the local store and Azurite (started by the
+# Runs the whole test suite: lint and the type checker, then pytest against the local store and Azurite (started by the
 # suite itself on free loopback ports), then the suites of the record format, the stores and the
 # HTTP API once more on the pure-Python code (VAULT_PURE_PYTHON: what runs where the compiled
 # extension is not built, as on the Function App). Extra arguments go to pytest, and then only the
@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh dev
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy
 if [ $# -gt 0 ]; then
     exec .venv/bin/python -m pytest "$@"
 fi

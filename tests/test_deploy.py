@@ -118,6 +118,33 @@ def test_the_lock_pins_every_dependency_the_app_declares():
         assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} breaks {text!r}"
 
 
+def test_the_lock_holds_nothing_the_app_does_not_need():
+    """Every locked package is a declared dependency of the app or something one of them needs:
+    a dependency dropped from pyproject.toml leaves the lock too (run scripts/lock.sh)."""
+    import tomllib
+    from importlib.metadata import distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["functions"]]
+    needed: set[str] = set()
+    while wanted:
+        requirement = Requirement(wanted.pop())
+        name = canonicalize_name(requirement.name)
+        if name in needed or (
+            requirement.marker is not None and not requirement.marker.evaluate({"extra": ""})
+        ):
+            continue
+        needed.add(name)
+        wanted += distribution(name).requires or []
+    extra = sorted(set(locked()) - needed)
+    assert not extra, (
+        f"requirements.txt locks {extra}, which nothing in pyproject.toml needs: run scripts/lock.sh"
+    )
+
+
 def test_the_lock_is_closed_and_is_what_the_tests_run_on():
     """Every locked package's own requirements are locked too (nothing floats on deployment),
     and this environment has exactly the locked versions (the tests run what is deployed)."""

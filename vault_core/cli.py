@@ -313,8 +313,8 @@ def publish(
                 )
                 return
             if done:
-                held = f"{_many(skipped, 'line')} of {name} ({_many(done, 'batch', 'batches')})"
-                click.echo(f"resuming: the first {held} are in {stream} already", err=True)
+                already = f"{_many(skipped, 'line')} of {name} ({_many(done, 'batch', 'batches')})"
+                click.echo(f"resuming: the first {already} are in {stream} already", err=True)
             first = last = position = 0
             started: int | None = None  # where this run's last committed batch starts
             sent = done
@@ -385,9 +385,7 @@ def _checked_input(source: str, batch_size: int) -> Iterator[tuple[IO[bytes], li
     """The input, every line checked, rewound for publishing; with its plan (the number of
     messages in each batch it makes) and the SHA-256 of its bytes. Stdin is kept in a temporary
     file meanwhile, since it can be read only once."""
-    with (
-        tempfile.TemporaryFile() if source == "-" else click.open_file(source, "rb") as lines  # type: ignore[union-attr]
-    ):
+    with tempfile.TemporaryFile() if source == "-" else click.open_file(source, "rb") as lines:
         digest = hashlib.sha256()
         if source == "-":
             for line in sys.stdin.buffer:

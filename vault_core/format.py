@@ -19,6 +19,7 @@ import os
 import re
 import struct
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import NamedTuple
@@ -182,16 +183,16 @@ def prepare_batch(messages: object, batch_id: bytes = b"") -> PreparedBatch:
         fast = COMPILED.prepare(messages, batch_id)
         if fast is not None:
             return PreparedBatch(*fast)
-    if isinstance(messages, (str, bytes)) or not hasattr(messages, "__len__"):
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise TypeError("messages must be a list of Message(key, value)")
-    count = len(messages)  # type: ignore[arg-type]
+    count = len(messages)
     if not 1 <= count <= MAX_BATCH_MESSAGES:
         raise ValueError(f"a batch holds 1 to {MAX_BATCH_MESSAGES} messages, got {count}")
     parts: list[bytes | bytearray] = [bytes(BATCH_HEADER.size), batch_id]
     offsets = []
     pack = RECORD_HEADER.pack
     at = BATCH_HEADER.size + len(batch_id)
-    for index, message in enumerate(messages):  # type: ignore[arg-type]
+    for index, message in enumerate(messages):
         try:
             key, value = message
             key_bytes = key.encode()
@@ -294,7 +295,7 @@ def decode_records(
             StoredMessage,
         )
         if fast is not None:
-            return fast  # type: ignore[no-any-return]
+            return fast
     # The hot loop of every read: per record one unpack, two slices and one tuple, nothing more.
     # (The checksum already vouches for the bytes; decode_checked also checks back-pointers.)
     unpack = RECORD_HEADER.unpack_from

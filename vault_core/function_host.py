@@ -257,7 +257,7 @@ async def _outcome(
         if runtime == df.OrchestrationRuntimeStatus.Completed:
             return _from_entity(stream, status.output)
         if runtime in FINISHED:
-            raise RuntimeError(f"the append orchestration {instance} ended {runtime.value}")  # type: ignore[union-attr]
+            raise RuntimeError(f"the append orchestration {instance} ended {runtime.value}")
         remaining = deadline - loop.time()
         if remaining <= 0:
             body, location = pending_answer(stream, key)
@@ -314,7 +314,7 @@ def _stage(name: str, batch: bytes) -> str:
 # --- the orchestration ---------------------------------------------------------------------------
 
 
-def append_orchestration(context: df.DurableOrchestrationContext):  # type: ignore[no-untyped-def]
+def append_orchestration(context: df.DurableOrchestrationContext):
     """Calls the stream's entity, and again after a durable timer while the answer is a problem
     that may pass. Durable replays repeat the calls' results, never the appends."""
     payload = context.get_input(expected_type=dict)

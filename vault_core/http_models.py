@@ -16,6 +16,7 @@ import binascii
 import json
 import re
 import struct
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated
 
@@ -232,14 +233,14 @@ def prepare_body(content_type: str | None, body: bytes, batch_id: str | None) ->
         raise too_large(str(error)) from None
 
 
-def encode_binary(messages: list[fmt.Message]) -> bytes:
+def encode_binary(messages: Sequence[tuple[str, bytes]]) -> bytes:
     """A batch in the binary batch encoding (what the client sends)."""
     if fmt.COMPILED is not None:
         fast = fmt.COMPILED.encode_binary(messages)
         if fast is not None:
-            return fast  # type: ignore[no-any-return]
+            return fast
     pack = BINARY_RECORD.pack
-    parts = []
+    parts: list[bytes] = []
     for key, value in messages:
         key_bytes = key.encode()
         parts += (pack(len(key_bytes), len(value)), key_bytes, value)

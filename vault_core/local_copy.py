@@ -17,7 +17,7 @@ from typing import NamedTuple
 from . import format as fmt
 from .errors import VaultError
 from .reader import StreamReader
-from .stores.base import LogWriter, read_commit_record, read_commit_slots
+from .stores.base import Buffer, LogWriter, read_commit_record, read_commit_slots
 
 # Bytes compared at each end of the copy to tell that it is a copy of this stream.
 IDENTITY_PROBE = 4096
@@ -49,7 +49,7 @@ def mirror(
         committed = copy
         for frames in reader.chunks(copy.position, target.position):
             first, last = frames[0][2], frames[-1][2]
-            parts = [memoryview(buffer)[at : at + batch.length] for buffer, at, batch in frames]
+            parts: list[Buffer] = [memoryview(buffer)[at : at + batch.length] for buffer, at, batch in frames]
             parts.append(bytes(-fmt.data_at(last.end) % fmt.PAGE))  # whole pages, as a writer leaves them
             log.write(fmt.data_at(first.position), parts)
             # Commit what the copy holds so far; the last step replaces both slots with the source's.

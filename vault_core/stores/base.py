@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from .. import format as fmt
 from ..format import check_stream_name
@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from ..checkpoints import Checkpoints
     from ..reader import StreamReader
     from ..writer import StreamWriter
+
+
+Buffer: TypeAlias = bytes | bytearray | memoryview  # what a log writes: any bytes, without a copy
 
 
 class LogSource(Protocol):
@@ -37,16 +40,13 @@ class LogSource(Protocol):
     def close(self) -> None: ...
 
 
-class LogWriter(Protocol):
-    """One stream's log, owned by this process alone (a blob lease, a file lock) while open."""
+class LogWriter(LogSource, Protocol):
+    """One stream's log, owned by this process alone (a blob lease, a file lock) while open; it
+    reads as a `LogSource` does."""
 
     created: bool  # whether opening it created the log: the stream is new
 
-    def read(self, start: int, length: int) -> bytes:
-        """As `LogSource.read`."""
-        ...
-
-    def write(self, start: int, parts: Sequence[bytes | bytearray]) -> None:
+    def write(self, start: int, parts: Sequence[Buffer]) -> None:
         """Store the parts end to end at `start` (page-aligned, whole 512-byte pages in all);
         durable when it returns. Raises FencedError if ownership was lost."""
         ...

@@ -37,7 +37,7 @@ from azure.storage.blob import (
 from ..checkpoints import check_group_name
 from ..errors import FencedError, StreamBusyError
 from ..format import check_stream_name
-from .base import LogSource, LogWriter, Store
+from .base import Buffer, LogSource, LogWriter, Store
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -166,7 +166,7 @@ class BlobStore(Store):
         else:
             signing = {"user_delegation_key": self._service.get_user_delegation_key(start, expiry)}
         sas = generate_blob_sas(
-            self._service.account_name,  # blob.account_name includes the container on path-style URLs
+            str(self._service.account_name),  # blob.account_name includes the container on path-style URLs
             blob.container_name,
             blob.blob_name,
             permission=BlobSasPermissions(read=True),
@@ -282,7 +282,10 @@ class BlobLog:
     def read(self, start: int, length: int) -> bytes:
         return self._source.read(start, length)
 
-    def write(self, start: int, parts: Sequence[bytes | bytearray]) -> None:
+    def size(self) -> int:
+        return self._size
+
+    def write(self, start: int, parts: Sequence[Buffer]) -> None:
         self._keep_lease()
         data = parts[0] if len(parts) == 1 else b"".join(parts)  # Put Page takes one buffer
         end = start + len(data)
@@ -316,7 +319,7 @@ class BlobLog:
             if error.status_code == 412 and self._landed(start, record):
                 return  # a retry of a commit whose first attempt succeeded
             self._raise_fenced(error)
-        self._etag = result["etag"]
+        self._etag = str(result["etag"])
 
     def _landed(self, start: int, record: bytes) -> bool:
         """Whether the log already holds exactly this commit (then our lease still stands)."""
@@ -328,10 +331,11 @@ class BlobLog:
 
     def _put(self, at: int, piece: memoryview) -> str:
         try:
-            result = self._blob.upload_page(piece, offset=at, length=len(piece), lease=self._lease)
+            # The SDK sends any buffer, though its annotation says bytes: no copy of the piece.
+            result = self._blob.upload_page(piece, offset=at, length=len(piece), lease=self._lease)  # type: ignore[arg-type]
         except HttpResponseError as error:
             self._raise_fenced(error)
-        return result["etag"]
+        return str(result["etag"])
 
     def _grow(self, end: int) -> None:
         size = max(end, min(self._size * 2, self._size + MAX_GROWTH))
@@ -341,7 +345,7 @@ class BlobLog:
         except HttpResponseError as error:
             self._raise_fenced(error)
         self._size = size
-        self._etag = result["etag"]
+        self._etag = str(result["etag"])
 
     def _keep_lease(self) -> None:
         """Renew the lease once half of it has passed. A lease that expired while this writer was
@@ -367,10 +371,10 @@ class BlobLog:
 
     def _raise_fenced(self, error: HttpResponseError) -> NoReturn:
         if error.status_code in (409, 412):
+            reason = getattr(error, "error_code", None) or error.status_code  # set only when the service says
             raise FencedError(
-                f"the writer of stream {self._stream!r} lost ownership "
-                f"({error.error_code or error.status_code}): another writer took over or the "
-                "stream changed; stop and open a new writer"
+                f"the writer of stream {self._stream!r} lost ownership ({reason}): another writer took "
+                "over or the stream changed; stop and open a new writer"
             ) from error
         raise error
 

@@ -30,7 +30,7 @@ from ..errors import (
     VaultError,
 )
 from ..format import check_stream_name
-from .base import LogSource, LogWriter, Store
+from .base import Buffer, LogSource, LogWriter, Store
 
 LOG_FILE = "log"
 CHECKPOINT_FOLDER = "_checkpoints"  # not a valid stream name, so never listed as a stream
@@ -194,13 +194,17 @@ class LocalLog:
     def read(self, start: int, length: int) -> bytes:
         return _pread(self._fd, start, length)
 
-    def write(self, start: int, parts: Sequence[bytes | bytearray]) -> None:
+    def size(self) -> int:
+        with disk_errors(self.path, "read"):
+            return os.fstat(self._fd).st_size
+
+    def write(self, start: int, parts: Sequence[Buffer]) -> None:
         self._pwrite(start, parts)
 
     def write_commit_slot(self, start: int, record: bytes) -> None:
         self._pwrite(start, [record])
 
-    def _pwrite(self, start: int, parts: Sequence[bytes | bytearray]) -> None:
+    def _pwrite(self, start: int, parts: Sequence[Buffer]) -> None:
         """Write the parts end to end (gathered by the kernel, not copied here), then fdatasync."""
         if self._fd < 0:
             raise VaultError(f"log {self.path} is closed")
