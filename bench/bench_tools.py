@@ -91,7 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=256, help="stream size in MiB")
     args = parser.parse_args()
-    from tests.azurite import Azurite
+    from tests.support.azurite import Azurite
 
     scratch = Path(tempfile.mkdtemp(prefix="vault-bench-tools-"))
     azurite = Azurite()

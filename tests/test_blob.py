@@ -45,7 +45,7 @@ def test_read_url_expires_as_asked(azurite_store):
 def test_open_store_accepts_a_path_style_account_url(azurite):
     from azure.core.credentials import AzureNamedKeyCredential
 
-    from tests.azurite import ACCOUNT, KEY
+    from tests.support.azurite import ACCOUNT, KEY
 
     store = vault_core.open_store(
         f"{azurite.blob_endpoint}/url-style", credential=AzureNamedKeyCredential(ACCOUNT, KEY)

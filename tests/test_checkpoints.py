@@ -17,7 +17,7 @@ from azure.core.pipeline.transport import RequestsTransport
 from azure.data.tables import TableClient
 
 import vault_core
-from tests.azurite import ACCOUNT, KEY
+from tests.support.azurite import ACCOUNT, KEY
 from vault_core import Checkpoint, CheckpointConflict, Consumer, Message
 from vault_core.stores import tables
 from vault_core.stores.blob import BlobStore
@@ -520,7 +520,8 @@ def test_exclusive_consumers_in_processes_one_killed_hand_over_without_reading_t
         target, container = request.getfixturevalue("azurite").connection_string, "consume-killed"
     store = vault_core.open_store(target, container=container)
     append_batches(store, "orders", [5] * 40, "o")
-    command = [sys.executable, "-m", "tests.consume", target, container, "orders", "billing", "0.05", "2"]
+    consume = [sys.executable, "-m", "tests.support.consume"]
+    command = [*consume, target, container, "orders", "billing", "0.05", "2"]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert first.stdout.readline() == "waiting\n"
     handled_first = [first.stdout.readline() for _ in range(25)]  # five batches in

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import vault_core
-from tests.azurite import ROOT
+from tests.support import ROOT
 from vault_core import format as fmt
 from vault_core.stores.local import LocalStore
 
@@ -140,7 +140,7 @@ def test_a_bad_input_line_is_named_and_nothing_is_published(local_store, line, c
 
 
 def test_publish_through_the_http_api(azurite, azurite_store):
-    from tests.served import Served
+    from tests.support.served import Served
 
     served = Served(azurite.connection_string, azurite_store.container)
     try:
@@ -393,7 +393,7 @@ def test_every_command_explains_itself(command):
 
 
 def test_serve_says_where_the_store_is_without_its_key(azurite):
-    from tests.azurite import KEY, free_port
+    from tests.support.azurite import KEY, free_port
 
     server = subprocess.Popen(
         [
@@ -448,7 +448,7 @@ def no_azure_login(tmp_path: Path) -> dict[str, str]:
 
 def test_errors_say_what_went_wrong_and_what_to_do(local_store, tmp_path):
     """Each as a user meets it: one line on stderr, exit 1, no traceback."""
-    from tests.served import Served
+    from tests.support.served import Served
 
     where = store_args(local_store)
     source = tmp_path / "one.jsonl"

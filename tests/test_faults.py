@@ -14,7 +14,8 @@ import pytest
 from azure.storage.blob import BlobLeaseClient
 
 import vault_core
-from tests.crash_writer import ROOT_HINT, batch_messages
+from tests.support import ROOT
+from tests.support.crash_writer import batch_messages
 from vault_core import Message
 from vault_core import format as fmt
 from vault_core.stores.local import LocalStore
@@ -255,8 +256,8 @@ def test_writers_taking_over_from_each_other_lose_and_duplicate_nothing(azurite_
 
 def start_writer(target: str, container: str, first: int, last: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.crash_writer", target, container, "s", str(first), str(last)],
-        cwd=ROOT_HINT,
+        [sys.executable, "-m", "tests.support.crash_writer", target, container, "s", str(first), str(last)],
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
