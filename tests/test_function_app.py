@@ -22,6 +22,7 @@ from azure.core.exceptions import HttpResponseError, ServiceRequestError
 import vault_core
 from tests.support.durable import protocol
 from tests.support.durable.host import DurableHost, scaled
+from tests.support.streams import contents
 from vault_core import Message
 from vault_core import function_host as host_module
 from vault_core import http_models as http
@@ -70,10 +71,6 @@ def post(app, stream: str, body: bytes, content_type: str = http.JSON, **headers
         headers={"content-type": content_type, **headers},
         timeout=60,
     )
-
-
-def contents(store: vault_core.Store, stream: str) -> list[tuple[str, bytes]]:
-    return [(m.key, m.value) for m in store.reader(stream).replay()]
 
 
 def test_the_indexed_functions(functions):
