@@ -1,8 +1,8 @@
-"""The Function App under the Durable host stand-in (tests/durable), beside `vault serve` on the
-same storage (Azurite) in the same run: appends per second on one stream by 1, 8 and 64
-concurrent producers of 1-message and 1,000-message batches; how many operations the stream's
-entity gets per invocation; and how long the stream takes to accept appends again after its
-owner dies or its partition moves.
+"""The Function App under the Durable host stand-in (tests/support/durable), beside `vault serve` on
+the same storage (Azurite) in the same run: appends per second on one stream by 1, 8 and 64
+concurrent producers of 1-message and 1,000-message batches; how many operations the stream's entity
+gets per invocation; and how long the stream takes to accept appends again after its owner dies or
+its partition moves.
 
     .venv/bin/python bench/bench_function_app.py            # the full run, about 4 minutes
     .venv/bin/python bench/bench_function_app.py --quick    # a smoke run, about a minute
@@ -33,10 +33,10 @@ from report import as_markdown, as_text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the test suite's Azurite, `vault serve` and Durable host stand-in
 
-from tests.azurite import Azurite  # noqa: E402
-from tests.durable import protocol  # noqa: E402
-from tests.durable.host import DurableHost, scaled  # noqa: E402
-from tests.served import Served  # noqa: E402
+from tests.support.azurite import Azurite  # noqa: E402
+from tests.support.durable import protocol  # noqa: E402
+from tests.support.durable.host import DurableHost, scaled  # noqa: E402
+from tests.support.served import Served  # noqa: E402
 from vault_core import Message  # noqa: E402
 from vault_core.client import VaultClient  # noqa: E402
 

@@ -6,9 +6,9 @@ by 1 and by 8 concurrent producers, each figure beside the direct writer measure
     /tmp/v/bin/python bench/bench_http.py --markdown out.md
 
 docs/performance.md ("HTTP ingest") explains what is measured and how to read it. The server is a
-real `vault serve` subprocess on a free loopback port (tests/served.py); scratch data lives in a
-temporary directory under /tmp. The binary single-producer path is also taken apart: its CPU per
-batch, client and server, on the fresh server and after the timed runs; then a profile of the
+real `vault serve` subprocess on a free loopback port (tests/support/served.py); scratch data lives
+in a temporary directory under /tmp. The binary single-producer path is also taken apart: its CPU
+per batch, client and server, on the fresh server and after the timed runs; then a profile of the
 client (cProfile) and of the server (py-spy, when installed: `pip install py-spy`).
 Nothing is written into the repository unless --markdown FILE is given.
 """
@@ -159,7 +159,7 @@ class Bench:
     store in a subprocess, each run on a fresh stream."""
 
     def __init__(self, scratch: Path, batches: list[list[vault_core.Message]]) -> None:
-        from tests.served import Served  # the test suite's launcher (ROOT is on sys.path)
+        from tests.support.served import Served  # the test suite's launcher (ROOT is on sys.path)
 
         self.batches = batches
         self.direct = vault_core.open_store(scratch / "direct")
@@ -292,7 +292,7 @@ def http_hop(bench: Bench, count: int) -> list[str]:
     """The HTTP hop alone: the same binary bodies posted with urllib3 (VaultClient's library) to
     `bare_app` on uvicorn (vault serve's server), the answer parsed as VaultClient does. With the
     direct writer's time it bounds what any Python service on this hop can reach."""
-    from tests.azurite import free_port, stop_process
+    from tests.support.azurite import free_port, stop_process
 
     port = free_port()
     server = subprocess.Popen(

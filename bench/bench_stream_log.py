@@ -635,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     VERBOSE = args.verbose
     sys.path.insert(0, str(ROOT))  # for the test suite's Azurite launcher
-    from tests.azurite import Azurite
+    from tests.support.azurite import Azurite
 
     print(describe(args), flush=True)
     rows: list[Row] = []

@@ -70,28 +70,12 @@ def raw_checksum(path: Path) -> None:
             crc32c(chunk)
 
 
-class Counting:
-    def __init__(self, source) -> None:
-        self.source, self.bytes, self.requests = source, 0, 0
-
-    def read(self, start: int, length: int) -> bytes:
-        data = self.source.read(start, length)
-        self.bytes += len(data)
-        self.requests += 1
-        return data
-
-    def size(self) -> int:
-        return self.source.size()
-
-    def close(self) -> None:
-        self.source.close()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=256, help="stream size in MiB")
     args = parser.parse_args()
-    from tests.azurite import Azurite
+    from tests.support.azurite import Azurite
+    from tests.support.sources import CountingSource
 
     scratch = Path(tempfile.mkdtemp(prefix="vault-bench-tools-"))
     azurite = Azurite()
@@ -132,15 +116,15 @@ def main() -> None:
 
         middle = next(iter(local.reader("bench").replay(ends[len(ends) // 2]))).timestamp
         for name, store in (("local", local), ("Azurite", remote)):
-            counting = Counting(store.open_source("bench"))
+            counting = CountingSource(store.open_source("bench"))
             reader = vault_core.StreamReader("bench", counting)
             took = best(lambda reader=reader: reader.seek_time(middle), 1)
             rows.append(
                 [
                     f"seek_time, {name}, {end / MB:.0f} MB stream",
                     f"{took * 1000:.1f} ms",
-                    f"{counting.requests} reads, {counting.bytes / MB:.2f} MB",
-                    f"{counting.bytes / end:.4f} of it",
+                    f"{counting.reads} reads, {counting.bytes_read / MB:.2f} MB",
+                    f"{counting.bytes_read / end:.4f} of it",
                 ]
             )
     finally:

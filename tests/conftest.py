@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 import vault_core
-from tests.azurite import Azurite, FakeEntraCredential
+from tests.support.azurite import Azurite, FakeEntraCredential
 
 _containers = itertools.count()
 

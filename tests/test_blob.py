@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from azure.core.exceptions import HttpResponseError, ServiceResponseError
-from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobClient, BlobServiceClient
 
 import vault_core
+from tests.support.transports import LosingTransport
 from vault_core import Message
 from vault_core.stores.blob import BlobStore, client_options
 
@@ -45,7 +45,7 @@ def test_read_url_expires_as_asked(azurite_store):
 def test_open_store_accepts_a_path_style_account_url(azurite):
     from azure.core.credentials import AzureNamedKeyCredential
 
-    from tests.azurite import ACCOUNT, KEY
+    from tests.support.azurite import ACCOUNT, KEY
 
     store = vault_core.open_store(
         f"{azurite.blob_endpoint}/url-style", credential=AzureNamedKeyCredential(ACCOUNT, KEY)
@@ -56,29 +56,14 @@ def test_open_store_accepts_a_path_style_account_url(azurite):
     assert [m.key for m in store.reader("s").replay()] == ["k"]
 
 
-class LosingTransport(RequestsTransport):
-    """A real HTTP transport that, once armed, delivers the next commit write to the storage and
-    then fails on the way back, as a dropped connection would. A commit is the page write that
-    carries If-Match."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__()
-        self.error = error
-        self.armed = False
-        self.lost = 0
-
-    def send(self, request, **kwargs):
-        response = super().send(request, **kwargs)
-        is_commit = request.method == "PUT" and "comp=page" in request.url and request.headers.get("If-Match")
-        if is_commit and self.armed:
-            self.armed = False
-            self.lost += 1
-            raise self.error
-        return response
+def is_commit(request) -> bool:
+    """A commit is the page write that carries If-Match."""
+    return bool(request.method == "PUT" and "comp=page" in request.url and request.headers.get("If-Match"))
 
 
 def store_losing(azurite, container: str, error: Exception) -> tuple[BlobStore, LosingTransport]:
-    transport = LosingTransport(error)
+    """A blob store whose next commit, once armed, lands and then fails with `error`."""
+    transport = LosingTransport(error, is_commit)
     service = BlobServiceClient.from_connection_string(
         azurite.connection_string, transport=transport, **client_options()
     )

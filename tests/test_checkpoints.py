@@ -13,11 +13,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import ServiceResponseError
-from azure.core.pipeline.transport import RequestsTransport
 from azure.data.tables import TableClient
 
 import vault_core
-from tests.azurite import ACCOUNT, KEY
+from tests.support.azurite import ACCOUNT, KEY
+from tests.support.transports import LosingTransport
 from vault_core import Checkpoint, CheckpointConflict, Consumer, Message
 from vault_core.stores import tables
 from vault_core.stores.blob import BlobStore
@@ -411,26 +411,13 @@ def test_a_store_opened_with_a_token_credential_keeps_checkpoints(
     assert any("https://storage.azure.com/.default" in scopes for scopes in entra_credential.scopes)
 
 
-class LosingTransport(RequestsTransport):
-    """A real HTTP transport that, once armed, delivers the next entity update to the table
-    service and then fails on the way back, as a dropped connection would."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.armed = False
-        self.lost = 0
-
-    def send(self, request, **kwargs):
-        response = super().send(request, **kwargs)
-        if self.armed and request.method == "PUT":
-            self.armed = False
-            self.lost += 1
-            raise ServiceResponseError("connection reset")
-        return response
+def is_entity_update(request) -> bool:
+    """A save is an entity update: a PUT to the table service."""
+    return request.method == "PUT"
 
 
 def test_a_save_retried_after_its_response_was_lost_is_no_conflict(azurite):
-    transport = LosingTransport()
+    transport = LosingTransport(ServiceResponseError("connection reset"), is_entity_update)
     table = TableClient.from_connection_string(
         azurite.connection_string, table_name=TABLE_NAME, transport=transport, **client_options()
     )
@@ -520,7 +507,8 @@ def test_exclusive_consumers_in_processes_one_killed_hand_over_without_reading_t
         target, container = request.getfixturevalue("azurite").connection_string, "consume-killed"
     store = vault_core.open_store(target, container=container)
     append_batches(store, "orders", [5] * 40, "o")
-    command = [sys.executable, "-m", "tests.consume", target, container, "orders", "billing", "0.05", "2"]
+    consume = [sys.executable, "-m", "tests.support.consume"]
+    command = [*consume, target, container, "orders", "billing", "0.05", "2"]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert first.stdout.readline() == "waiting\n"
     handled_first = [first.stdout.readline() for _ in range(25)]  # five batches in

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 import vault_core
-from tests.azurite import ROOT
+from tests.support import ROOT
+from tests.support.damage import flip_byte, log_blob
 from vault_core import format as fmt
 from vault_core.stores.local import LocalStore
 
@@ -140,7 +141,7 @@ def test_a_bad_input_line_is_named_and_nothing_is_published(local_store, line, c
 
 
 def test_publish_through_the_http_api(azurite, azurite_store):
-    from tests.served import Served
+    from tests.support.served import Served
 
     served = Served(azurite.connection_string, azurite_store.container)
     try:
@@ -249,22 +250,6 @@ def test_following_prints_new_messages_until_ctrl_c(store, where, command):
     assert code == 0, process.stderr.read().decode()
 
 
-def _flip_a_byte(store: vault_core.Store, stream: str, position: int) -> None:
-    at = fmt.data_at(position)
-    if isinstance(store, LocalStore):
-        with open(store.root / stream / "log", "r+b") as log:
-            log.seek(at)
-            byte = log.read(1)
-            log.seek(at)
-            log.write(bytes([byte[0] ^ 0x01]))
-        return
-    blob = store._container.get_blob_client(f"{stream}/log")
-    page = at - at % 512
-    data = bytearray(blob.download_blob(offset=page, length=512).readall())
-    data[at - page] ^= 0x01
-    blob.upload_page(bytes(data), offset=page, length=512)
-
-
 def test_verify_passes_a_sound_stream_and_finds_a_flipped_byte(store, where):
     with store.writer("orders") as writer:
         results = [
@@ -275,7 +260,7 @@ def test_verify_passes_a_sound_stream_and_finds_a_flipped_byte(store, where):
     assert sound == [
         {"stream": "orders", "ok": True, "position": results[-1].position, "batches": 40, "messages": 2000}
     ]
-    _flip_a_byte(store, "orders", results[25].offsets[10] + 20)
+    flip_byte(store, "orders", fmt.data_at(results[25].offsets[10] + 20))
     report = vault("verify", "orders", *where)
     assert report.returncode == 1
     assert f"damaged at position {results[24].position}" in report.stderr.decode()
@@ -286,8 +271,7 @@ def test_verify_passes_a_sound_stream_and_finds_a_flipped_byte(store, where):
 
 
 def _blob_bytes(store: vault_core.Store, stream: str, length: int) -> bytes:
-    blob = store._container.get_blob_client(f"{stream}/log")
-    return blob.download_blob(offset=0, length=length).readall()
+    return log_blob(store, stream).download_blob(offset=0, length=length).readall()
 
 
 def _copy_position(path: Path) -> int:
@@ -393,7 +377,7 @@ def test_every_command_explains_itself(command):
 
 
 def test_serve_says_where_the_store_is_without_its_key(azurite):
-    from tests.azurite import KEY, free_port
+    from tests.support.azurite import KEY, free_port
 
     server = subprocess.Popen(
         [
@@ -448,7 +432,7 @@ def no_azure_login(tmp_path: Path) -> dict[str, str]:
 
 def test_errors_say_what_went_wrong_and_what_to_do(local_store, tmp_path):
     """Each as a user meets it: one line on stderr, exit 1, no traceback."""
-    from tests.served import Served
+    from tests.support.served import Served
 
     where = store_args(local_store)
     source = tmp_path / "one.jsonl"

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vault_core
+from tests.support.streams import contents
 from vault_core import Message
 
 MiB = 1024 * 1024
@@ -19,10 +20,6 @@ MiB = 1024 * 1024
 
 def batch(n: int, tag: str = "m", size: int = 10) -> list[Message]:
     return [Message(f"{tag}-{i}", f"{tag}:{i}:".encode() + bytes(size)) for i in range(n)]
-
-
-def contents(store: vault_core.Store, stream: str) -> list[tuple[str, bytes]]:
-    return [(m.key, m.value) for m in store.reader(stream).replay()]
 
 
 def test_round_trip(store):

@@ -8,7 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.azurite import ROOT
+from tests.support import ROOT
 
 FAKE_AZ = """#!/usr/bin/env bash
 echo "az $*" >> "$CALLS"

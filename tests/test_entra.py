@@ -12,7 +12,7 @@ from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 from azure.storage.blob import BlobClient, BlobSasPermissions, BlobServiceClient, generate_blob_sas
 
 import vault_core
-from tests.azurite import FakeEntraCredential
+from tests.support.azurite import FakeEntraCredential
 from vault_core import Message
 
 STORAGE_SCOPE = ("https://storage.azure.com/.default",)

@@ -14,7 +14,9 @@ import pytest
 from azure.storage.blob import BlobLeaseClient
 
 import vault_core
-from tests.crash_writer import ROOT_HINT, batch_messages
+from tests.support import ROOT
+from tests.support.crash_writer import batch_messages
+from tests.support.damage import flip_byte, log_blob
 from vault_core import Message
 from vault_core import format as fmt
 from vault_core.stores.local import LocalStore
@@ -39,16 +41,12 @@ def test_second_writer_is_refused_at_once(store):
     assert keys(store, "s") == ["m-0", "still-mine-0"]
 
 
-def blob_of(store, stream: str):
-    return store._container.get_blob_client(f"{stream}/log")
-
-
 def test_stale_writer_is_fenced_after_takeover(azurite_store):
     store = azurite_store
     stale = store.writer("s", lease_seconds=15)
     stale.append(batch(2, "stale-before"))
     # The lease is taken from under it (as when it froze past its lease and another took over).
-    BlobLeaseClient(blob_of(store, "s")).break_lease(lease_break_period=0)
+    BlobLeaseClient(log_blob(store, "s")).break_lease(lease_break_period=0)
     with store.writer("s") as new:
         new.append(batch(1, "new"))
         with pytest.raises(vault_core.FencedError, match="lost ownership"):
@@ -255,8 +253,8 @@ def test_writers_taking_over_from_each_other_lose_and_duplicate_nothing(azurite_
 
 def start_writer(target: str, container: str, first: int, last: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.crash_writer", target, container, "s", str(first), str(last)],
-        cwd=ROOT_HINT,
+        [sys.executable, "-m", "tests.support.crash_writer", target, container, "s", str(first), str(last)],
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -302,22 +300,6 @@ def test_killed_writer_loses_nothing_acknowledged_and_duplicates_nothing(backend
     output, _ = writer.communicate(timeout=300)
     assert writer.returncode == 0
     assert stored_batches(store) == list(range(total))
-
-
-def flip_byte(store: vault_core.Store, stream: str, at: int) -> None:
-    """Damage one byte of the log behind the vault's back."""
-    if isinstance(store, LocalStore):
-        with open(store.root / stream / "log", "r+b") as f:
-            f.seek(at)
-            value = f.read(1)[0]
-            f.seek(at)
-            f.write(bytes([value ^ 0x20]))
-        return
-    blob = blob_of(store, stream)
-    page = at - at % 512
-    data = bytearray(blob.download_blob(offset=page, length=512).readall())
-    data[at - page] ^= 0x20
-    blob.upload_page(bytes(data), offset=page, length=512)
 
 
 def test_flipped_byte_is_reported_with_its_position(store):
@@ -367,7 +349,7 @@ def test_bytes_past_the_commit_are_invisible_and_overwritten(store):
             f.seek(fmt.data_at(position))
             f.write(junk)
     else:
-        blob = blob_of(store, "s")
+        blob = log_blob(store, "s")
         start = fmt.data_at(position)
         page = start - start % 512
         head = blob.download_blob(offset=page, length=start - page).readall()
@@ -388,7 +370,7 @@ def test_a_copied_stream_reads_the_same_on_the_other_store(local_store, azurite_
         writer.append([Message(f"big-{i}", bytes([i]) * 1024 * 1024) for i in range(5)])
     data = (local_store.root / "s" / "log").read_bytes()
     azurite_store._container.create_container()
-    blob = blob_of(azurite_store, "s")
+    blob = log_blob(azurite_store, "s")
     size = len(data) + (-len(data) % 512)
     blob.create_page_blob(size)
     for at in range(0, size, 4 * 1024 * 1024):

@@ -1,5 +1,5 @@
-"""The Function App on the Durable host stand-in (tests/durable): the app's real functions in
-worker processes, reached over HTTP through the host's front door, with entity operations queued
+"""The Function App on the Durable host stand-in (tests/support/durable): the app's real functions
+in worker processes, reached over HTTP through the host's front door, with entity operations queued
 and delivered in batches, partitions and polling as on the Azure Storage provider. Storage is
 Azurite. A few tests call the entity's handle directly, as the worker does, to pin down what it
 answers for each operation of a batch."""
@@ -20,8 +20,9 @@ import pytest
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
 
 import vault_core
-from tests.durable import protocol
-from tests.durable.host import DurableHost, scaled
+from tests.support.durable import protocol
+from tests.support.durable.host import DurableHost, scaled
+from tests.support.streams import contents
 from vault_core import Message
 from vault_core import function_host as host_module
 from vault_core import http_models as http
@@ -70,10 +71,6 @@ def post(app, stream: str, body: bytes, content_type: str = http.JSON, **headers
         headers={"content-type": content_type, **headers},
         timeout=60,
     )
-
-
-def contents(store: vault_core.Store, stream: str) -> list[tuple[str, bytes]]:
-    return [(m.key, m.value) for m in store.reader(stream).replay()]
 
 
 def test_the_indexed_functions(functions):
@@ -174,7 +171,7 @@ def test_the_same_key_on_two_streams_is_two_appends(app):
 
 
 def test_instance_ids_are_valid_durable_instance_ids_on_their_entitys_partition():
-    from tests.durable.host import Settings
+    from tests.support.durable.host import Settings
 
     partitions = Settings.from_host_json().partition_count
     longest = host_module.instance_id("a" * 50, "K" * 128)
@@ -254,7 +251,7 @@ def test_a_finished_append_that_gave_up_runs_again_on_the_next_post(app):
 
 
 def protocol_record(instance: str, payload: dict, output: dict):
-    from tests.durable.taskhub import Record
+    from tests.support.durable.taskhub import Record
 
     return Record(instance, "append_batch", input_text=json.dumps(payload), status="Completed", output=output)
 
@@ -337,7 +334,7 @@ def test_the_purge_timer_forgets_finished_appends_only(app):
 
 
 def test_host_json_keeps_latency_low_and_batches_inside_the_stream_memory():
-    from tests.durable.host import Settings
+    from tests.support.durable.host import Settings
 
     settings = Settings.from_host_json()
     assert settings.max_polling_interval <= 2  # the default 30 s makes the first POST after idle a 202

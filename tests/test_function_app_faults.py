@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import pytest
 
 import vault_core
-from tests.durable import protocol
-from tests.durable.host import AppInstance, DurableHost, scaled
+from tests.support.durable import protocol
+from tests.support.durable.host import AppInstance, DurableHost, scaled
 from tests.test_function_app import app_settings
 from vault_core import Message
 from vault_core.client import VaultClient

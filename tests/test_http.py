@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 import vault_core
-from tests.served import Served
+from tests.support.served import Served
 from vault_core import Message
 from vault_core import http_models as http
 from vault_core.client import KeyReused, NotFound, PayloadTooLarge, Unauthorized, VaultClient

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from pycep import BicepParser
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+
 INFRA = ROOT / "infra"
 CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import vault_core
-from tests.served import Served
+from tests.support.served import Served
 from tests.test_cli import VAULT, lines_of, vault
 from vault_core.client import VaultClient
 

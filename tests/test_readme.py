@@ -14,10 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import vault_core
-from tests.azurite import free_port, stop_process
-from tests.served import Served
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+from tests.support.azurite import free_port, stop_process
+from tests.support.served import Served
 
 
 def python_blocks() -> list[str]:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 import vault_core
+from tests.support.sources import CountingSource
 from vault_core import format as fmt
 from vault_core import reader as reader_module
 
@@ -24,24 +25,6 @@ def _stream_with_many_timestamps(store: vault_core.Store) -> list[vault_core.Sto
             if i % 20 == 0:
                 time.sleep(0.003)
     return list(store.reader("orders").replay())
-
-
-class CountingSource:
-    """A log source that counts the bytes read through it."""
-
-    def __init__(self, source) -> None:
-        self.source, self.bytes_read = source, 0
-
-    def read(self, start: int, length: int) -> bytes:
-        data = self.source.read(start, length)
-        self.bytes_read += len(data)
-        return data
-
-    def size(self) -> int:
-        return self.source.size()
-
-    def close(self) -> None:
-        self.source.close()
 
 
 @pytest.mark.parametrize("span", [reader_module.SEEK_SPAN, 4096])

@@ -15,8 +15,9 @@ import time
 import httpx
 
 import vault_core
-from tests.azurite import KEY, ROOT, free_port
-from tests.served import Served
+from tests.support import ROOT
+from tests.support.azurite import KEY, free_port
+from tests.support.served import Served
 from vault_core import Message
 from vault_core import format as fmt
 from vault_core import http_models as http

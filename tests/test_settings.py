@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from tests.azurite import ROOT
+from tests.support import ROOT
 
 APP_CODE = [ROOT / "function_app.py", *sorted((ROOT / "vault_core").rglob("*.py"))]
 CLI_ONLY = {ROOT / "vault_core" / "cli.py"}

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from tests.azurite import ROOT, free_port
-from tests.served import Served
+from tests.support import ROOT
+from tests.support.azurite import free_port
+from tests.support.served import Served
 
 SMOKE = ROOT / "scripts" / "smoke.py"
 

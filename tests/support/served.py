@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 
 import vault_core
-from tests.azurite import ROOT, free_port, stop_process
+from tests.support import ROOT
+from tests.support.azurite import free_port, stop_process
 
 
 class Served:

@@ -1,9 +1,10 @@
 """A stand-in for the Azure Functions host with the Durable extension on the Azure Storage
 provider, for tests: it stands in for the host's dispatching only, never for the app or the SDKs.
 
-The app runs in real worker processes (tests/durable/worker.py), each one "instance" of the app
-whose host side (partition manager, queue pollers, dispatcher, checkpoints) runs here as threads.
-What it models, as read from the extension (v2.x/v3.x), DTFx.AzureStorage and the Python SDK:
+The app runs in real worker processes (tests/support/durable/worker.py), each one "instance" of the
+app whose host side (partition manager, queue pollers, dispatcher, checkpoints) runs here as
+threads. What it models, as read from the extension (v2.x/v3.x), DTFx.AzureStorage and the
+Python SDK:
 
 * partitions: an instance id maps to a control queue by FNV-1a; each partition is owned by one
   instance through a lease that must be renewed (the table partition manager); a new instance
@@ -58,10 +59,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
-from tests.durable import protocol as p
-from tests.durable.taskhub import QueueMessage, Record, TaskHub
+from tests.support import ROOT
+from tests.support.durable import protocol as p
+from tests.support.durable.taskhub import QueueMessage, Record, TaskHub
 
-ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = ("Completed", "Failed", "Terminated")
 REORDER_WINDOW = 30 * 60  # entityMessageReorderWindowInMinutes: how long request ids are remembered
 
@@ -197,7 +198,7 @@ class AppInstance:
     def _start_worker(self) -> None:
         env = {**os.environ, **self.host.app_settings}
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.durable.worker"],
+            [sys.executable, "-m", "tests.support.durable.worker"],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

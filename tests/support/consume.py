@@ -2,7 +2,7 @@
 each message once its batch is handled (it sleeps DELAY seconds per batch, as real work would),
 until the stream has been read to its end.
 
-    python -m tests.consume STORE CONTAINER STREAM GROUP DELAY LEASE
+    python -m tests.support.consume STORE CONTAINER STREAM GROUP DELAY LEASE
 """
 
 from __future__ import annotations

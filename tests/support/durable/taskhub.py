@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.durable.protocol import partition_of
+from tests.support.durable.protocol import partition_of
 
 
 @dataclass

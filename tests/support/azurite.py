@@ -19,7 +19,8 @@ from pathlib import Path
 
 from azure.core.credentials import AccessToken
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+
 ACCOUNT = "devstoreaccount1"
 # The emulator's well-known development key (public, documented by Microsoft).
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="

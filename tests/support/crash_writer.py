@@ -1,19 +1,16 @@
 """A writer process for crash tests: appends batches FIRST..LAST-1 of a fixed sequence, each with
 batch id `batch-<i>`, and prints `ack <i> <position>` once each append has returned.
 
-    python -m tests.crash_writer STORE CONTAINER STREAM FIRST LAST
+    python -m tests.support.crash_writer STORE CONTAINER STREAM FIRST LAST
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import vault_core
 from vault_core import Message
-
-ROOT_HINT = Path(__file__).resolve().parent.parent  # where `python -m tests.crash_writer` runs
 
 
 def batch_messages(index: int) -> list[Message]:

@@ -4,7 +4,7 @@ functions it is handed through their own handles: sync functions on a thread poo
 worker uses (PYTHON_THREADPOOL_THREAD_COUNT, else min(32, cpus + 4)), async ones on one event
 loop. It takes invocations over HTTP on a free loopback port, which it prints as `ready <port>`.
 
-    python -m tests.durable.worker
+    python -m tests.support.durable.worker
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import azure.functions as func
 from azure.functions.timer import TimerRequest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the app's root, as the host sets it
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the app's root, as the host sets it
 
 import function_app
 
