@@ -393,8 +393,8 @@ def test_the_entity_commits_a_batch_of_operations_together_each_with_its_answer(
 
     def counting_open_log(store, *args, **kwargs):
         log = open_log(store, *args, **kwargs)
-        commit = log.commit
-        log.commit = lambda *a: commits.append(1) or commit(*a)
+        commit = log.write_commit_slot
+        log.write_commit_slot = lambda *a: commits.append(1) or commit(*a)
         return log
 
     monkeypatch.setattr(type(entity.store), "open_log", counting_open_log)
