@@ -35,6 +35,24 @@ def list_streams(req: func.HttpRequest) -> func.HttpResponse:
     return host.list_streams(req)
 
 
+@app.route(route="streams/{stream}/log", methods=["GET", "HEAD"])
+def stream_log(req: func.HttpRequest) -> func.HttpResponse:
+    """The log's bytes by Range, for a store without read URLs of its own (a development directory)."""
+    return host.stream_log(req)
+
+
+@app.route(route="groups", methods=["GET"])
+def list_groups(req: func.HttpRequest) -> func.HttpResponse:
+    """Every consumer group's lag on each stream it reads."""
+    return host.list_groups(req)
+
+
+@app.route(route="console/{*path}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def console(req: func.HttpRequest) -> func.HttpResponse:
+    """The browser console's static files; the page asks for a function key to call the API."""
+    return host.console(req)
+
+
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
     return host.health(req)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Creates .venv (Python 3.11+) with the project installed, at the versions the Function App deploys
 # with (requirements.txt). `bootstrap.sh functions` adds the Azure Functions SDKs (what `func start`
-# needs); `bootstrap.sh dev` adds those, the test tools and the storage emulator (Azurite, from
-# npm). Safe to run again: it only installs what is missing.
+# needs); `bootstrap.sh dev` adds those, the test tools, the storage emulator (Azurite, from npm)
+# and Chromium (from Debian's packages) for the console's tests. Safe to run again: it only
+# installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -18,6 +19,13 @@ if [ "${1:-}" = dev ]; then
     if [ "$(cat node_modules/.installed-lock 2>/dev/null)" != "$lock" ]; then
         npm ci --no-audit --no-fund --loglevel=error
         echo "$lock" >node_modules/.installed-lock
+    fi
+    # The console's tests drive Debian's Chromium (Playwright only talks to it).
+    if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+        root=$([ "$(id -u)" = 0 ] || echo sudo)
+        export DEBIAN_FRONTEND=noninteractive
+        $root apt-get install -y --no-install-recommends chromium >/dev/null \
+            || { $root apt-get update >/dev/null && $root apt-get install -y --no-install-recommends chromium >/dev/null; }
     fi
     # checkov pins libraries the test tools need newer: it gets a virtual environment of its own.
     [ -x .venv-checkov/bin/python ] || "$python" -m venv .venv-checkov

@@ -80,6 +80,9 @@ def test_the_indexed_functions(functions):
         "stream_info": ("httpTrigger", "streams/{stream}", ["GET"], "FUNCTION"),
         "list_streams": ("httpTrigger", "streams", ["GET"], "FUNCTION"),
         "health": ("httpTrigger", "health", ["GET"], "ANONYMOUS"),
+        "stream_log": ("httpTrigger", "streams/{stream}/log", ["GET", "HEAD"], "FUNCTION"),
+        "list_groups": ("httpTrigger", "groups", ["GET"], "FUNCTION"),
+        "console": ("httpTrigger", "console/{*path}", ["GET"], "ANONYMOUS"),
     }
     for name, (trigger, route, methods, auth) in expected.items():
         bindings = [json.loads(b) for b in functions[name].get_raw_bindings()]
@@ -513,3 +516,22 @@ def test_a_client_whose_pending_append_was_purged_sends_it_again_and_it_lands_on
     thread.join(60)
     assert outcome and contents(app.store, "purged-pending") == [("k", b"v")]
     assert outcome[0].offsets == [m.offset for m in app.store.reader("purged-pending").replay()]
+
+
+def test_the_console_is_served_from_one_function_and_reads_through_the_api(app):
+    page = httpx.get(f"{app.url}/console/")
+    assert page.status_code == 200 and "Message Vault console" in page.text
+    script = httpx.get(f"{app.url}/console/console.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    vendored = httpx.get(f"{app.url}/console/vendor/crc32c.js")
+    assert vendored.status_code == 200 and "CRC32C" in vendored.text
+    assert httpx.get(f"{app.url}/console/../host.json").status_code == 404
+    assert httpx.get(f"{app.url}/console/%2e%2e/%2e%2e/function_app.py").status_code == 404
+    post(app, "console-orders", http.encode_json([Message("k", b"v")]), **{"Idempotency-Key": "console-1"})
+    with app.store.checkpoints("billing") as checkpoints:
+        checkpoints.save("console-orders", 0, expected=None)
+    groups = httpx.get(f"{app.url}/groups").json()["groups"]
+    lag = next(g for g in groups if g["group"] == "billing" and g["stream"] == "console-orders")
+    assert lag["lag_bytes"] == app.store.reader("console-orders").position() > 0
+    part = httpx.get(f"{app.url}/streams/console-orders/log", headers={"Range": "bytes=65536-65539"})
+    assert (part.status_code, part.content) == (206, b"MVB\xff")

@@ -36,6 +36,7 @@ import functools
 import hashlib
 import json
 import logging
+import mimetypes
 import os
 import time
 import uuid
@@ -53,7 +54,17 @@ from azure.durable_functions.models.entities import EntityState, OperationResult
 from . import http_models as http
 from .errors import BatchIdConflict, FencedError, StreamBusyError
 from .format import Message
-from .service import Writers, appended_body, describe_stream, pending_answer, problem_for, summarize_streams
+from .service import (
+    CONSOLE,
+    Writers,
+    appended_body,
+    describe_groups,
+    describe_stream,
+    pending_answer,
+    problem_for,
+    serve_log,
+    summarize_streams,
+)
 from .stores import open_store
 from .stores.base import Store
 from .writer import AppendResult, Batch
@@ -216,6 +227,33 @@ def list_streams(req: func.HttpRequest) -> func.HttpResponse:
         return json_response(summarize_streams(store()))
     except Exception as error:
         return problem_response(error)
+
+
+def stream_log(req: func.HttpRequest) -> func.HttpResponse:
+    try:
+        stream = http.check_stream(req.route_params.get("stream", ""))
+        status, body, headers = serve_log(store(), stream, req.headers.get("range"), req.method == "HEAD")
+        media_type = "application/octet-stream"
+        return func.HttpResponse(body, status_code=status, headers=headers, mimetype=media_type)
+    except Exception as error:
+        return problem_response(error)
+
+
+def list_groups(req: func.HttpRequest) -> func.HttpResponse:
+    try:
+        return json_response(describe_groups(store()))
+    except Exception as error:
+        return problem_response(error)
+
+
+def console(req: func.HttpRequest) -> func.HttpResponse:
+    """A file of the console (index.html for the folder itself); nothing outside it."""
+    path = req.route_params.get("path") or "index.html"
+    file = (CONSOLE / path).resolve()
+    if not file.is_relative_to(CONSOLE) or not file.is_file():
+        return problem_response(http.ProblemError(404, "not-found", "Not found", f"no console file {path!r}"))
+    media_type = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+    return func.HttpResponse(file.read_bytes(), mimetype=media_type, headers={"Cache-Control": "no-cache"})
 
 
 def health(req: func.HttpRequest) -> func.HttpResponse:

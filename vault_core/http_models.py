@@ -83,6 +83,22 @@ class StreamList(BaseModel):
     streams: list[StreamSummary]
 
 
+class GroupLagInfo(BaseModel):
+    """How far a consumer group is behind on one stream."""
+
+    group: str
+    stream: str
+    checkpoint: int  # the next position the group reads
+    position: int  # the stream's committed length
+    lag_bytes: int
+    oldest_unread: datetime | None  # when the first unread message was appended
+    behind_seconds: float  # from the oldest unread message to now; 0 when caught up
+
+
+class GroupList(BaseModel):
+    groups: list[GroupLagInfo]
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details."""
 

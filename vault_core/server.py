@@ -16,12 +16,23 @@ from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import http_models as http
-from .service import Writers, appended_body, describe_stream, pending_answer, problem_for, summarize_streams
+from .service import (
+    CONSOLE,
+    Writers,
+    appended_body,
+    describe_groups,
+    describe_stream,
+    pending_answer,
+    problem_for,
+    serve_log,
+    summarize_streams,
+)
 from .stores.base import Store
 from .writer import AppendResult
 
@@ -113,6 +124,17 @@ def create_app(
         authorize(request.headers, request.query_params.get("code"))
         return _json(await asyncio.to_thread(summarize_streams, store))
 
+    async def stream_log(request: Request) -> Response:
+        authorize(request.headers, request.query_params.get("code"))
+        stream = http.check_stream(request.path_params["stream"])
+        wanted, head = request.headers.get("range"), request.method == "HEAD"
+        status, body, headers = await asyncio.to_thread(serve_log, store, stream, wanted, head)
+        return Response(body, status, headers=headers, media_type="application/octet-stream")
+
+    async def list_groups(request: Request) -> Response:
+        authorize(request.headers, request.query_params.get("code"))
+        return _json(await asyncio.to_thread(describe_groups, store))
+
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -123,6 +145,11 @@ def create_app(
             Route(f"{prefix}/streams", _answered(list_streams), methods=["GET"]),
             Route(f"{prefix}/streams/{{stream}}", _answered(stream_info), methods=["GET"]),
             Route(f"{prefix}/streams/{{stream}}/batches/{{token}}", _answered(batch_status), methods=["GET"]),
+            Route(f"{prefix}/streams/{{stream}}/log", _answered(stream_log), methods=["GET", "HEAD"]),
+            Route(f"{prefix}/groups", _answered(list_groups), methods=["GET"]),
+            # The console: static files that read the API and, through it, the logs.
+            Route("/", lambda request: RedirectResponse("/console/"), methods=["GET"]),
+            Mount("/console", StaticFiles(directory=CONSOLE, html=True)),
         ],
         exception_handlers={404: _not_found, 405: _not_allowed},
         lifespan=lambda app: _closing(writers),

@@ -8,7 +8,9 @@ import json
 import logging
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+from . import consumer
 from . import http_models as http
 from .errors import BatchIdConflict, FencedError, MessageTooLarge, StreamBusyError, VaultError
 from .format import PreparedBatch
@@ -17,6 +19,7 @@ from .writer import AppendResult, StreamWriter
 
 log = logging.getLogger("vault.service")
 READ_URL_LIFETIME = timedelta(hours=1)
+CONSOLE = Path(__file__).resolve().parent / "console"  # the browser console's static files
 
 
 class Writers:
@@ -91,6 +94,56 @@ def summarize_streams(store: Store) -> http.StreamList:
         with store.reader(name) as reader:
             summaries.append(http.StreamSummary(stream=name, position=reader.position()))
     return http.StreamList(streams=summaries)
+
+
+def describe_groups(store: Store) -> http.GroupList:
+    """GET /api/groups: every consumer group's lag on each stream it reads."""
+    now = datetime.now(UTC)
+    lags = consumer.groups(store)
+    return http.GroupList(
+        groups=[http.GroupLagInfo(**lag._asdict(), behind_seconds=lag.behind(now)) for lag in lags]
+    )
+
+
+def serve_log(
+    store: Store, stream: str, range_header: str | None, head: bool = False
+) -> tuple[int, bytes, dict[str, str]]:
+    """GET (or HEAD) /api/streams/{stream}/log: the log's bytes, read-only, one `bytes=a-b` range
+    at a time (what a browser reading the log needs where the store has no read URL of its own)."""
+    if stream not in store.streams():
+        raise http.ProblemError(404, "not-found", "Unknown stream", f"stream {stream!r} does not exist")
+    source = store.open_source(stream)
+    try:
+        size = source.size()
+        start, end = (0, size - 1) if range_header is None else _byte_range(range_header, size)
+        data = source.read(start, end - start + 1) if end >= start and not head else b""
+    finally:
+        source.close()
+    headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-store"}
+    if head:
+        return 200, b"", {**headers, "Content-Length": str(size)}
+    if range_header is None:
+        return 200, data, headers
+    return 206, data, {**headers, "Content-Range": f"bytes {start}-{start + len(data) - 1}/{size}"}
+
+
+def _byte_range(header: str, size: int) -> tuple[int, int]:
+    unit, _, spec = header.partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if unit.strip() != "bytes" or not dash or not first.isdigit() or not (last.isdigit() or last == ""):
+        raise http.ProblemError(
+            400, "bad-range", "Bad Range", f"use one range, as bytes=START-END, not {header!r}"
+        )
+    start = int(first)
+    if start >= size:
+        raise http.ProblemError(
+            416,
+            "range-not-satisfiable",
+            "Range not satisfiable",
+            f"the log has {size} bytes",
+            **{"Content-Range": f"bytes */{size}"},
+        )
+    return start, min(int(last) if last else size - 1, size - 1)
 
 
 def appended_body(stream: str, position: int, offsets: list[int]) -> bytes:

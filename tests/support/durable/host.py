@@ -1027,12 +1027,17 @@ def _front_door(host: DurableHost) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
             self.send_response(status)
+            head = self.command == "HEAD"  # the function's Content-Length stands, with no body
             for name, value in headers.items():
-                if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                if name.lower() not in ("transfer-encoding", "connection") and (
+                    head or name.lower() != "content-length"
+                ):
                     self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
+            if not head:
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if not head:
+                self.wfile.write(body)
 
         def _handle(self) -> None:
             url = urlparse(self.path)
@@ -1041,7 +1046,9 @@ def _front_door(host: DurableHost) -> type[BaseHTTPRequestHandler]:
             for function in host._functions:
                 if function["trigger"] != "httpTrigger" or self.command not in (function["methods"] or []):
                     continue
-                pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", function["route"])
+                # {name} takes one segment; a last /{*name} takes the rest of the path, or nothing.
+                pattern = re.sub(r"/\{\*(\w+)\}$", r"(?:/(?P<\1>.*))?", function["route"])
+                pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern)
                 match = re.fullmatch(pattern, path)
                 if match is None:
                     continue
@@ -1061,7 +1068,7 @@ def _front_door(host: DurableHost) -> type[BaseHTTPRequestHandler]:
                                 "url": f"http://localhost:7071{self.path}",
                                 "headers": dict(self.headers.items()),
                                 "params": query,
-                                "route_params": {k: unquote(v) for k, v in match.groupdict().items()},
+                                "route_params": {k: unquote(v or "") for k, v in match.groupdict().items()},
                                 "body": base64.b64encode(body).decode(),
                             },
                         },
@@ -1077,7 +1084,7 @@ def _front_door(host: DurableHost) -> type[BaseHTTPRequestHandler]:
                 return self._send(reply["status"], base64.b64decode(reply["body"]), headers)
             return self._send(404, b"", {})
 
-        do_GET = do_POST = do_DELETE = _handle
+        do_GET = do_HEAD = do_POST = do_DELETE = _handle
 
     return Handler
 

@@ -1,0 +1,262 @@
+"""The browser console, in a real Chromium (Debian's, driven by Playwright) against a real `vault
+serve` on the local store. The page reads the logs itself, through the server's read-only log
+route, with its own decoder written from docs/format.md: what it shows must be what vault_core
+reads. Each view's screenshot is saved under build/screenshots/."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import httpx
+import pytest
+from crc32c import crc32c
+from playwright.sync_api import Browser, Page, sync_playwright
+
+import vault_core
+from tests.support import ROOT
+from tests.support.damage import flip_byte
+from tests.support.served import Served
+from vault_core import Message
+from vault_core import format as fmt
+from vault_core.client import VaultClient
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOTS = ROOT / "build" / "screenshots"
+WAIT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert CHROMIUM, "Chromium is missing: scripts/bootstrap.sh dev installs it (apt-get install chromium)"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+def orders_batches() -> list[list[Message]]:
+    """Values of every kind the page formats: JSON, text, binary, empty, 1 MiB; a key that starts
+    with a byte-order mark (part of the key)."""
+    return [
+        [Message("order-created", json.dumps({"order": n, "items": [1, 2]}).encode()) for n in range(3)],
+        [Message("order-paid", b"paid in full"), Message("\ufeffbom-key", b"\x00\xff\x10binary")],
+        [Message("order-shipped", b""), Message("\u00e9t\u00e9", b"x" * (1024 * 1024))],
+        [Message("order-paid", json.dumps({"order": 7}).encode())],
+    ]
+
+
+@pytest.fixture(scope="module")
+def vault(tmp_path_factory) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("console") / "store"
+    store = vault_core.open_store(str(root))
+    with store.writer("orders") as writer:
+        for n, batch in enumerate(orders_batches()):
+            writer.append(batch, batch_id=f"orders-{n}")
+            time.sleep(0.01)
+    with store.writer("big") as writer:  # over 1 MiB: a time search probes
+        for n in range(60):
+            writer.append([Message(f"event-{n % 5}", bytes([n]) * 1000) for _ in range(40)])
+            time.sleep(0.003)
+    with store.writer("damaged") as writer:
+        positions = [writer.append([Message("k", f"value-{n}".encode() * 20)]).position for n in range(3)]
+    flip_byte(store, "damaged", fmt.data_at(positions[0] + 60))  # inside the second batch
+    with store.writer("live") as writer:
+        writer.append([Message("first", b"1")])
+    checkpoints = store.checkpoints("billing")
+    checkpoints.save("orders", store.reader("orders").read(0, max_messages=3).next_position, expected=None)
+    served = Served(str(root), None)
+    yield served
+    served.stop()
+
+
+def open_view(browser: Browser, vault: Served, view: str) -> Page:
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    page.goto(f"{vault.url}/console/{view}")
+    page.wait_for_function(f"document.body.dataset.ready === {json.dumps(view)}", timeout=WAIT_MS)
+    return page
+
+
+def screenshot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def shown_messages(page: Page) -> list[tuple[int, str]]:
+    rows = page.locator("#messages tr[data-offset]")
+    return [(int(r.get_attribute("data-offset")), r.get_attribute("data-key")) for r in rows.all()]
+
+
+def read_in_the_page(page: Page, stream: str) -> dict:
+    """Every message of the stream as the page's decoder reads it (a checksum of each value), and
+    the damage it reports, if any."""
+    return page.evaluate(
+        """async (stream) => {
+            const { LogReader, httpSource, CorruptData, crc32c } = await import("./decoder.js");
+            const reader = new LogReader(httpSource(`/api/streams/${stream}/log`));
+            const messages = [];
+            try {
+                const commit = await reader.commit();
+                for await (const { messages: batch } of reader.batches(0, commit.position)) {
+                    for (const m of batch) {
+                        messages.push([m.offset, m.timestampMs, m.key, m.value.length, crc32c(m.value)]);
+                    }
+                }
+                return { messages, damage: null };
+            } catch (error) {
+                if (!(error instanceof CorruptData)) throw error;
+                return { messages, damage: error.position };
+            }
+        }""",
+        stream,
+    )
+
+
+def read_by_vault_core(store: vault_core.Store, stream: str) -> dict:
+    messages = []
+    try:
+        for m in store.reader(stream).replay():
+            messages.append([m.offset, m.timestamp_ms, m.key, len(m.value), crc32c(m.value)])
+    except vault_core.CorruptDataError as error:
+        return {"messages": messages, "damage": error.position}
+    return {"messages": messages, "damage": None}
+
+
+@pytest.mark.parametrize("stream", ["orders", "big", "damaged", "live"])
+def test_the_pages_decoder_reads_what_vault_core_reads(browser, vault, stream):
+    page = open_view(browser, vault, "#/groups")
+    assert read_in_the_page(page, stream) == read_by_vault_core(vault.store(), stream)
+    page.close()
+
+
+def test_the_streams_view_lists_every_stream_with_its_position(browser, vault):
+    page = open_view(browser, vault, "#/")
+    page.wait_for_selector("#streams tr[data-stream='live'][data-position]", timeout=WAIT_MS)
+    shown = {
+        row.get_attribute("data-stream"): int(row.get_attribute("data-position"))
+        for row in page.locator("#streams tr[data-position]").all()
+    }
+    store = vault.store()
+    assert shown == {name: store.reader(name).position() for name in store.streams()}
+    screenshot(page, "streams")
+    page.close()
+
+
+def test_a_streams_messages_from_an_offset_are_vault_cores(browser, vault):
+    reader = vault.store().reader("orders")
+    offset = reader.read(0, max_messages=2).next_position  # the third message
+    page = open_view(browser, vault, f"#/stream/orders?offset={offset}")
+    expected = reader.read(offset, max_messages=200).messages
+    assert shown_messages(page) == [(m.offset, m.key) for m in expected]
+    kinds = page.locator("#messages .kind").all_inner_texts()
+    assert {"json", "text", "hex"} <= set(kinds)  # JSON formatted, text as text, binary as hex
+    assert page.locator("#messages tr[data-key='\ufeffbom-key']").count() == 1  # the mark is kept
+    screenshot(page, "messages")
+    page.close()
+
+
+def test_a_streams_messages_from_a_time_start_where_vault_core_finds_it(browser, vault):
+    reader = vault.store().reader("big")
+    batches = list(reader.batches())
+    when = batches[37].messages[0].timestamp
+    page = open_view(browser, vault, f"#/stream/big?time={quote(when.isoformat(timespec='milliseconds'))}")
+    first = reader.seek_time(when)
+    expected = reader.read(first, max_messages=200).messages
+    assert shown_messages(page) == [(m.offset, m.key) for m in expected]
+    page.close()
+
+
+def test_the_key_filter_shows_only_matching_keys(browser, vault):
+    page = open_view(browser, vault, "#/stream/orders?offset=0&key=order-paid")
+    keys = [key for _, key in shown_messages(page)]
+    assert keys == ["order-paid", "order-paid"]
+    page.close()
+
+
+def test_a_message_appended_while_the_tail_is_open_appears(browser, vault):
+    page = open_view(browser, vault, "#/stream/live?live=1")
+    page.wait_for_function("document.getElementById('status').dataset.next !== undefined", timeout=WAIT_MS)
+    with VaultClient(f"{vault.url}/api") as client:
+        result = client.publish("live", [Message("appended-later", b'{"late": true}')])
+    page.wait_for_selector(f"#messages tr[data-offset='{result.offsets[0]}']", timeout=5_000)
+    assert shown_messages(page)[-1] == (result.offsets[0], "appended-later")
+    screenshot(page, "tail")
+    page.close()
+
+
+def test_the_groups_view_shows_each_groups_lag(browser, vault):
+    page = open_view(browser, vault, "#/groups")
+    [lag] = vault_core.groups(vault.store(), "billing")
+    row = page.locator("#groups tr[data-group='billing'][data-stream='orders']")
+    assert int(row.get_attribute("data-lag")) == lag.lag_bytes > 0
+    screenshot(page, "groups")
+    page.close()
+
+
+def test_a_damaged_stream_shows_the_damage_where_vault_core_finds_it(browser, vault):
+    page = open_view(browser, vault, "#/stream/damaged?offset=0")
+    with pytest.raises(vault_core.CorruptDataError) as damage:
+        list(vault.store().reader("damaged").replay())
+    assert int(page.locator(".damage").get_attribute("data-position")) == damage.value.position
+    before = vault.store().reader("damaged").read(0, max_messages=1).messages
+    assert shown_messages(page) == [(m.offset, m.key) for m in before]  # what precedes the damage
+    screenshot(page, "damage")
+    page.close()
+
+
+def test_with_an_api_key_the_page_asks_for_it_and_keeps_it_out_of_urls(browser, tmp_path):
+    root = tmp_path / "store"
+    with vault_core.open_store(str(root)).writer("orders") as writer:
+        writer.append([Message("k", b"v")])
+    served = Served(str(root), None, "--api-key", "s3cret-key")
+    try:
+        page = browser.new_page()
+        urls: list[str] = []
+        page.on("request", lambda request: urls.append(request.url))
+        page.goto(f"{served.url}/console/")
+        page.wait_for_selector("#key-form:not([hidden])", timeout=WAIT_MS)
+        page.fill("#key", "s3cret-key")
+        page.click("#key-form button")
+        page.wait_for_selector("#streams tr[data-stream='orders'][data-position]", timeout=WAIT_MS)
+        assert not [url for url in urls if "s3cret" in url]
+        page.close()
+    finally:
+        served.stop()
+
+
+def test_the_log_route_serves_byte_ranges_read_only(vault):
+    store = vault.store()
+    log = (store.root / "orders" / "log").read_bytes()
+    url = f"{vault.url}/api/streams/orders/log"
+    part = httpx.get(url, headers={"Range": "bytes=65536-65599"})
+    assert (part.status_code, part.content) == (206, log[65536:65600])
+    assert part.headers["content-range"] == f"bytes 65536-65599/{len(log)}"
+    assert httpx.head(url).headers["content-length"] == str(len(log))
+    assert httpx.get(url, headers={"Range": f"bytes={len(log)}-"}).status_code == 416
+    assert httpx.get(url, headers={"Range": "pages=1-2"}).status_code == 400
+    assert httpx.get(f"{vault.url}/api/streams/nowhere/log").status_code == 404
+    assert httpx.post(url, content=b"x").status_code in (404, 405)
+    assert (store.root / "orders" / "log").read_bytes() == log
+
+
+def test_the_vendored_packages_are_the_locked_ones():
+    vendor = ROOT / "vault_core" / "console" / "vendor"
+    copies = {
+        "crc32c.js": "crc-32/crc32c.js",
+        "uPlot.iife.min.js": "uplot/dist/uPlot.iife.min.js",
+        "uPlot.min.css": "uplot/dist/uPlot.min.css",
+    }
+    for name, source in copies.items():
+        assert filecmp.cmp(vendor / name, ROOT / "node_modules" / source, shallow=False), (
+            f"{name} is not node_modules/{source}: run scripts/vendor.sh"
+        )
+
+
+def test_the_console_is_served_at_the_root(vault):
+    answer = httpx.get(f"{vault.url}/", follow_redirects=True)
+    assert answer.status_code == 200 and "Message Vault console" in answer.text
+    assert "http" not in answer.text  # it loads nothing from elsewhere: it works offline
