@@ -208,19 +208,19 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   }
 }
 
-resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+// Its settings (soft delete, the console's CORS rule) are in blob-service.bicep, deployed once
+// the app's host name is known.
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' existing = {
   parent: storage
   name: 'default'
-  properties: {
-    // Soft delete: an accidentally deleted stream (blob) or container can be restored.
-    deleteRetentionPolicy: {
-      enabled: true
-      days: softDeleteRetentionDays
-    }
-    containerDeleteRetentionPolicy: {
-      enabled: true
-      days: softDeleteRetentionDays
-    }
+}
+
+module blobServiceSettings 'blob-service.bicep' = {
+  name: 'blob-service'
+  params: {
+    storageAccountName: storage.name
+    softDeleteRetentionDays: softDeleteRetentionDays
+    consoleOrigin: 'https://${functionApp.properties.defaultHostName}'
   }
 }
 

@@ -142,6 +142,16 @@ def test_blob_soft_delete(trees: dict[Path, dict[str, Any]]) -> None:
         assert service[policy]["days"]
 
 
+def test_blobs_are_readable_from_the_consoles_origin_only(trees: dict[Path, dict[str, Any]]) -> None:
+    [rule] = one(trees, f"{STORAGE}/blobServices")["properties"]["cors"]["corsRules"]
+    assert sorted(rule["allowedMethods"]) == ["GET", "HEAD"]
+    assert rule["allowedOrigins"] == ["consoleOrigin"]  # a parameter, not "*"
+    assert "range" in rule["allowedHeaders"]
+    modules = [m for tree in trees.values() for m in tree.get("modules", {}).values()]
+    [module] = [m for m in modules if m["detail"]["path"] == "blob-service.bicep"]
+    assert module["config"]["params"]["consoleOrigin"] == "https://${functionApp.properties.defaultHostName}"
+
+
 def test_containers(main: dict[str, Any]) -> None:
     containers = resources({INFRA: main}, f"{STORAGE}/blobServices/containers")
     names = {resolve(main, body["name"]) for _, body in containers}
