@@ -43,8 +43,14 @@ function element(tag, attributes = {}, ...children) {
 const iso = (ms) => new Date(ms).toISOString();
 const bytes = (n) => (n < 1e3 ? `${n} B` : n < 1e6 ? `${(n / 1e3).toFixed(1)} kB` : `${(n / 1e6).toFixed(1)} MB`);
 
+const SHOWN = 16 * 1024; // bytes of a value shown; the rest is counted
+
 // A value as formatted JSON when it is JSON, text when it is UTF-8, hex otherwise.
 export function present(value) {
+  if (value.length > SHOWN) {
+    const head = present(value.subarray(0, SHOWN));
+    return { kind: `${head.kind}, first ${SHOWN} of ${value.length} bytes`, shown: `${head.shown}…` };
+  }
   try {
     const decoded = text.decode(value);
     try {
@@ -106,7 +112,7 @@ function messageRow(message) {
   const { kind, shown } = present(message.value);
   return element("tr", { "data-offset": String(message.offset), "data-key": message.key },
     element("td", { class: "num" }, String(message.offset)),
-    element("td", {}, iso(message.timestampMs)),
+    element("td", { class: "when" }, iso(message.timestampMs)),
     element("td", {}, message.key),
     element("td", {}, element("span", { class: "kind" }, kind), element("pre", { class: "value" }, shown)));
 }
