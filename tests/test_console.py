@@ -133,6 +133,57 @@ def test_the_pages_decoder_reads_what_vault_core_reads(browser, vault, stream):
     page.close()
 
 
+def test_the_pages_decoder_agrees_on_wrapped_rings_huge_batches_and_successive_writers(browser, tmp_path):
+    root = tmp_path / "store"
+    store = vault_core.open_store(str(root))
+    for writer_run in range(3):  # three successive writers
+        with store.writer("edge") as writer:
+            batches = [
+                vault_core.Batch([Message(f"w{writer_run}", b"")], f"id-{writer_run}-{n}") for n in range(400)
+            ]
+            writer.append_all(batches)  # 1,200 batch ids: the ring of 1,024 wraps
+            writer.append([Message("huge", bytes([n]) * (1024 * 1024)) for n in range(20)])  # a 20 MiB batch
+    served = Served(str(root), None)
+    try:
+        page = open_view(browser, served, "#/groups")
+        assert read_in_the_page(page, "edge") == read_by_vault_core(store, "edge")
+        ring = page.evaluate(
+            """async () => {
+                const { LogReader, httpSource } = await import("./decoder.js");
+                const commit = await new LogReader(httpSource("/api/streams/edge/log")).commit();
+                return commit.ring.map((entry) => entry.batchStart);
+            }"""
+        )
+        assert ring == [start for _, start in fmt.ring_entries(store.reader("edge").commit_record().ring)]
+        page.close()
+    finally:
+        served.stop()
+
+
+def test_the_pages_decoder_finds_every_flipped_byte_where_vault_core_does(browser, tmp_path):
+    root = tmp_path / "store"
+    store = vault_core.open_store(str(root))
+    with store.writer("flips") as writer:
+        for n in range(3):
+            writer.append(
+                [Message(f"key-{n}", f"value-{n}".encode()), Message("\u00e9", b"")], batch_id=f"b-{n}"
+            )
+    end = store.reader("flips").position()
+    served = Served(str(root), None)
+    try:
+        page = open_view(browser, served, "#/groups")
+        disagreements = []
+        for position in range(end):  # every byte of every header, id, record, key and value
+            flip_byte(store, "flips", fmt.data_at(position))
+            if read_in_the_page(page, "flips") != read_by_vault_core(store, "flips"):
+                disagreements.append(position)
+            flip_byte(store, "flips", fmt.data_at(position))
+        assert disagreements == []
+        page.close()
+    finally:
+        served.stop()
+
+
 def test_the_streams_view_lists_every_stream_with_its_position(browser, vault):
     page = open_view(browser, vault, "#/")
     page.wait_for_selector("#streams tr[data-stream='live'][data-position]", timeout=WAIT_MS)

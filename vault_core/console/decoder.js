@@ -92,7 +92,9 @@ export function decodeBatchHeader(bytes, at, position, end) {
   if (version !== 1) throw new CorruptData(position, `unknown batch version ${version}`);
   const idLength = bytes[at + 10];
   const length = view.getUint32(at + 12, true);
-  if (u64(view, at + 16) !== position) throw new CorruptData(position, "the batch names another position");
+  if (view.getBigUint64(at + 16, true) !== BigInt(position)) {
+    throw new CorruptData(position, "the batch names another position");
+  }
   if (length < BATCH_HEADER + idLength || length > MAX_BATCH) {
     throw new CorruptData(position, `impossible batch length ${length}`);
   }
@@ -103,7 +105,8 @@ export function decodeBatchHeader(bytes, at, position, end) {
     position,
     length,
     end: position + length,
-    timestampMs: u64(view, at + 24),
+    // Exact below 2^53 (every real time); a damaged one is caught by the checksum.
+    timestampMs: Number(view.getBigUint64(at + 24, true)),
     count: view.getUint32(at + 32, true),
     batchId: String.fromCharCode(...bytes.subarray(at + BATCH_HEADER, at + BATCH_HEADER + idLength)),
     recordsAt: BATCH_HEADER + idLength,
