@@ -219,7 +219,7 @@ def list_streams(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def health(req: func.HttpRequest) -> func.HttpResponse:
-    return func.HttpResponse(json.dumps({"status": "ok"}), mimetype=http.JSON)
+    return json_response(http.Health(status="ok"))
 
 
 async def purge_history(client: df.DurableOrchestrationClient) -> int:

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -114,7 +114,7 @@ def create_app(
         return _json(await asyncio.to_thread(summarize_streams, store))
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        return _json(http.Health(status="ok"))
 
     prefix = http.API_PREFIX
     routes = Starlette(

@@ -104,7 +104,7 @@ def appended_body(stream: str, position: int, offsets: list[int]) -> bytes:
 def pending_answer(stream: str, token: str) -> tuple[bytes, str]:
     """The body and Location of a 202: the append is accepted, its result is at the location."""
     location = http.batch_location(stream, token)
-    return json.dumps({"stream": stream, "status": location}).encode(), location
+    return http.PendingAppend(stream=stream, status=location).model_dump_json().encode(), location
 
 
 def problem_for(error: BaseException) -> http.ProblemError:
