@@ -80,6 +80,7 @@ def test_the_indexed_functions(functions):
         "stream_info": ("httpTrigger", "streams/{stream}", ["GET"], "FUNCTION"),
         "list_streams": ("httpTrigger", "streams", ["GET"], "FUNCTION"),
         "health": ("httpTrigger", "health", ["GET"], "ANONYMOUS"),
+        "openapi": ("httpTrigger", "openapi.json", ["GET"], "ANONYMOUS"),
     }
     for name, (trigger, route, methods, auth) in expected.items():
         bindings = [json.loads(b) for b in functions[name].get_raw_bindings()]

@@ -51,6 +51,7 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from azure.durable_functions.models.entities import EntityState, OperationResult
 
 from . import http_models as http
+from . import openapi
 from .errors import BatchIdConflict, FencedError, StreamBusyError
 from .format import Message
 from .service import Writers, appended_body, describe_stream, pending_answer, problem_for, summarize_streams
@@ -220,6 +221,10 @@ def list_streams(req: func.HttpRequest) -> func.HttpResponse:
 
 def health(req: func.HttpRequest) -> func.HttpResponse:
     return json_response(http.Health(status="ok"))
+
+
+def openapi_document(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse(openapi.document_bytes(), mimetype=http.JSON)
 
 
 async def purge_history(client: df.DurableOrchestrationClient) -> int:

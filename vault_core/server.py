@@ -21,6 +21,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import http_models as http
+from . import openapi
 from .service import Writers, appended_body, describe_stream, pending_answer, problem_for, summarize_streams
 from .stores.base import Store
 from .writer import AppendResult
@@ -116,10 +117,14 @@ def create_app(
     async def health(request: Request) -> Response:
         return _json(http.Health(status="ok"))
 
+    async def openapi_document(request: Request) -> Response:
+        return Response(openapi.document_bytes(), media_type=http.JSON)
+
     prefix = http.API_PREFIX
     routes = Starlette(
         routes=[
             Route(f"{prefix}/health", _answered(health), methods=["GET"]),
+            Route(f"{prefix}/openapi.json", _answered(openapi_document), methods=["GET"]),
             Route(f"{prefix}/streams", _answered(list_streams), methods=["GET"]),
             Route(f"{prefix}/streams/{{stream}}", _answered(stream_info), methods=["GET"]),
             Route(f"{prefix}/streams/{{stream}}/batches/{{token}}", _answered(batch_status), methods=["GET"]),
