@@ -254,9 +254,14 @@ async def _not_found(request: Request, error: Exception) -> Response:
 
 
 async def _not_allowed(request: Request, error: Exception) -> Response:
+    # A 405 names the methods the resource takes (RFC 9110): those of Starlette's route, and POST on
+    # a stream, which is answered before the router.
+    methods = [m for m in (getattr(error, "headers", None) or {}).get("Allow", "").split(", ") if m]
+    stream = request.url.path.removeprefix(f"{http.API_PREFIX}/streams/")
+    if stream != request.url.path and "/" not in stream:
+        methods.append("POST")
+    detail = f"{request.method} is not allowed here"
     return await _problem_response(
         request,
-        http.ProblemError(
-            405, "method-not-allowed", "Method not allowed", f"{request.method} is not allowed here"
-        ),
+        http.ProblemError(405, "method-not-allowed", "Method not allowed", detail, Allow=", ".join(methods)),
     )
