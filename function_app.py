@@ -58,6 +58,12 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
     return host.health(req)
 
 
+@app.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    """The HTTP API as an OpenAPI 3.1 document, readable without a key."""
+    return host.openapi_document(req)
+
+
 @app.orchestration_trigger(context_name="context")
 def append_batch(context: df.DurableOrchestrationContext):
     """Calls the stream's entity, retrying with durable timers while the problem may pass; its

@@ -184,6 +184,7 @@ def test_publishing_leaves_out_every_local_artefact_and_keeps_the_app():
         "tests/test_deploy.py",
         "vault_core/__pycache__/writer.cpython-311.pyc",
         ".pytest_cache/v/cache/lastfailed",
+        ".schemathesis/default/cache/crashes/manifest.json",
         ".gitignore",
     ]
     assert [path for path in local if not ignored.match_file(path)] == []

@@ -83,6 +83,7 @@ def test_the_indexed_functions(functions):
         "stream_log": ("httpTrigger", "streams/{stream}/log", ["GET", "HEAD"], "FUNCTION"),
         "list_groups": ("httpTrigger", "groups", ["GET"], "FUNCTION"),
         "console": ("httpTrigger", "console/{*path}", ["GET"], "ANONYMOUS"),
+        "openapi": ("httpTrigger", "openapi.json", ["GET"], "ANONYMOUS"),
     }
     for name, (trigger, route, methods, auth) in expected.items():
         bindings = [json.loads(b) for b in functions[name].get_raw_bindings()]

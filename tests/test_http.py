@@ -97,6 +97,18 @@ def test_listing_health_and_unknown_streams(served, stream):
     assert missing.status_code == 404 and missing.json()["status"] == 404
 
 
+def test_a_method_a_route_does_not_take_is_405_naming_those_it_does(served, stream):
+    for method, path, allowed in [
+        ("PUT", f"/api/streams/{stream}", {"GET", "HEAD", "POST"}),  # POST is answered before the router
+        ("DELETE", "/api/streams", {"GET", "HEAD"}),
+        ("POST", f"/api/streams/{stream}/batches/key", {"GET", "HEAD"}),
+    ]:
+        response = httpx.request(method, f"{served.url}{path}")
+        assert response.status_code == 405 and response.json()["status"] == 405
+        assert set(response.headers["allow"].split(", ")) == allowed
+    assert stream not in served.store().streams()
+
+
 def b64(value: bytes) -> str:
     return base64.b64encode(value).decode()
 

@@ -75,8 +75,11 @@ def _compiled() -> ModuleType | None:
 COMPILED = _compiled()
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_STREAM_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
-_BATCH_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+MAX_STREAM_NAME_CHARS = 50
+# Both patterns are also what the HTTP contract (and its OpenAPI document) accepts: a stream name in
+# a path, a batch id as the Idempotency-Key.
+STREAM_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+BATCH_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
 class Message(NamedTuple):
@@ -130,10 +133,10 @@ EMPTY_COMMIT_RECORD = CommitRecord(0, 0, 0, b"")
 def check_stream_name(name: object) -> str:
     if not isinstance(name, str):
         raise InvalidStreamName(f"stream name must be a string, got {type(name).__name__}")
-    if not (1 <= len(name) <= 50 and _STREAM_NAME.fullmatch(name)):
+    if not (1 <= len(name) <= MAX_STREAM_NAME_CHARS and STREAM_NAME.fullmatch(name)):
         raise InvalidStreamName(
-            f"invalid stream name {name!r}: use 1-50 lowercase letters, digits and single hyphens, "
-            "starting and ending with a letter or digit"
+            f"invalid stream name {name!r}: use 1-{MAX_STREAM_NAME_CHARS} lowercase letters, digits and "
+            "single hyphens, starting and ending with a letter or digit"
         )
     return name
 
@@ -142,7 +145,7 @@ def check_batch_id(batch_id: object) -> bytes:
     """The batch id as stored, or b"" for none."""
     if batch_id is None:
         return b""
-    if not isinstance(batch_id, str) or not _BATCH_ID.fullmatch(batch_id):
+    if not isinstance(batch_id, str) or not BATCH_ID.fullmatch(batch_id):
         raise ValueError(f"invalid batch id {batch_id!r}: use 1-128 characters of letters, digits and ._:-")
     return batch_id.encode("ascii")
 

@@ -52,6 +52,7 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from azure.durable_functions.models.entities import EntityState, OperationResult
 
 from . import http_models as http
+from . import openapi
 from .errors import BatchIdConflict, FencedError, StreamBusyError
 from .format import Message
 from .service import (
@@ -257,7 +258,11 @@ def console(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def health(req: func.HttpRequest) -> func.HttpResponse:
-    return func.HttpResponse(json.dumps({"status": "ok"}), mimetype=http.JSON)
+    return json_response(http.Health(status="ok"))
+
+
+def openapi_document(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse(openapi.document_bytes(), mimetype=http.JSON)
 
 
 async def purge_history(client: df.DurableOrchestrationClient) -> int:

@@ -5,6 +5,7 @@ Function App, by `vault serve` and by the producer client.
     GET  /api/streams/{stream}   position and a read-only URL
     GET  /api/streams            every stream with its position
     GET  /api/health             liveness, anonymous
+    GET  /api/openapi.json       this contract as an OpenAPI document (vault_core/openapi.py), anonymous
 
 Every error is an RFC 9457 problem (`application/problem+json`).
 """
@@ -12,15 +13,14 @@ Every error is an RFC 9457 problem (`application/problem+json`).
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
 import struct
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from . import format as fmt
 from .errors import InvalidStreamName, MessageTooLarge
@@ -36,35 +36,66 @@ BINARY_RECORD = struct.Struct("<BI")
 IDEMPOTENCY_KEY = "Idempotency-Key"
 FUNCTION_KEY_HEADER = "x-functions-key"  # where Azure Functions reads a function key; vault serve its API key
 PROBLEM_BASE = "https://message-vault.dev/problems/"
-_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# A JSON value: standard base64 with its padding, nothing else. The validator checks this pattern
+# itself (Python's decoder lets stray padding through), so the OpenAPI document's pattern is
+# exactly what is accepted.
+BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+MAX_VALUE_BASE64_CHARS = 4 * -(-fmt.MAX_VALUE_BYTES // 3)
 
 
 def _strict_base64(value: object) -> bytes:
     if not isinstance(value, str):
         raise ValueError("must be a base64 string")
-    try:
-        return base64.b64decode(value, validate=True)
-    except binascii.Error as error:
-        raise ValueError(f"is not valid base64 ({error})") from None
+    if not BASE64.fullmatch(value):
+        raise ValueError("is not valid base64 (the standard alphabet, padded with =)")
+    return base64.b64decode(value)
 
 
 class MessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    key: Annotated[str, Field(max_length=fmt.MAX_KEY_BYTES)]
-    value: Annotated[bytes, BeforeValidator(_strict_base64)]
+    # JSON Schema counts characters; the limit is bytes in UTF-8, which a key of at most
+    # MAX_KEY_BYTES characters can still be over (413).
+    key: Annotated[
+        str,
+        Field(max_length=fmt.MAX_KEY_BYTES, description=f"at most {fmt.MAX_KEY_BYTES} bytes in UTF-8"),
+    ]
+    value: Annotated[
+        bytes,
+        BeforeValidator(_strict_base64),
+        WithJsonSchema(
+            {
+                "type": "string",
+                "contentEncoding": "base64",
+                "pattern": f"^{BASE64.pattern}$",
+                "maxLength": MAX_VALUE_BASE64_CHARS,
+                "description": f"the value's bytes in base64, at most {fmt.MAX_VALUE_BYTES} bytes decoded",
+            }
+        ),
+    ]
 
 
 class PublishRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    messages: list[MessageIn]
+    # parse_batch enforces the count for both encodings (with its own answers: 400 for none, 413
+    # for too many); the schema states it.
+    messages: Annotated[
+        list[MessageIn], Field(json_schema_extra={"minItems": 1, "maxItems": fmt.MAX_BATCH_MESSAGES})
+    ]
 
 
 class AppendResponse(BaseModel):
     stream: str
     position: int
     offsets: list[int]
+
+
+class PendingAppend(BaseModel):
+    """A 202's body: the append is accepted; `status` (also the Location) answers its outcome."""
+
+    stream: str
+    status: str
 
 
 class StreamInfo(BaseModel):
@@ -97,6 +128,10 @@ class GroupLagInfo(BaseModel):
 
 class GroupList(BaseModel):
     groups: list[GroupLagInfo]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
 
 
 class Problem(BaseModel):
@@ -141,7 +176,7 @@ def check_stream(stream: str) -> str:
 def check_idempotency_key(value: str | None) -> str | None:
     if value is None:
         return None
-    if not _IDEMPOTENCY_KEY.fullmatch(value):
+    if not fmt.BATCH_ID.fullmatch(value):  # the key is the batch's id
         raise bad_request(f"{IDEMPOTENCY_KEY} {value[:140]!r} is invalid: use 1-128 letters, digits and ._:-")
     return value
 

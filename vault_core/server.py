@@ -16,12 +16,13 @@ from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import http_models as http
+from . import openapi
 from .service import (
     CONSOLE,
     Writers,
@@ -136,20 +137,24 @@ def create_app(
         return _json(await asyncio.to_thread(describe_groups, store))
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        return _json(http.Health(status="ok"))
+
+    async def openapi_document(request: Request) -> Response:
+        return Response(openapi.document_bytes(), media_type=http.JSON)
 
     prefix = http.API_PREFIX
     routes = Starlette(
         routes=[
             Route(f"{prefix}/health", _answered(health), methods=["GET"]),
+            Route(f"{prefix}/openapi.json", _answered(openapi_document), methods=["GET"]),
             Route(f"{prefix}/streams", _answered(list_streams), methods=["GET"]),
             Route(f"{prefix}/streams/{{stream}}", _answered(stream_info), methods=["GET"]),
             Route(f"{prefix}/streams/{{stream}}/batches/{{token}}", _answered(batch_status), methods=["GET"]),
             Route(f"{prefix}/streams/{{stream}}/log", _answered(stream_log), methods=["GET", "HEAD"]),
             Route(f"{prefix}/groups", _answered(list_groups), methods=["GET"]),
             # The console: static files that read the API and, through it, the logs.
-            Route("/", lambda request: RedirectResponse("/console/"), methods=["GET"]),
-            Mount("/console", StaticFiles(directory=CONSOLE, html=True)),
+            Route("/", lambda request: RedirectResponse(f"{prefix}/console/"), methods=["GET"]),
+            Mount(f"{prefix}/console", StaticFiles(directory=CONSOLE, html=True)),
         ],
         exception_handlers={404: _not_found, 405: _not_allowed},
         lifespan=lambda app: _closing(writers),
@@ -276,9 +281,14 @@ async def _not_found(request: Request, error: Exception) -> Response:
 
 
 async def _not_allowed(request: Request, error: Exception) -> Response:
+    # A 405 names the methods the resource takes (RFC 9110): those of Starlette's route, and POST on
+    # a stream, which is answered before the router.
+    methods = [m for m in (getattr(error, "headers", None) or {}).get("Allow", "").split(", ") if m]
+    stream = request.url.path.removeprefix(f"{http.API_PREFIX}/streams/")
+    if stream != request.url.path and "/" not in stream:
+        methods.append("POST")
+    detail = f"{request.method} is not allowed here"
     return await _problem_response(
         request,
-        http.ProblemError(
-            405, "method-not-allowed", "Method not allowed", f"{request.method} is not allowed here"
-        ),
+        http.ProblemError(405, "method-not-allowed", "Method not allowed", detail, Allow=", ".join(methods)),
     )
