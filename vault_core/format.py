@@ -267,6 +267,14 @@ def decode_batch_header(stream: str, buffer: bytes, at: int, position: int) -> B
     return BatchHeader(position, length, timestamp, count, batch_id)
 
 
+def log_cut_short(stream: str, position: int) -> CorruptDataError:
+    """The error for a committed batch that is not wholly in the log (the log ends inside it or
+    before it): raised at that batch's start, whatever size of reads found it out."""
+    return CorruptDataError(
+        stream, position, "the log ends before this batch does, short of the committed position"
+    )
+
+
 def verify_batch(stream: str, buffer: bytes, at: int, header: BatchHeader) -> None:
     (stored,) = struct.unpack_from("<I", buffer, at + 4)
     if crc32c(memoryview(buffer)[at + 8 : at + header.length]) != stored:
