@@ -75,7 +75,7 @@ def decode_commit(log: bytes) -> Commit:
     slots = [log[0:SLOT_SIZE], log[SLOT_SIZE : 2 * SLOT_SIZE]]
     valid = [c for c in (decode_slot(i, data) for i, data in enumerate(slots)) if c is not None]
     if valid:
-        return max(valid, key=lambda c: c.counter)
+        return max(valid, key=lambda c: c.counter)  # on equal counters the first, slot A
     if any(any(data) for data in slots):
         raise Corrupt("both commit slots are damaged")
     return Commit(None, 0, 0, 0, [])
@@ -301,16 +301,57 @@ def test_a_damaged_batch_is_corruption(tmp_path):
     assert error.value.position == batches[2].position
 
 
+def rewrite_slot(
+    log: bytearray, slot: int, *, version: int | None = None, counter: int | None = None
+) -> None:
+    """Change a commit slot's version or counter, and make its CRC valid again."""
+    at = slot * SLOT_SIZE
+    if version is not None:
+        log[at + 8] = version
+    if counter is not None:
+        struct.pack_into("<Q", log, at + 16, counter)
+    (ring_length,) = struct.unpack_from("<I", log, at + 12)
+    ring_end = at + COMMIT_HEADER.size + RING_ENTRY.size * ring_length
+    struct.pack_into("<I", log, at + 4, crc32c(bytes(log[at + 8 : ring_end])))
+
+
 def test_a_newer_version_in_the_newest_slot_is_an_error_not_a_stale_read(tmp_path):
     store, _results = write_stream(tmp_path)
     log = bytearray(read_log(tmp_path))
     newest = decode_commit(bytes(log))
-    at = newest.slot * SLOT_SIZE
-    log[at + 8] = 2  # version 2, with the CRC made valid again
-    ring_end = at + COMMIT_HEADER.size + RING_ENTRY.size * len(newest.ring)
-    struct.pack_into("<I", log, at + 4, crc32c(bytes(log[at + 8 : ring_end])))
+    rewrite_slot(log, newest.slot, version=2)
     (tmp_path / STREAM / "log").write_bytes(bytes(log))
     with pytest.raises(Corrupt, match="unknown version 2"):
         decode_commit(bytes(log))
     with pytest.raises(vault_core.CorruptDataError, match="format version 2"):
         store.reader(STREAM).position()
+
+
+def test_a_newer_version_in_the_older_slot_is_an_error_too(tmp_path):
+    """Its counter cannot be compared with the other slot's: the reader stops, at position 0."""
+    store, _results = write_stream(tmp_path)
+    log = bytearray(read_log(tmp_path))
+    older = 1 - decode_commit(bytes(log)).slot
+    rewrite_slot(log, older, version=7)
+    (tmp_path / STREAM / "log").write_bytes(bytes(log))
+    with pytest.raises(Corrupt, match="unknown version 7"):
+        decode_commit(bytes(log))
+    with pytest.raises(vault_core.CorruptDataError, match="format version 7") as error:
+        store.reader(STREAM).position()
+    assert error.value.position == 0
+    assert f"slot {'AB'[older]}" in str(error.value)
+
+
+def test_equal_counters_choose_slot_a(tmp_path):
+    store, _results = write_stream(tmp_path)
+    log = bytearray(read_log(tmp_path))
+    newest = decode_commit(bytes(log))
+    rewrite_slot(log, 1 - newest.slot, counter=newest.counter)
+    (tmp_path / STREAM / "log").write_bytes(bytes(log))
+    slot_a = decode_slot(0, bytes(log[:SLOT_SIZE]))
+    slot_b = decode_slot(1, bytes(log[SLOT_SIZE : 2 * SLOT_SIZE]))
+    assert slot_a and slot_b and slot_a.counter == slot_b.counter and slot_a.position != slot_b.position
+    assert decode_commit(bytes(log)) == slot_a
+    with store.reader(STREAM) as reader:
+        assert reader.position() == slot_a.position
+        assert reader.commit_record().ring == b"".join(RING_ENTRY.pack(*entry) for entry in slot_a.ring)
