@@ -29,7 +29,11 @@ RING_CAPACITY = 1024
 
 
 class Corrupt(Exception):
-    pass
+    """Corruption at `position`: the damaged batch's start, or 0 for the commit slots."""
+
+    def __init__(self, position: int, detail: str) -> None:
+        super().__init__(f"at {position}: {detail}")
+        self.position = position
 
 
 class BadPosition(Exception):
@@ -66,7 +70,7 @@ def decode_slot(slot: int, data: bytes) -> Commit | None:
     if ring_length > RING_CAPACITY or len(data) < ring_end or crc32c(data[8:ring_end]) != crc:
         return None
     if version != 1:
-        raise Corrupt(f"commit slot of unknown version {version}")
+        raise Corrupt(0, f"commit slot of unknown version {version}")
     ring = list(RING_ENTRY.iter_unpack(data[COMMIT_HEADER.size : ring_end]))
     return Commit(slot, counter, position, timestamp, ring)
 
@@ -77,42 +81,45 @@ def decode_commit(log: bytes) -> Commit:
     if valid:
         return max(valid, key=lambda c: c.counter)  # on equal counters the first, slot A
     if any(any(data) for data in slots):
-        raise Corrupt("both commit slots are damaged")
+        raise Corrupt(0, "both commit slots are damaged")
     return Commit(None, 0, 0, 0, [])
 
 
 def decode_batch(log: bytes, start: int, end: int) -> Batch:
     head = log[DATA_START + start : DATA_START + start + BATCH_HEADER.size]
     if len(head) < BATCH_HEADER.size:
-        raise Corrupt(f"batch header cut short at {start}")
+        raise Corrupt(start, f"batch header cut short at {start}")
     magic, crc, version, _flags, id_length, _r, length, position, timestamp, count, _r2 = BATCH_HEADER.unpack(
         head
     )
     if magic != BATCH_MAGIC or version != 1 or position != start:
-        raise Corrupt(f"no version 1 batch at {start}")
+        raise Corrupt(start, f"no version 1 batch at {start}")
     if not BATCH_HEADER.size + id_length <= length <= MAX_BATCH_BYTES or start + length > end:
-        raise Corrupt(f"impossible batch length {length} at {start}")
+        raise Corrupt(start, f"impossible batch length {length} at {start}")
     data = log[DATA_START + start : DATA_START + start + length]
     if len(data) != length:
-        raise Corrupt(f"log ends inside the batch at {start}")
+        raise Corrupt(start, f"log ends inside the batch at {start}")
     if crc32c(data[8:]) != crc:
-        raise Corrupt(f"checksum mismatch in the batch at {start}")
+        raise Corrupt(start, f"checksum mismatch in the batch at {start}")
     messages = []
     at = BATCH_HEADER.size + id_length
     while at < length:
         if at + RECORD_HEADER.size > length:
-            raise Corrupt(f"record header cut short in the batch at {start}")
+            raise Corrupt(start, f"record header cut short in the batch at {start}")
         back, value_length, key_length = RECORD_HEADER.unpack_from(data, at)
         key_at = at + RECORD_HEADER.size
         value_at = key_at + key_length
         following = value_at + value_length
         if back != at or following > length:
-            raise Corrupt(f"malformed record in the batch at {start}")
-        key = data[key_at:value_at].decode("utf-8")
+            raise Corrupt(start, f"malformed record in the batch at {start}")
+        try:  # strict, and a leading U+FEFF stays part of the key
+            key = data[key_at:value_at].decode("utf-8")
+        except UnicodeDecodeError:
+            raise Corrupt(start, f"a key that is not UTF-8 in the batch at {start}") from None
         messages.append((start + at, timestamp, key, data[value_at:following]))
         at = following
     if len(messages) != count:
-        raise Corrupt(f"batch at {start} has {len(messages)} records, its header says {count}")
+        raise Corrupt(start, f"batch at {start} has {len(messages)} records, its header says {count}")
     batch_id = data[BATCH_HEADER.size : BATCH_HEADER.size + id_length].decode("ascii")
     return Batch(start, length, timestamp, batch_id, messages)
 
@@ -301,6 +308,13 @@ def test_a_damaged_batch_is_corruption(tmp_path):
     assert error.value.position == batches[2].position
 
 
+def reseal(log: bytearray, start: int) -> None:
+    """Make the CRC of the batch at position `start` match its bytes again, after changing them."""
+    at = DATA_START + start
+    (length,) = struct.unpack_from("<I", log, at + 12)
+    struct.pack_into("<I", log, at + 4, crc32c(bytes(log[at + 8 : at + length])))
+
+
 def rewrite_slot(
     log: bytearray, slot: int, *, version: int | None = None, counter: int | None = None
 ) -> None:
@@ -355,3 +369,39 @@ def test_equal_counters_choose_slot_a(tmp_path):
     with store.reader(STREAM) as reader:
         assert reader.position() == slot_a.position
         assert reader.commit_record().ring == b"".join(RING_ENTRY.pack(*entry) for entry in slot_a.ring)
+
+
+def test_a_leading_byte_order_mark_is_part_of_the_key(tmp_path):
+    store = vault_core.open_store(tmp_path)
+    with store.writer(STREAM) as writer:
+        writer.append([vault_core.Message("\ufeffk", b"1"), vault_core.Message("k", b"2")])
+    log = read_log(tmp_path)
+    _commit, (batch,) = decode_stream(log)
+    offset = batch.messages[0][0]
+    assert log[DATA_START + offset + RECORD_HEADER.size :][:4] == b"\xef\xbb\xbfk"
+    assert [(key, value) for _o, _t, key, value in batch.messages] == [("\ufeffk", b"1"), ("k", b"2")]
+    with store.reader(STREAM) as reader:
+        assert [tuple(m) for m in reader.replay()] == batch.messages
+
+
+@pytest.mark.parametrize(
+    "bad_key",
+    [b"\xed\xa0\x80", b"\xc0\xaf\x41", b"ab\x80", b"a\xf4\x90\x80", b"\xe2\x82"],
+    ids=["surrogate", "overlong", "stray continuation", "above U+10FFFF", "cut short"],
+)
+def test_a_key_that_is_not_strict_utf8_is_corruption(tmp_path, bad_key):
+    store, _results = write_stream(tmp_path)
+    path = tmp_path / STREAM / "log"
+    log = bytearray(path.read_bytes())
+    _commit, batches = decode_stream(bytes(log))
+    damaged = batches[0]  # its first key is "order-created": 13 bytes to overwrite
+    key_at = DATA_START + damaged.messages[0][0] + RECORD_HEADER.size
+    log[key_at : key_at + len(bad_key)] = bad_key
+    reseal(log, damaged.position)
+    path.write_bytes(log)
+    with pytest.raises(Corrupt, match="UTF-8") as error:
+        decode_stream(bytes(log))
+    assert error.value.position == damaged.position
+    with store.reader(STREAM) as reader, pytest.raises(vault_core.CorruptDataError) as damage:
+        list(reader.replay())
+    assert damage.value.position == damaged.position
