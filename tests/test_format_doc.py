@@ -52,12 +52,13 @@ class Batch(NamedTuple):
     position: int
     length: int
     timestamp_ms: int
-    batch_id: str
+    batch_id: bytes  # as stored: readers take any bytes
     messages: list[tuple[int, int, str, bytes]]  # (offset, timestamp_ms, key, value)
 
 
-def id_hash(batch_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(batch_id.encode("ascii"), digest_size=8).digest(), "little")
+def id_hash(batch_id: str | bytes) -> int:
+    stored = batch_id.encode("ascii") if isinstance(batch_id, str) else batch_id
+    return int.from_bytes(hashlib.blake2b(stored, digest_size=8).digest(), "little")
 
 
 def decode_slot(slot: int, data: bytes) -> Commit | None:
@@ -120,8 +121,7 @@ def decode_batch(log: bytes, start: int, end: int) -> Batch:
         at = following
     if len(messages) != count:
         raise Corrupt(start, f"batch at {start} has {len(messages)} records, its header says {count}")
-    batch_id = data[BATCH_HEADER.size : BATCH_HEADER.size + id_length].decode("ascii")
-    return Batch(start, length, timestamp, batch_id, messages)
+    return Batch(start, length, timestamp, data[BATCH_HEADER.size : BATCH_HEADER.size + id_length], messages)
 
 
 def decode_stream(log: bytes) -> tuple[Commit, list[Batch]]:
@@ -151,6 +151,44 @@ def locate(log: bytes, position: int, end: int) -> int:
     if position not in [offset for offset, *_ in decode_batch(log, start, end).messages]:
         raise BadPosition(position)
     return start
+
+
+# ---- an independent encoder, for streams the library's writer would not write ----
+
+
+def encode_batch(
+    position: int,
+    timestamp_ms: int,
+    records: list[tuple[bytes, bytes]],
+    batch_id: bytes = b"",
+    *,
+    flags: int = 0,
+    reserved: int = 0,
+) -> bytes:
+    body = bytearray()
+    at = BATCH_HEADER.size + len(batch_id)
+    for key, value in records:
+        body += RECORD_HEADER.pack(at, len(value), len(key)) + key + value
+        at += RECORD_HEADER.size + len(key) + len(value)
+    header = BATCH_HEADER.pack(
+        BATCH_MAGIC, 0, 1, flags, len(batch_id), reserved, at, position, timestamp_ms, len(records), reserved
+    )
+    batch = bytearray(header + batch_id + body)
+    struct.pack_into("<I", batch, 4, crc32c(bytes(batch[8:])))
+    return bytes(batch)
+
+
+def encode_slot(
+    counter: int, position: int, timestamp_ms: int, ring: list[tuple[int, int]], *, flags: int = 0
+) -> bytes:
+    entries = b"".join(RING_ENTRY.pack(*entry) for entry in ring)
+    slot = bytearray(
+        COMMIT_HEADER.pack(COMMIT_MAGIC, 0, 1, flags, 0xBEEF, len(ring), counter, position, timestamp_ms)
+    )
+    slot[40:64] = b"\x5a" * 24  # the reserved bytes, non-zero
+    slot += entries
+    struct.pack_into("<I", slot, 4, crc32c(bytes(slot[8:])))
+    return bytes(slot)
 
 
 # ---- the tests ----
@@ -231,7 +269,7 @@ def test_ring_names_the_batch_starts_of_batch_ids(tmp_path):
     write_stream(tmp_path)
     commit, batches = decode_stream(read_log(tmp_path))
     with_ids = [b for b in batches if b.batch_id]
-    assert [b.batch_id for b in with_ids] == ["b-1", "order:42.retry_1", "Z_9", "last"]
+    assert [b.batch_id for b in with_ids] == [b"b-1", b"order:42.retry_1", b"Z_9", b"last"]
     assert commit.ring == [(id_hash(b.batch_id), b.position) for b in with_ids]  # oldest first
     starts = {b.position: b for b in batches}
     for hash_, start in commit.ring:
@@ -405,3 +443,61 @@ def test_a_key_that_is_not_strict_utf8_is_corruption(tmp_path, bad_key):
     with store.reader(STREAM) as reader, pytest.raises(vault_core.CorruptDataError) as damage:
         list(reader.replay())
     assert damage.value.position == damaged.position
+
+
+def test_a_record_count_that_differs_from_the_header_is_corruption(tmp_path):
+    store, _results = write_stream(tmp_path)
+    path = tmp_path / STREAM / "log"
+    log = bytearray(path.read_bytes())
+    _commit, batches = decode_stream(bytes(log))
+    damaged = batches[1]  # two records
+    for count in (1, 3, 0):
+        struct.pack_into("<I", log, DATA_START + damaged.position + 32, count)
+        reseal(log, damaged.position)
+        path.write_bytes(log)
+        with pytest.raises(Corrupt, match="records") as error:
+            decode_stream(bytes(log))
+        assert error.value.position == damaged.position
+        with store.reader(STREAM) as reader:
+            with pytest.raises(vault_core.CorruptDataError) as damage:
+                list(reader.replay())
+            assert damage.value.position == damaged.position
+            with pytest.raises(vault_core.CorruptDataError) as damage:
+                reader.read(damaged.messages[1][0])
+            assert damage.value.position == damaged.position
+
+
+def test_readers_accept_what_the_writer_limits_but_reading_does_not_need(tmp_path):
+    """A stream the library's writer would not write: non-zero flags and reserved fields, a batch
+    id of 200 non-ASCII bytes, a value over 1 MiB, a batch with no records and one with 10,001,
+    timestamps above 2^53 that go back, a commit of even counter in slot B with a timestamp not
+    the last batch's and a ring entry naming no batch id of the stream. The decoder and vault_core
+    both read it; only verify(), an audit, objects."""
+    data = bytearray()
+    batches = [
+        ([(b"first", b"v")], bytes(range(200, 256)) * 3 + bytes(32), 2**60),
+        ([], b"", 2**53 + 1),  # no records, and earlier
+        ([(b"big", b"\x07" * (1024 * 1024 + 1))], b"", 2**53 + 2),
+        ([(b"", b"")] * 10_001, b"id", 2**53 + 3),
+    ]
+    for records, batch_id, timestamp_ms in batches:
+        data += encode_batch(len(data), timestamp_ms, records, batch_id, flags=0x81, reserved=0xA5)
+    end = len(data)
+    log = bytearray(DATA_START + end + (-end % PAGE))
+    log[SLOT_SIZE : 2 * SLOT_SIZE] = encode_slot(4, end, 1, [(12345, 0)], flags=0x42).ljust(SLOT_SIZE, b"\0")
+    log[DATA_START : DATA_START + end] = data
+    (tmp_path / STREAM).mkdir()
+    (tmp_path / STREAM / "log").write_bytes(log)
+
+    commit, decoded = decode_stream(bytes(log))
+    assert (commit.slot, commit.counter, commit.position) == (1, 4, end)
+    assert [len(b.messages) for b in decoded] == [1, 0, 1, 10_001]
+    assert decoded[0].batch_id == batches[0][1]
+    messages = [m for b in decoded for m in b.messages]
+    store = vault_core.open_store(tmp_path)
+    with store.reader(STREAM) as reader:
+        assert reader.position() == end
+        assert [tuple(m) for m in reader.replay()] == messages
+        assert [tuple(m) for m in reader.read(decoded[2].messages[0][0]).messages][:2] == messages[1:3]
+        with pytest.raises(vault_core.CorruptDataError):
+            reader.verify()
