@@ -144,6 +144,8 @@ def locate(log: bytes, position: int, end: int) -> int:
     head = log[DATA_START + position : DATA_START + position + 4]
     if head == BATCH_MAGIC:
         return position
+    if len(head) < 4:  # the log is cut short where the read starts: its batch cannot be found
+        raise Corrupt(position, f"the log ends at {position}, where a read starts")
     (back,) = struct.unpack("<I", head)
     start = position - back
     if back < BATCH_HEADER.size or start < 0:
@@ -151,6 +153,18 @@ def locate(log: bytes, position: int, end: int) -> int:
     if position not in [offset for offset, *_ in decode_batch(log, start, end).messages]:
         raise BadPosition(position)
     return start
+
+
+def read_from(log: bytes, position: int) -> list[tuple[int, int, str, bytes]]:
+    """Every message from a valid read position on."""
+    commit = decode_commit(log)
+    start = locate(log, position, commit.position)
+    messages = []
+    while start < commit.position:
+        batch = decode_batch(log, start, commit.position)
+        messages += [message for message in batch.messages if message[0] >= position]
+        start += batch.length
+    return messages
 
 
 # ---- an independent encoder, for streams the library's writer would not write ----
@@ -501,3 +515,75 @@ def test_readers_accept_what_the_writer_limits_but_reading_does_not_need(tmp_pat
         assert [tuple(m) for m in reader.read(decoded[2].messages[0][0]).messages][:2] == messages[1:3]
         with pytest.raises(vault_core.CorruptDataError):
             reader.verify()
+
+
+def library_read(store: vault_core.Store, position: int) -> list[tuple[int, int, str, bytes]] | int:
+    """The messages vault_core reads from `position` on, or the position of the damage it reports."""
+    try:
+        with store.reader(STREAM) as reader:
+            return [tuple(m) for m in reader.read(position, max_messages=10_000, max_bytes=1 << 30).messages]
+    except vault_core.CorruptDataError as damage:
+        return damage.position
+
+
+def decoder_read(log: bytes, position: int) -> list[tuple[int, int, str, bytes]] | int:
+    try:
+        return read_from(log, position)
+    except Corrupt as damage:
+        return damage.position
+
+
+def test_a_log_cut_short_is_corruption_at_the_first_batch_not_wholly_in_it(tmp_path):
+    """Cut anywhere, the log reads the same in the decoder and in vault_core, from every read
+    position, and a whole replay, read and verify report the same position."""
+    store, _results = write_stream(tmp_path)
+    path = tmp_path / STREAM / "log"
+    whole = path.read_bytes()
+    commit, batches = decode_stream(whole)
+    everything = [m for b in batches for m in b.messages]
+    positions = [b.position for b in batches] + [m[0] for m in everything]
+    cuts = {
+        0,
+        10,
+        SLOT_SIZE + 100,
+        2 * SLOT_SIZE,
+        DATA_START - 1,
+        DATA_START,
+        DATA_START + commit.position - 1,
+    }
+    for b in batches:
+        cuts |= {DATA_START + b.position + d for d in (0, 1, 39, 40, 41, b.length // 2, b.length - 1)}
+    for cut in sorted(cuts):
+        log = whole[:cut]
+        path.write_bytes(log)
+        try:
+            decode_stream(log)
+            damaged_at = None
+        except Corrupt as damage:
+            damaged_at = damage.position
+        if cut >= 2 * SLOT_SIZE:  # the commit is whole: as the document says, the first batch cut short
+            assert damaged_at == next(b.position for b in batches if DATA_START + b.position + b.length > cut)
+        elif cut == 0:  # no log: an empty stream
+            assert damaged_at is None and store.reader(STREAM).position() == 0
+            continue
+        else:  # commit slots cut: the other slot, or both damaged; no data left either way
+            assert damaged_at == 0
+        before = [m for m in everything if m[0] < damaged_at]
+        with store.reader(STREAM) as reader:
+            replayed = []
+            with pytest.raises(vault_core.CorruptDataError) as damage:
+                replayed.extend(tuple(m) for m in reader.replay())
+            assert (replayed, damage.value.position) == (before, damaged_at), cut
+            paged, position = [], 0
+            with pytest.raises(vault_core.CorruptDataError) as damage:
+                while True:
+                    page = reader.read(position, max_messages=1)
+                    paged += [tuple(m) for m in page.messages]
+                    position = page.next_position
+            assert (paged, damage.value.position) == (before, damaged_at), cut
+            with pytest.raises(vault_core.CorruptDataError) as damage:
+                reader.verify()
+            assert damage.value.position == damaged_at, cut
+        if cut >= 2 * SLOT_SIZE:
+            for position in positions:
+                assert library_read(store, position) == decoder_read(log, position), (cut, position)
