@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 from azure.storage.blob import BlobLeaseClient
@@ -16,9 +17,10 @@ from azure.storage.blob import BlobLeaseClient
 import vault_core
 from tests.support import ROOT
 from tests.support.crash_writer import batch_messages
-from tests.support.damage import flip_byte, log_blob
+from tests.support.damage import cut_log, flip_byte, log_blob
 from vault_core import Message
 from vault_core import format as fmt
+from vault_core import reader as reader_module
 from vault_core.stores.local import LocalStore
 
 
@@ -386,3 +388,125 @@ def test_a_copied_stream_reads_the_same_on_the_other_store(local_store, azurite_
     (local_store.root / "t" / "log").write_bytes(back)
     assert [m.key for m in local_store.reader("t").replay()][-1] == "azure-0"
     assert list(local_store.reader("t").replay())[:-1] == expected
+
+
+def _batches_to_cut(store: vault_core.Store) -> tuple[list[vault_core.AppendResult], list[int]]:
+    """Forty batches of 1 to 3 messages over some 200 KiB, each with a time of its own: their
+    append results, and where each starts."""
+    with store.writer("s") as writer:
+        results = []
+        for n in range(40):
+            results.append(
+                writer.append([Message(f"b{n}-{i}", os.urandom(500 + 97 * n)) for i in range(1 + n % 3)])
+            )
+            time.sleep(0.002)
+    return results, [0, *(r.position for r in results[:-1])]
+
+
+def _cuts(store: vault_core.Store, starts: list[int], end: int) -> list[int]:
+    """Log lengths to cut to, longest first: one byte short of the end, inside a batch header, at a
+    batch start, inside a value, one byte short of a batch's end, no data at all, and into the
+    reserved bytes before the data (on a blob store, each to a page boundary below)."""
+    cuts = [
+        fmt.data_at(end) - 1,
+        fmt.data_at(starts[30]) + 20,
+        fmt.data_at(starts[20]),
+        fmt.data_at(starts[10]) + 1000,
+        fmt.data_at(starts[4]) - 1,
+        fmt.DATA_START,
+        fmt.DATA_START - 100,
+    ]
+    if not isinstance(store, LocalStore):
+        cuts = sorted({cut - cut % 512 for cut in cuts}, reverse=True)
+    return cuts
+
+
+def _read_until_damage(
+    read: Callable[[], Iterator[vault_core.StoredMessage]],
+) -> tuple[list[vault_core.StoredMessage], int]:
+    """The messages a read returns before it raises CorruptDataError, and the error's position."""
+    messages = []
+    with pytest.raises(vault_core.CorruptDataError) as damage:
+        for message in read():
+            messages.append(message)
+    return messages, damage.value.position
+
+
+def test_a_log_cut_short_is_reported_at_the_first_batch_not_wholly_in_it(store, monkeypatch, tmp_path):
+    """Wherever the log ends below the committed position, every way of reading it returns the
+    batches wholly in the log, then reports the start of the first batch that is not: the same
+    position whatever the size of the reads."""
+    results, starts = _batches_to_cut(store)
+    end = results[-1].position
+    reader = store.reader("s")
+    everything = list(reader.replay())
+
+    def read_pages(max_bytes: int) -> Iterator[vault_core.StoredMessage]:
+        position = 0
+        while position < end:
+            page = reader.read(position, max_messages=10_000, max_bytes=max_bytes)
+            yield from page.messages
+            position = page.next_position
+
+    def in_batches() -> Iterator[vault_core.StoredMessage]:
+        for page in reader.batches():
+            yield from page.messages
+
+    for cut in _cuts(store, starts, end):
+        cut_log(store, "s", cut)
+        damaged_at = next(
+            start for start, r in zip(starts, results, strict=True) if fmt.data_at(r.position) > cut
+        )
+        before = [m for m in everything if m.offset < damaged_at]
+        for first, largest in [
+            (7, 64),
+            (4096, 4096),
+            (reader_module.FIRST_CHUNK, reader_module.REPLAY_CHUNK),
+        ]:
+            monkeypatch.setattr(reader_module, "FIRST_CHUNK", first)
+            monkeypatch.setattr(reader_module, "REPLAY_CHUNK", largest)
+            assert _read_until_damage(reader.replay) == (before, damaged_at), (cut, first, largest)
+            assert _read_until_damage(in_batches) == (before, damaged_at), (cut, first, largest)
+        for slack in [reader_module.READ_SLACK, 16]:
+            monkeypatch.setattr(reader_module, "READ_SLACK", slack)
+            for max_bytes in [1, 5000, 4 * 1024 * 1024]:
+                # A page that would reach the damage raises instead: a read answers or fails whole.
+                found, position = _read_until_damage(lambda max_bytes=max_bytes: read_pages(max_bytes))
+                assert position == damaged_at, (cut, slack, max_bytes)
+                assert found == before[: len(found)]
+                if max_bytes == 1:  # a page a message: every whole batch is read
+                    assert found == before
+        with pytest.raises(vault_core.CorruptDataError) as damage:
+            reader.verify()
+        assert damage.value.position == damaged_at
+        copy = tmp_path / f"copy-{cut}"
+        with pytest.raises(vault_core.CorruptDataError) as damage:
+            vault_core.mirror(reader, copy)
+        assert damage.value.position == damaged_at
+        assert list(vault_core.open_store(copy).reader("s").replay()) == before  # the copy kept them
+        # A read from a later batch start reports that batch, the first one it needs.
+        with pytest.raises(vault_core.CorruptDataError) as damage:
+            reader.read(starts[-1])
+        assert damage.value.position == starts[-1]
+
+
+@pytest.mark.parametrize("span", [reader_module.SEEK_SPAN, 4096])
+def test_seek_time_on_a_log_cut_short_answers_only_from_whole_batches(store, monkeypatch, span):
+    """A time whose first message lies in a batch wholly in the log is found as usual; one at or
+    past the first batch not wholly in it is that batch's damage, at its start."""
+    monkeypatch.setattr(reader_module, "SEEK_SPAN", span)
+    monkeypatch.setattr(reader_module, "SEEK_PROBE", min(span, reader_module.SEEK_PROBE))
+    results, starts = _batches_to_cut(store)
+    reader = store.reader("s")
+    times = [page.messages[0].timestamp_ms for page in reader.batches()]
+    for cut in _cuts(store, starts, results[-1].position):
+        cut_log(store, "s", cut)
+        damaged = next(n for n, r in enumerate(results) if fmt.data_at(r.position) > cut)
+        for n in {0, damaged - 1, damaged, damaged + 1, len(results) - 1} & set(range(len(results))):
+            when = fmt.from_ms(times[n])
+            if n < damaged:
+                assert reader.seek_time(when) == results[n].offsets[0], (cut, n)
+            else:
+                with pytest.raises(vault_core.CorruptDataError) as damage:
+                    reader.seek_time(when)
+                assert damage.value.position == starts[damaged], (cut, n)

@@ -270,6 +270,14 @@ def decode_batch_header(stream: str, buffer: bytes, at: int, position: int) -> B
     return BatchHeader(position, length, timestamp, count, batch_id)
 
 
+def log_cut_short(stream: str, position: int) -> CorruptDataError:
+    """The error for a committed batch that is not wholly in the log (the log ends inside it or
+    before it): raised at that batch's start, whatever size of reads found it out."""
+    return CorruptDataError(
+        stream, position, "the log ends before this batch does, short of the committed position"
+    )
+
+
 def verify_batch(stream: str, buffer: bytes, at: int, header: BatchHeader) -> None:
     (stored,) = struct.unpack_from("<I", buffer, at + 4)
     if crc32c(memoryview(buffer)[at + 8 : at + header.length]) != stored:
@@ -373,8 +381,10 @@ def encode_commit_record(commit: CommitRecord) -> bytes:
     return record + bytes(-len(record) % PAGE)
 
 
-def _decode_slot(stream: str, buffer: bytes) -> CommitRecord | None:
-    """The commit in one slot, or None if the slot is empty (never written) or damaged."""
+def _decode_slot(stream: str, slot: str, buffer: bytes) -> CommitRecord | None:
+    """The commit in one slot (`slot` is "A" or "B"), or None if the slot is empty (never
+    written) or damaged. An intact slot of another version is an error, whatever the other slot
+    holds: its counter cannot be compared, and the other slot may hold an older commit."""
     if len(buffer) < COMMIT_HEADER_SIZE or buffer[:4] != COMMIT_MAGIC:
         return None
     _magic, crc, version, _flags, _r, ring_len, counter, position, timestamp = COMMIT_HEADER.unpack_from(
@@ -385,7 +395,10 @@ def _decode_slot(stream: str, buffer: bytes) -> CommitRecord | None:
         return None
     if version != VERSION:  # intact but newer: falling back to the other slot would read stale data
         raise CorruptDataError(
-            stream, 0, f"the stream uses format version {version}; this reader knows version {VERSION}"
+            stream,
+            0,
+            f"commit slot {slot} is in format version {version}, and this reader knows only version "
+            f"{VERSION}: read the stream with a vault_core that knows version {version}",
         )
     return CommitRecord(counter, position, timestamp, bytes(buffer[COMMIT_HEADER_SIZE:ring_end]))
 
@@ -394,9 +407,10 @@ def decode_commit_record(stream: str, header: bytes) -> CommitRecord:
     """The newest valid commit in a log's header bytes (both slots). A log that was never
     committed (short or zero bytes) is empty; both slots written and damaged is corruption."""
     slots = [header[at : at + SLOT_SIZE] for at in COMMIT_SLOTS]
-    commits = [_decode_slot(stream, slot) for slot in slots]
+    commits = [_decode_slot(stream, name, slot) for name, slot in zip("AB", slots, strict=True)]
     valid = [c for c in commits if c is not None]
     if valid:
+        # On equal counters (no vault writer leaves them) slot A wins: max() keeps the first.
         return max(valid, key=lambda c: c.counter)
     if any(slot.strip(b"\0") for slot in slots):
         raise CorruptDataError(stream, 0, "both commit slots are damaged")

@@ -165,9 +165,9 @@ class StreamReader:
         end = commit.position
         if end == 0 or commit.timestamp_ms < target:
             return end
-        first = self._header(0)
+        first = self._header(0, end)
         if first.timestamp_ms >= target:
-            return first.records_at
+            return self._first_offset(0, end)
         # Invariants: `low` starts a batch older than the target; `high` starts one at or after it
         # (or is the end); no batch starts in [top, high), so probes stay below `top`.
         low, high, top = 0, end, end
@@ -180,31 +180,47 @@ class StreamReader:
                 low = found.position
             else:
                 high = top = found.position
-        for header in self._headers(low, high):
+        for header in self._headers(low, high, end):
             if header.timestamp_ms >= target:
-                return self._first_offset(header.position)
-        return self._first_offset(high)
+                return self._first_offset(header.position, end)
+        return self._first_offset(high, end)
 
-    def _first_offset(self, position: int) -> int:
-        """The offset of the first message of the batch at `position`."""
-        return position + self._header(position).records_at
+    def _first_offset(self, position: int, end: int) -> int:
+        """The offset of the first message of the batch at `position`, which must be wholly in the
+        log: a time search answers only where a read can start."""
+        header = self._header(position, end)
+        if not self._source.read(fmt.data_at(header.end - 1), 1):
+            raise fmt.log_cut_short(self.stream, position)
+        return position + header.records_at
 
-    def _header(self, position: int) -> fmt.BatchHeader:
+    def _header(self, position: int, end: int) -> fmt.BatchHeader:
         head = self._source.read(fmt.data_at(position), fmt.BATCH_HEADER.size + fmt.MAX_BATCH_ID_BYTES)
-        return fmt.decode_batch_header(self.stream, head, 0, position)
+        if len(head) < min(fmt.BATCH_HEADER.size, end - position):
+            raise fmt.log_cut_short(self.stream, position)
+        return self._batch_header(head, 0, position, end)
 
-    def _headers(self, position: int, stop: int) -> Iterator[fmt.BatchHeader]:
+    def _headers(self, position: int, stop: int, end: int) -> Iterator[fmt.BatchHeader]:
         """The headers of the batches from the batch start `position` to `stop`, read a window at
         a time: each batch's length leads to the next, so only the first must be known. (Only
-        their fixed part: a batch id may be cut short.)"""
+        their fixed part: a batch id may be cut short.) If the log ends, the error names the
+        first batch not wholly in it, as every read's does."""
         buffer, base = b"", position
+        previous: fmt.BatchHeader | None = None
         while position < stop:
             at = position - base
             if at + fmt.BATCH_HEADER.size > len(buffer):
                 base, at = position, 0
                 buffer = self._source.read(fmt.data_at(position), min(SEEK_SPAN, stop - position) + 64)
-            header = fmt.decode_batch_header(self.stream, buffer, at, position)
+                if len(buffer) < min(fmt.BATCH_HEADER.size, end - position):
+                    # The log ends in this header, unless none of it is there and the batch before
+                    # it already lacks its last byte.
+                    cut = position
+                    if previous and not buffer and not self._source.read(fmt.data_at(position - 1), 1):
+                        cut = previous.position
+                    raise fmt.log_cut_short(self.stream, cut)
+            header = self._batch_header(buffer, at, position, end)
             yield header
+            previous = header
             position = header.end
 
     def _next_batch(self, position: int, limit: int, end: int) -> fmt.BatchHeader | None:
@@ -321,6 +337,9 @@ class StreamReader:
         probe = self._source.read(fmt.data_at(position), fmt.BATCH_HEADER.size)
         if fmt.is_batch_start(probe):
             return position
+        if len(probe) < min(len(fmt.BATCH_MAGIC), end - position):
+            # Committed bytes are missing where the read starts, so its batch cannot be found.
+            raise fmt.log_cut_short(self.stream, position)
         back = fmt.back_pointer(probe) if len(probe) >= 4 else 0
         start = position - back
         if back < fmt.BATCH_HEADER.size or start < 0:
@@ -336,15 +355,16 @@ class StreamReader:
 
     def _frames(self, start: int, end: int, first_chunk: int) -> Generator[list[Frame], None, None]:
         """The verified batches in [start, end), one list per chunk read. Chunks are read back to
-        back, growing from `first_chunk`; only a batch that straddles two chunks is copied."""
+        back, growing from `first_chunk`; only a batch that straddles two chunks is copied.
+
+        A log that ends before `end` still yields every batch wholly in it; the error then names
+        the first batch that is not, so it is the same whatever the chunk sizes."""
         chunk, fetched, position = first_chunk, start, start
         pending: bytes | memoryview = b""  # the beginning of a batch that straddles chunks
         while fetched < end:
             length = min(chunk, end - fetched)
             data = self._source.read(fmt.data_at(fetched), length)
-            if len(data) != length:
-                raise fmt.CorruptDataError(self.stream, fetched + len(data), "log is shorter than committed")
-            fetched += length
+            fetched += len(data)
             chunk = min(2 * chunk, REPLAY_CHUNK)
             frames: list[Frame] = []
             try:
@@ -355,8 +375,12 @@ class StreamReader:
                 raise
             if frames:
                 yield frames
-        if position != end:
-            raise fmt.CorruptDataError(self.stream, position, "log ends before the committed position")
+            if len(data) < length:  # the log ends here: `position` starts the batch it cut short
+                raise fmt.log_cut_short(self.stream, position)
+        if position != end:  # fewer bytes than a batch header left below the committed position
+            raise fmt.CorruptDataError(
+                self.stream, position, f"batch header runs past the committed position {end}"
+            )
 
     def _frame_chunk(
         self, data: bytes, pending: bytes | memoryview, position: int, end: int, frames: list[Frame]
@@ -370,7 +394,7 @@ class StreamReader:
             head = bytes(pending[:header_size]) + data[: max(0, header_size - len(pending))]
             if len(head) < header_size:
                 return b"".join((pending, data)), position
-            needed = fmt.decode_batch_header(self.stream, head, 0, position).length - len(pending)
+            needed = self._batch_header(head, 0, position, end).length - len(pending)
             if needed > length:
                 return b"".join((pending, data)), position
             buffer = b"".join((pending, memoryview(data)[:needed]))
@@ -380,7 +404,7 @@ class StreamReader:
         while index < length:
             if length - index < header_size:
                 return memoryview(data)[index:], position
-            header = fmt.decode_batch_header(self.stream, data, index, position)
+            header = self._batch_header(data, index, position, end)
             if index + header.length > length:
                 return memoryview(data)[index:], position
             frames.append(self._verified(data, index, position, end, header))
@@ -392,11 +416,17 @@ class StreamReader:
         self, buffer: bytes, at: int, position: int, end: int, header: fmt.BatchHeader | None = None
     ) -> Frame:
         if header is None:
-            header = fmt.decode_batch_header(self.stream, buffer, at, position)
-        if header.end > end:
-            raise fmt.CorruptDataError(self.stream, position, f"batch runs past the committed position {end}")
+            header = self._batch_header(buffer, at, position, end)
         fmt.verify_batch(self.stream, buffer, at, header)
         return buffer, at, header
+
+    def _batch_header(self, buffer: bytes, at: int, position: int, end: int) -> fmt.BatchHeader:
+        """The header of the batch at `position` (buffer[at:]), which must end by `end`: checked
+        as soon as the header is read, before waiting for bytes past the committed position."""
+        header = fmt.decode_batch_header(self.stream, buffer, at, position)
+        if header.end > end:
+            raise fmt.CorruptDataError(self.stream, position, f"batch runs past the committed position {end}")
+        return header
 
     def close(self) -> None:
         self._source.close()

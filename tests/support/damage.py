@@ -1,7 +1,9 @@
 """A stream's log reached behind the vault's back, as a failing disk or a stray writer would: its
-page blob on Azure, and one byte of it flipped on either store."""
+page blob on Azure, one byte of it flipped, or its end cut off, on either store."""
 
 from __future__ import annotations
+
+import os
 
 import vault_core
 from vault_core.stores.local import LocalStore
@@ -26,3 +28,14 @@ def flip_byte(store: vault_core.Store, stream: str, at: int) -> None:
     data = bytearray(blob.download_blob(offset=page, length=512).readall())
     data[at - page] ^= 0x20
     blob.upload_page(bytes(data), offset=page, length=512)
+
+
+def cut_log(store: vault_core.Store, stream: str, length: int) -> None:
+    """Cut the log short to its first `length` bytes, as a lost file tail or a shrunk blob would
+    (on a blob store, a whole number of 512-byte pages)."""
+    if isinstance(store, LocalStore):
+        os.truncate(store.root / stream / "log", length)
+        return
+    if length % 512:
+        raise ValueError(f"a page blob holds whole 512-byte pages, not {length} bytes")
+    log_blob(store, stream).resize_blob(length)

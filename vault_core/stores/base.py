@@ -85,8 +85,12 @@ def read_commit_record(stream: str, log: LogSource) -> fmt.CommitRecord:
 def read_batch(stream: str, log: LogSource, position: int) -> tuple[bytes, fmt.BatchHeader]:
     """The verified batch that starts at `position`, alone in its buffer."""
     head = log.read(fmt.data_at(position), fmt.BATCH_HEADER.size)
+    if len(head) < fmt.BATCH_HEADER.size:
+        raise fmt.log_cut_short(stream, position)
     header = fmt.decode_batch_header(stream, head, 0, position)
     buffer = log.read(fmt.data_at(position), header.length)
+    if len(buffer) < header.length:
+        raise fmt.log_cut_short(stream, position)
     header = fmt.decode_batch_header(stream, buffer, 0, position)
     fmt.verify_batch(stream, buffer, 0, header)
     return buffer, header
