@@ -184,6 +184,26 @@ def test_the_pages_decoder_finds_every_flipped_byte_where_vault_core_does(browse
         served.stop()
 
 
+def test_the_pages_decoder_finds_a_log_cut_short_where_vault_core_does(browser, tmp_path):
+    root = tmp_path / "store"
+    store = vault_core.open_store(str(root))
+    with store.writer("cut") as writer:
+        ends = [writer.append([Message(f"k{n}", bytes(300 * n))]).position for n in range(1, 6)]
+    log = root / "cut" / "log"
+    whole = log.read_bytes()
+    served = Served(str(root), None)
+    try:
+        page = open_view(browser, served, "#/groups")
+        # At batch ends, inside headers and records, and before the data.
+        for end in [0, 10, ends[0], ends[0] + 3, ends[1] + 45, ends[2] + 500, ends[3] - 1]:
+            log.write_bytes(whole[: fmt.data_at(end)])
+            assert read_in_the_page(page, "cut") == read_by_vault_core(store, "cut"), end
+        page.close()
+    finally:
+        log.write_bytes(whole)
+        served.stop()
+
+
 def test_the_streams_view_lists_every_stream_with_its_position(browser, vault):
     page = open_view(browser, vault, "#/")
     page.wait_for_selector("#streams tr[data-stream='live'][data-position]", timeout=WAIT_MS)

@@ -197,6 +197,7 @@ export class LogReader {
     }
     if (position === 0 || position === end) return position;
     const probe = await this.source.read(DATA_START + position, 4);
+    if (probe.length < 4) throw new CorruptData(position, "the log ends before the committed position");
     if (startsWith(probe, 0, BATCH_MAGIC)) return position;
     const back = probe.length === 4 ? viewOf(probe).getUint32(0, true) : 0;
     const start = position - back;
@@ -291,13 +292,24 @@ export class LogReader {
       else high = top = found.position;
     }
     for (let position = low; position < high; ) {
-      const header = decodeBatchHeader(await this.source.read(DATA_START + position, BATCH_HEADER + 128), 0, position, end);
+      const header = await this.wholeHeader(position, end);
       if (header.timestampMs >= whenMs) return position + header.recordsAt;
       position = header.end;
     }
     if (high === end) return end;
-    const last = decodeBatchHeader(await this.source.read(DATA_START + high, BATCH_HEADER + 128), 0, high, end);
-    return high + last.recordsAt;
+    return high + (await this.wholeHeader(high, end)).recordsAt;
+  }
+
+  // The header of the batch at `position`, which must be wholly in the log (a log cut short is
+  // reported at the first batch not wholly in it).
+  async wholeHeader(position, end) {
+    const head = await this.source.read(DATA_START + position, BATCH_HEADER + 128);
+    if (head.length < BATCH_HEADER) throw new CorruptData(position, "the log ends before the committed position");
+    const header = decodeBatchHeader(head, 0, position, end);
+    if ((await this.source.read(DATA_START + header.end - 1, 1)).length < 1) {
+      throw new CorruptData(position, "the log ends before the committed position");
+    }
+    return header;
   }
 
   // (time, position) points of the stream's growth: the start of the batches found near
