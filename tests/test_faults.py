@@ -510,3 +510,18 @@ def test_seek_time_on_a_log_cut_short_answers_only_from_whole_batches(store, mon
                 with pytest.raises(vault_core.CorruptDataError) as damage:
                     reader.seek_time(when)
                 assert damage.value.position == starts[damaged], (cut, n)
+
+
+def test_a_writer_refuses_a_log_cut_short_even_at_a_page_boundary(store):
+    """A log that lost whole pages of its tail: appending after the hole would bury the loss."""
+    with store.writer("s") as writer:
+        for n in range(4):
+            end = writer.append(batch(40, f"b{n}")).position
+        # One more batch, sized to end on a page boundary: no partial last page to miss.
+        end = writer.append([vault_core.Message("k", bytes(-(end + 50) % 512 + 512))]).position
+    assert fmt.data_at(end) % 512 == 0
+    cut_log(store, "s", fmt.data_at(end) - 1024)
+    with pytest.raises(vault_core.CorruptDataError, match="shorter than committed"):
+        store.writer("s")
+    with pytest.raises(vault_core.CorruptDataError):
+        list(store.reader("s").replay())

@@ -64,6 +64,9 @@ class StreamWriter:
         self._batch_starts: dict[int, list[int]] = {}
         self._index_ring(fmt.ring_entries(commit.ring), b"")
         at = fmt.data_at(commit.position)
+        if commit.position and self._log.size() < at:
+            # Appending after a hole would bury the loss under new commits.
+            raise fmt.CorruptDataError(self.stream, commit.position, "log is shorter than committed")
         tail_length = at % fmt.PAGE
         self._tail = self._log.read(at - tail_length, tail_length) if tail_length else b""
         if len(self._tail) != tail_length:
