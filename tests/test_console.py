@@ -204,6 +204,27 @@ def test_the_pages_decoder_finds_a_log_cut_short_where_vault_core_does(browser, 
         served.stop()
 
 
+def test_on_a_blob_store_the_page_reads_the_log_where_the_browser_may(browser, azurite):
+    """vault serve on the emulator: its read URLs have no CORS rule for the page's origin, so the
+    page falls back to the server's log route; what it shows is still vault_core's reading."""
+    store = vault_core.open_store(azurite.connection_string, container="console")
+    with store.writer("orders") as writer:
+        writer.append([Message("order-created", b'{"order": 1}')])
+    served = Served(azurite.connection_string, "console")
+    try:
+        page = browser.new_page()
+        urls: list[str] = []
+        page.on("request", lambda request: urls.append(request.url))
+        page.goto(f"{served.url}/api/console/#/stream/orders?offset=0")
+        page.wait_for_function("document.body.dataset.ready !== undefined", timeout=WAIT_MS)
+        assert shown_messages(page) == [(m.offset, m.key) for m in store.reader("orders").replay()]
+        assert any("/console/orders/log?" in url for url in urls)  # the SAS URL was tried first
+        assert any(url.startswith(f"{served.url}/api/streams/orders/log") for url in urls)
+        page.close()
+    finally:
+        served.stop()
+
+
 def test_the_streams_view_lists_every_stream_with_its_position(browser, vault):
     page = open_view(browser, vault, "#/")
     page.wait_for_selector("#streams tr[data-stream='live'][data-position]", timeout=WAIT_MS)

@@ -28,9 +28,25 @@ async function api(path) {
 
 async function readerOf(stream) {
   const info = await api(`/streams/${encodeURIComponent(stream)}`);
-  const remote = /^https?:/i.test(info.read_url);
-  const url = remote ? info.read_url : `${API}/streams/${encodeURIComponent(stream)}/log`;
-  return new LogReader(httpSource(url, remote ? {} : headers()));
+  const route = httpSource(`${API}/streams/${encodeURIComponent(stream)}/log`, headers());
+  if (!/^https?:/i.test(info.read_url)) return new LogReader(route);
+  return new LogReader(firstThatWorks(httpSource(info.read_url), route));
+}
+
+// The read URL first; if the browser may not read it (an account without a CORS rule for this
+// origin, such as the storage emulator: fetch then fails with a TypeError), the host's log route.
+function firstThatWorks(preferred, fallback) {
+  let source = preferred;
+  const using = (call) => async (...args) => {
+    try {
+      return await source[call](...args);
+    } catch (error) {
+      if (source !== preferred || !(error instanceof TypeError)) throw error;
+      source = fallback;
+      return source[call](...args);
+    }
+  };
+  return { read: using("read"), size: using("size") };
 }
 
 function element(tag, attributes = {}, ...children) {
