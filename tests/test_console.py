@@ -10,6 +10,7 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import quote
 
 import httpx
@@ -72,6 +73,18 @@ def vault(tmp_path_factory) -> Iterator[Served]:
     served = Served(str(root), None)
     yield served
     served.stop()
+
+
+@contextmanager
+def served_page(browser: Browser, target: str, container: str | None = None) -> Iterator[Page]:
+    """A `vault serve` of `target` and a console page on it (its groups view, which reads no log)."""
+    served = Served(target, container)
+    try:
+        page = open_view(browser, served, "#/groups")
+        yield page
+        page.close()
+    finally:
+        served.stop()
 
 
 def open_view(browser: Browser, vault: Served, view: str) -> Page:
@@ -143,9 +156,7 @@ def test_the_pages_decoder_agrees_on_wrapped_rings_huge_batches_and_successive_w
             ]
             writer.append_all(batches)  # 1,200 batch ids: the ring of 1,024 wraps
             writer.append([Message("huge", bytes([n]) * (1024 * 1024)) for n in range(20)])  # a 20 MiB batch
-    served = Served(str(root), None)
-    try:
-        page = open_view(browser, served, "#/groups")
+    with served_page(browser, str(root)) as page:
         assert read_in_the_page(page, "edge") == read_by_vault_core(store, "edge")
         ring = page.evaluate(
             """async () => {
@@ -155,9 +166,6 @@ def test_the_pages_decoder_agrees_on_wrapped_rings_huge_batches_and_successive_w
             }"""
         )
         assert ring == [start for _, start in fmt.ring_entries(store.reader("edge").commit_record().ring)]
-        page.close()
-    finally:
-        served.stop()
 
 
 def test_the_pages_decoder_finds_every_flipped_byte_where_vault_core_does(browser, tmp_path):
@@ -169,9 +177,7 @@ def test_the_pages_decoder_finds_every_flipped_byte_where_vault_core_does(browse
                 [Message(f"key-{n}", f"value-{n}".encode()), Message("\u00e9", b"")], batch_id=f"b-{n}"
             )
     end = store.reader("flips").position()
-    served = Served(str(root), None)
-    try:
-        page = open_view(browser, served, "#/groups")
+    with served_page(browser, str(root)) as page:
         disagreements = []
         for position in range(end):  # every byte of every header, id, record, key and value
             flip_byte(store, "flips", fmt.data_at(position))
@@ -179,9 +185,6 @@ def test_the_pages_decoder_finds_every_flipped_byte_where_vault_core_does(browse
                 disagreements.append(position)
             flip_byte(store, "flips", fmt.data_at(position))
         assert disagreements == []
-        page.close()
-    finally:
-        served.stop()
 
 
 def test_the_pages_decoder_finds_a_log_cut_short_where_vault_core_does(browser, tmp_path):
@@ -191,17 +194,11 @@ def test_the_pages_decoder_finds_a_log_cut_short_where_vault_core_does(browser, 
         ends = [writer.append([Message(f"k{n}", bytes(300 * n))]).position for n in range(1, 6)]
     log = root / "cut" / "log"
     whole = log.read_bytes()
-    served = Served(str(root), None)
-    try:
-        page = open_view(browser, served, "#/groups")
+    with served_page(browser, str(root)) as page:
         # At batch ends, inside headers and records, and before the data.
         for end in [0, 10, ends[0], ends[0] + 3, ends[1] + 45, ends[2] + 500, ends[3] - 1]:
             log.write_bytes(whole[: fmt.data_at(end)])
             assert read_in_the_page(page, "cut") == read_by_vault_core(store, "cut"), end
-        page.close()
-    finally:
-        log.write_bytes(whole)
-        served.stop()
 
 
 def test_on_a_blob_store_the_page_reads_the_log_where_the_browser_may(browser, azurite):

@@ -114,15 +114,9 @@ def _built() -> dict[str, Any]:
                 "head": _log("head"),
             },
             f"{http.API_PREFIX}/groups": {
-                "get": {
-                    "operationId": "list_groups",
-                    "summary": "Every consumer group's lag on each stream it reads",
-                    "responses": {
-                        "200": _json("The groups", "GroupList"),
-                        "401": {"$ref": "#/components/responses/Unauthorized"},
-                        "500": {"$ref": "#/components/responses/Internal"},
-                    },
-                },
+                "get": _listing(
+                    "list_groups", "Every consumer group's lag on each stream it reads", "GroupList"
+                )
             },
             f"{http.API_PREFIX}/console/{{path}}": {
                 "get": {
@@ -139,15 +133,7 @@ def _built() -> dict[str, Any]:
                 },
             },
             f"{http.API_PREFIX}/streams": {
-                "get": {
-                    "operationId": "list_streams",
-                    "summary": "Every stream with its position",
-                    "responses": {
-                        "200": _json("The streams", "StreamList"),
-                        "401": {"$ref": "#/components/responses/Unauthorized"},
-                        "500": {"$ref": "#/components/responses/Internal"},
-                    },
-                },
+                "get": _listing("list_streams", "Every stream with its position", "StreamList")
             },
             f"{http.API_PREFIX}/health": {
                 "get": {
@@ -232,6 +218,19 @@ def _publish() -> dict[str, Any]:
             "422": {"$ref": "#/components/responses/KeyReused"},
             "500": {"$ref": "#/components/responses/Internal"},
             "503": {"$ref": "#/components/responses/Unavailable"},
+        },
+    }
+
+
+def _listing(operation_id: str, summary: str, model: str) -> dict[str, Any]:
+    """A keyed GET that answers one model."""
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "responses": {
+            "200": _json(summary, model),
+            "401": {"$ref": "#/components/responses/Unauthorized"},
+            "500": {"$ref": "#/components/responses/Internal"},
         },
     }
 
