@@ -522,6 +522,8 @@ def test_a_client_whose_pending_append_was_purged_sends_it_again_and_it_lands_on
 def test_the_console_is_served_from_one_function_and_reads_through_the_api(app):
     page = httpx.get(f"{app.url}/console/")
     assert page.status_code == 200 and "Message Vault console" in page.text
+    folder = httpx.get(f"{app.url}/console")  # the page names its files relative to the folder
+    assert (folder.status_code, folder.headers["location"]) == (301, "/api/console/")
     script = httpx.get(f"{app.url}/console/console.js")
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
     vendored = httpx.get(f"{app.url}/console/vendor/crc32c.js")

@@ -45,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import azure.durable_functions as df
 import azure.functions as func
@@ -249,6 +250,10 @@ def list_groups(req: func.HttpRequest) -> func.HttpResponse:
 
 def console(req: func.HttpRequest) -> func.HttpResponse:
     """A file of the console (index.html for the folder itself); nothing outside it."""
+    url = urlsplit(req.url)
+    if not req.route_params.get("path") and not url.path.endswith("/"):
+        # The page's files are named relative to the folder: .../console must become .../console/.
+        return func.HttpResponse(status_code=301, headers={"Location": f"{url.path}/"})
     path = req.route_params.get("path") or "index.html"
     file = (CONSOLE / path).resolve()
     if not file.is_relative_to(CONSOLE) or not file.is_file():
