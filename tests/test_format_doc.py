@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -389,8 +391,17 @@ def test_a_newer_version_in_the_newest_slot_is_an_error_not_a_stale_read(tmp_pat
     (tmp_path / STREAM / "log").write_bytes(bytes(log))
     with pytest.raises(Corrupt, match="unknown version 2"):
         decode_commit(bytes(log))
-    with pytest.raises(vault_core.CorruptDataError, match="format version 2"):
+    with pytest.raises(vault_core.UnknownFormatVersion, match="format version 2"):
         store.reader(STREAM).position()
+    verify = subprocess.run(
+        [sys.executable, "-m", "vault_core.cli", "verify", STREAM, "--store", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verify.returncode == 1
+    assert "format version 2 by a newer Message Vault: upgrade" in verify.stderr, verify.stderr
+    assert "restore" not in verify.stderr
 
 
 def test_a_newer_version_in_the_older_slot_is_an_error_too(tmp_path):

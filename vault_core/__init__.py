@@ -27,6 +27,7 @@ from .errors import (
     StoreFull,
     StoreNotFound,
     StreamBusyError,
+    UnknownFormatVersion,
     VaultError,
 )
 from .format import Message, StoredMessage
@@ -63,6 +64,7 @@ __all__ = [
     "StreamReader",
     "StreamStatus",
     "StreamWriter",
+    "UnknownFormatVersion",
     "VaultError",
     "VerifyReport",
     "groups",

@@ -27,7 +27,7 @@ import click
 
 from . import Consumer, Message, ReadResult, StreamReader, open_reader, open_store
 from . import format as fmt
-from .errors import CorruptDataError, StreamBusyError, VaultError
+from .errors import CorruptDataError, StreamBusyError, UnknownFormatVersion, VaultError
 from .lines import BadLine, iso_time, parse_lines, to_json, to_text
 from .stores import Store, open_source
 
@@ -737,6 +737,11 @@ def verify(stream: str, target: str | None, container: str, read_url: str | None
                 )
             )
             sys.exit(1)
+        if isinstance(damage, UnknownFormatVersion):
+            raise click.ClickException(
+                f"stream {stream!r} was written in format version {damage.version} by a newer Message "
+                "Vault: upgrade to read it (its commit's checksum holds: nothing is damaged)"
+            ) from None
         raise click.ClickException(
             f"{damage}. Everything before position {damage.position} is intact; restore the stream "
             "from a copy (vault mirror) or contact whoever operates its storage"

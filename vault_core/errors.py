@@ -48,6 +48,15 @@ class CorruptDataError(VaultError):
         self.detail = detail
 
 
+class UnknownFormatVersion(CorruptDataError):
+    """An intact commit slot (its checksum holds) is in a format version this reader does not
+    know: the stream was written by a newer Message Vault, which is needed to read it."""
+
+    def __init__(self, stream: str, position: int, detail: str, version: int) -> None:
+        super().__init__(stream, position, detail)
+        self.version = version
+
+
 class InvalidStreamName(VaultError, ValueError):
     """A stream name broke the naming rule."""
 

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from crc32c import crc32c
 
-from .errors import CorruptDataError, InvalidStreamName, MessageTooLarge
+from .errors import CorruptDataError, InvalidStreamName, MessageTooLarge, UnknownFormatVersion
 
 VERSION = 1
 PAGE = 512
@@ -394,11 +394,12 @@ def _decode_slot(stream: str, slot: str, buffer: bytes) -> CommitRecord | None:
     if ring_len > RING_CAPACITY or len(buffer) < ring_end or crc32c(buffer[8:ring_end]) != crc:
         return None
     if version != VERSION:  # intact but newer: falling back to the other slot would read stale data
-        raise CorruptDataError(
+        raise UnknownFormatVersion(
             stream,
             0,
             f"commit slot {slot} is in format version {version}, and this reader knows only version "
             f"{VERSION}: read the stream with a vault_core that knows version {version}",
+            version,
         )
     return CommitRecord(counter, position, timestamp, bytes(buffer[COMMIT_HEADER_SIZE:ring_end]))
 
