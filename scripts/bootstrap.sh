@@ -25,7 +25,8 @@ if [ "${1:-}" = dev ]; then
         root=$([ "$(id -u)" = 0 ] || echo sudo)
         export DEBIAN_FRONTEND=noninteractive
         $root apt-get install -y --no-install-recommends chromium >/dev/null \
-            || { $root apt-get update >/dev/null && $root apt-get install -y --no-install-recommends chromium >/dev/null; }
+            || { $root apt-get update >/dev/null && $root apt-get install -y --no-install-recommends chromium >/dev/null; } \
+            || { echo "could not install Chromium, which the console's tests drive: install Debian's chromium package" >&2; exit 1; }
     fi
     # checkov pins libraries the test tools need newer: it gets a virtual environment of its own.
     [ -x .venv-checkov/bin/python ] || "$python" -m venv .venv-checkov
