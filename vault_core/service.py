@@ -110,11 +110,13 @@ def serve_log(
 ) -> tuple[int, bytes, dict[str, str]]:
     """GET (or HEAD) /api/streams/{stream}/log: the log's bytes, read-only, one `bytes=a-b` range
     at a time (what a browser reading the log needs where the store has no read URL of its own)."""
-    if stream not in store.streams():
-        raise http.ProblemError(404, "not-found", "Unknown stream", f"stream {stream!r} does not exist")
     source = store.open_source(stream)
     try:
+        # The size is needed anyway, and a stream's log is never empty: no listing of every
+        # stream on each of the many ranged reads a page makes.
         size = source.size()
+        if size == 0:
+            raise http.ProblemError(404, "not-found", "Unknown stream", f"stream {stream!r} does not exist")
         wanted = None if range_header is None else _byte_range(range_header, size)
         start, end = (0, size - 1) if wanted is None else wanted
         data = source.read(start, end - start + 1) if end >= start and not head else b""
