@@ -87,6 +87,14 @@ def served_page(browser: Browser, target: str, container: str | None = None) -> 
         served.stop()
 
 
+def recording_page(browser: Browser) -> tuple[Page, list[str]]:
+    """A new page, and the URLs of every request it makes."""
+    page = browser.new_page()
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    return page, urls
+
+
 def open_view(browser: Browser, vault: Served, view: str) -> Page:
     page = browser.new_page(viewport={"width": 1200, "height": 800})
     page.goto(f"{vault.url}/api/console/{view}")
@@ -209,9 +217,7 @@ def test_on_a_blob_store_the_page_reads_the_log_where_the_browser_may(browser, a
         writer.append([Message("order-created", b'{"order": 1}')])
     served = Served(azurite.connection_string, "console")
     try:
-        page = browser.new_page()
-        urls: list[str] = []
-        page.on("request", lambda request: urls.append(request.url))
+        page, urls = recording_page(browser)
         page.goto(f"{served.url}/api/console/#/stream/orders?offset=0")
         page.wait_for_function("document.body.dataset.ready !== undefined", timeout=WAIT_MS)
         assert shown_messages(page) == [(m.offset, m.key) for m in store.reader("orders").replay()]
@@ -303,9 +309,7 @@ def test_with_an_api_key_the_page_asks_for_it_and_keeps_it_out_of_urls(browser, 
         writer.append([Message("k", b"v")])
     served = Served(str(root), None, "--api-key", "s3cret-key")
     try:
-        page = browser.new_page()
-        urls: list[str] = []
-        page.on("request", lambda request: urls.append(request.url))
+        page, urls = recording_page(browser)
         page.goto(f"{served.url}/api/console/")
         page.wait_for_selector("#key-form:not([hidden])", timeout=WAIT_MS)
         page.fill("#key", "s3cret-key")
