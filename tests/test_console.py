@@ -11,6 +11,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from urllib.parse import quote
 
 import httpx
@@ -137,6 +138,30 @@ def read_in_the_page(page: Page, stream: str) -> dict:
     )
 
 
+def seek_in_the_page(page: Page, stream: str, when: datetime) -> dict:
+    """Where the page's time search answers, or the damage it reports."""
+    return page.evaluate(
+        """async ([stream, whenMs]) => {
+            const { LogReader, httpSource, CorruptData } = await import("./decoder.js");
+            const reader = new LogReader(httpSource(`/api/streams/${stream}/log`));
+            try {
+                return { offset: await reader.seekTime(whenMs) };
+            } catch (error) {
+                if (!(error instanceof CorruptData)) throw error;
+                return { damage: error.position };
+            }
+        }""",
+        [stream, fmt.to_ms(when)],
+    )
+
+
+def seek_by_vault_core(store: vault_core.Store, stream: str, when: datetime) -> dict:
+    try:
+        return {"offset": store.reader(stream).seek_time(when)}
+    except vault_core.CorruptDataError as error:
+        return {"damage": error.position}
+
+
 def read_by_vault_core(store: vault_core.Store, stream: str) -> dict:
     messages = []
     try:
@@ -199,7 +224,11 @@ def test_the_pages_decoder_finds_a_log_cut_short_where_vault_core_does(browser, 
     root = tmp_path / "store"
     store = vault_core.open_store(str(root))
     with store.writer("cut") as writer:
-        ends = [writer.append([Message(f"k{n}", bytes(300 * n))]).position for n in range(1, 6)]
+        ends = []
+        for n in range(1, 6):
+            ends.append(writer.append([Message(f"k{n}", bytes(300 * n))]).position)
+            time.sleep(0.002)  # each batch its own time
+    times = [batch.messages[0].timestamp for batch in store.reader("cut").batches()]
     log = root / "cut" / "log"
     whole = log.read_bytes()
     with served_page(browser, str(root)) as page:
@@ -207,6 +236,8 @@ def test_the_pages_decoder_finds_a_log_cut_short_where_vault_core_does(browser, 
         for end in [0, 10, ends[0], ends[0] + 3, ends[1] + 45, ends[2] + 500, ends[3] - 1]:
             log.write_bytes(whole[: fmt.data_at(end)])
             assert read_in_the_page(page, "cut") == read_by_vault_core(store, "cut"), end
+            for when in times:  # a time search answers only from whole batches
+                assert seek_in_the_page(page, "cut", when) == seek_by_vault_core(store, "cut", when), end
 
 
 def test_on_a_blob_store_the_page_reads_the_log_where_the_browser_may(browser, azurite):

@@ -14,6 +14,8 @@ const MAX_BATCH = 67108864;
 const FIRST_READ = 256 * 1024;
 const MAX_READ = 4 * 1024 * 1024;
 const PROBE = 64 * 1024;
+const SEEK_SPAN = 1024 * 1024; // a time search probes while its range is wider, then walks headers
+const LOG_ENDS = "the log ends before the committed position";
 const COMMIT_MAGIC = [0x4d, 0x56, 0x43, 0xff];
 const BATCH_MAGIC = [0x4d, 0x56, 0x42, 0xff];
 
@@ -173,14 +175,14 @@ export class LogReader {
       let at = 0;
       while (position < end) {
         if (bytes.length - at < BATCH_HEADER) {
-          if (bytes.length < want) throw new CorruptData(position, "the log ends before the committed position");
+          if (bytes.length < want) throw new CorruptData(position, LOG_ENDS);
           break;
         }
         const header = decodeBatchHeader(bytes, at, position, end);
         if (bytes.length - at < header.length) {
           if (at > 0) break; // read again from this batch's start
           bytes = await this.source.read(DATA_START + position, header.length);
-          if (bytes.length < header.length) throw new CorruptData(position, "the log ends before the committed position");
+          if (bytes.length < header.length) throw new CorruptData(position, LOG_ENDS);
         }
         verifyBatch(bytes, at, header);
         yield { header, messages: decodeRecords(bytes, at, header) };
@@ -197,7 +199,7 @@ export class LogReader {
     }
     if (position === 0 || position === end) return position;
     const probe = await this.source.read(DATA_START + position, 4);
-    if (probe.length < 4) throw new CorruptData(position, "the log ends before the committed position");
+    if (probe.length < 4) throw new CorruptData(position, LOG_ENDS);
     if (startsWith(probe, 0, BATCH_MAGIC)) return position;
     const back = probe.length === 4 ? viewOf(probe).getUint32(0, true) : 0;
     const start = position - back;
@@ -205,7 +207,7 @@ export class LogReader {
     if (back < BATCH_HEADER || start < 0) throw notBoundary;
     let header;
     try {
-      header = decodeBatchHeader(await this.source.read(DATA_START + start, BATCH_HEADER + 128), 0, start);
+      header = await this.headerAt(start);
     } catch (error) {
       if (error instanceof CorruptData) throw notBoundary;
       throw error;
@@ -279,37 +281,65 @@ export class LogReader {
     const commit = await this.commit();
     const end = commit.position;
     if (end === 0 || commit.timestampMs < whenMs) return end;
-    const first = decodeBatchHeader(await this.source.read(DATA_START, BATCH_HEADER + 128), 0, 0, end);
-    if (first.timestampMs >= whenMs) return first.recordsAt;
+    const first = await this.headerAt(0, end);
+    if (first.timestampMs >= whenMs) return (await this.whole(first)).recordsAt;
     let low = 0;
     let high = end;
     let top = end;
-    while (top - low > 1024 * 1024) {
+    while (top - low > SEEK_SPAN) {
       const middle = Math.floor((low + top) / 2);
       const found = await this.nextBatch(middle, top, end);
       if (found === null) top = middle;
       else if (found.timestampMs < whenMs) low = found.position;
       else high = top = found.position;
     }
-    for (let position = low; position < high; ) {
-      const header = await this.wholeHeader(position, end);
-      if (header.timestampMs >= whenMs) return position + header.recordsAt;
-      position = header.end;
+    for await (const header of this.headers(low, high, end)) {
+      if (header.timestampMs >= whenMs) return header.position + (await this.whole(header)).recordsAt;
     }
     if (high === end) return end;
-    return high + (await this.wholeHeader(high, end)).recordsAt;
+    return high + (await this.whole(await this.headerAt(high, end))).recordsAt;
   }
 
-  // The header of the batch at `position`, which must be wholly in the log (a log cut short is
-  // reported at the first batch not wholly in it).
-  async wholeHeader(position, end) {
+  // The header of the batch at `position` (its batch id perhaps cut short).
+  async headerAt(position, end) {
     const head = await this.source.read(DATA_START + position, BATCH_HEADER + 128);
-    if (head.length < BATCH_HEADER) throw new CorruptData(position, "the log ends before the committed position");
-    const header = decodeBatchHeader(head, 0, position, end);
+    if (head.length < BATCH_HEADER) throw new CorruptData(position, LOG_ENDS);
+    return decodeBatchHeader(head, 0, position, end);
+  }
+
+  // The header of a batch that must be wholly in the log: a time search answers only where a
+  // read can start (a log cut short is reported at the first batch not wholly in it).
+  async whole(header) {
     if ((await this.source.read(DATA_START + header.end - 1, 1)).length < 1) {
-      throw new CorruptData(position, "the log ends before the committed position");
+      throw new CorruptData(header.position, LOG_ENDS);
     }
     return header;
+  }
+
+  // The headers of the batches from the batch start `position` to `stop`, read a window at a
+  // time (each batch's length leads to the next), as vault_core's time search walks them.
+  async *headers(position, stop, end) {
+    let buffer = new Uint8Array(0);
+    let base = position;
+    let previous = null;
+    while (position < stop) {
+      let at = position - base;
+      if (at + BATCH_HEADER > buffer.length) {
+        base = position;
+        at = 0;
+        buffer = await this.source.read(DATA_START + position, Math.min(SEEK_SPAN, stop - position) + 64);
+        if (buffer.length < Math.min(BATCH_HEADER, end - position)) {
+          // The log ends in this header, unless none of it is there and the batch before it
+          // already lacks its last byte.
+          const gone = previous && !buffer.length && !(await this.source.read(DATA_START + position - 1, 1)).length;
+          throw new CorruptData(gone ? previous.position : position, LOG_ENDS);
+        }
+      }
+      const header = decodeBatchHeader(buffer, at, position, end);
+      yield header;
+      previous = header;
+      position = header.end;
+    }
   }
 
   // (time, position) points of the stream's growth: the start of the batches found near
