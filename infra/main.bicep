@@ -1,4 +1,4 @@
-// Message Vault: a Function App on the Flex Consumption plan (Python 3.11), the storage account
+// Message Vault: a Function App on the Flex Consumption plan (Python 3.13), the storage account
 // that holds the streams (page blobs) and the Durable Functions task hub, and Application
 // Insights. No keys anywhere: the app reaches storage and App Insights with its system-assigned
 // managed identity, and shared-key access to the account is disabled.
@@ -403,7 +403,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       }
       runtime: {
         name: 'python'
-        version: '3.11'
+        version: '3.13'
       }
     }
   }

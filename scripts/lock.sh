@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Writes requirements.txt, what the Function App deploys with: vault_core's dependencies and the
 # Functions SDKs with everything they pull in, at exact versions, resolved in a clean virtual
-# environment. Run it after changing the dependencies in pyproject.toml (the test suite installs
-# from this lock and checks that it covers them).
+# environment on the app's Python (3.13, found by scripts/python313.sh). Run it after changing
+# the dependencies in pyproject.toml (the test suite installs from this lock and checks that it
+# covers them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python=${PYTHON:-python3}
+python=$(scripts/python313.sh)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$python" -m venv "$work/venv"

@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: lint and the type checker, then pytest against the local store and Azurite (started by the
-# suite itself on free loopback ports), then the suites of the record format, the stores and the
-# HTTP API once more on the pure-Python code (VAULT_PURE_PYTHON: what runs where the compiled
-# extension is not built, as on the Function App). Extra arguments go to pytest, and then only the
-# first run is made.
+# Runs the whole test suite: lint and the type checker, then pytest against the local store and
+# Azurite (started by the suite itself on free loopback ports) on Python 3.11+; then the Function
+# App's suites on Python 3.13, where the app runs through Microsoft's Python worker library inside
+# the Durable host stand-in; then the suites of the record format, the stores and the HTTP API once
+# more on the pure-Python code (VAULT_PURE_PYTHON: what runs where the compiled extension is not
+# built). Extra arguments go to pytest, and then only one run is made: on Python 3.13 if they name
+# tests/function_app, else on 3.11.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh dev
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy
+.venv-functions/bin/mypy
 if [ $# -gt 0 ]; then
-    exec .venv/bin/python -m pytest "$@"
+    case " $* " in
+    *tests/function_app*) exec .venv-functions/bin/python -m pytest "$@" ;;
+    *) exec .venv/bin/python -m pytest "$@" ;;
+    esac
 fi
 .venv/bin/python -m pytest
+echo "--- the Function App's suites, on Python 3.13 through Microsoft's worker library"
+.venv-functions/bin/python -m pytest tests/function_app
 echo "--- again on the pure-Python record path (VAULT_PURE_PYTHON=1)"
 VAULT_PURE_PYTHON=1 exec .venv/bin/python -m pytest -q tests/test_conformance.py tests/test_format_doc.py \
     tests/test_http.py tests/test_seek.py tests/test_cli.py tests/test_faults.py

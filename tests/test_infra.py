@@ -192,7 +192,7 @@ def test_function_app_security(trees: dict[Path, dict[str, Any]]) -> None:
 
 def test_function_app_config(trees: dict[Path, dict[str, Any]]) -> None:
     config = one(trees, SITE)["properties"]["functionAppConfig"]
-    assert config["runtime"] == {"name": "python", "version": "3.11"}
+    assert config["runtime"] == {"name": "python", "version": "3.13"}
     storage = config["deployment"]["storage"]
     assert storage["type"] == "blobContainer"
     assert storage["authentication"] == {"type": "SystemAssignedIdentity"}

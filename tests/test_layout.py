@@ -18,12 +18,6 @@ def modules_after(code: str) -> list[str]:
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def test_the_function_app_does_not_load_the_development_server():
-    loaded = modules_after("import function_app")
-    assert "vault_core.function_host" in loaded
-    assert not [m for m in loaded if m.startswith(("vault_core.server", "starlette", "uvicorn"))]
-
-
 def test_importing_vault_core_loads_no_storage_backend():
     loaded = modules_after("import vault_core")
     assert "vault_core.stores.base" in loaded

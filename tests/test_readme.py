@@ -77,24 +77,6 @@ def test_the_readmes_emulator_command_prints_the_connection_string_it_shows(tmp_
         assert printed == shown
 
 
-def test_the_functions_environment_the_readme_makes_indexes_the_app():
-    """`scripts/bootstrap.sh functions`, then the app as the Functions host's Python worker loads it."""
-    subprocess.run([str(ROOT / "scripts" / "bootstrap.sh"), "functions"], cwd=ROOT, check=True, timeout=600)
-    listed = subprocess.run(
-        [
-            str(ROOT / ".venv" / "bin" / "python"),
-            "-c",
-            "import function_app; print([f.get_function_name() for f in function_app.app.get_functions()])",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert listed.returncode == 0, listed.stderr
-    assert "'publish'" in listed.stdout and "'stream_writer'" in listed.stdout
-
-
 def wait_for_port(port: int) -> None:
     deadline = time.monotonic() + 30
     while True:

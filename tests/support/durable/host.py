@@ -33,9 +33,7 @@ else follows the app's host.json.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import http.client
 import itertools
 import json
 import os
@@ -60,7 +58,10 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 from tests.support import ROOT
+from tests.support.durable import bindings
 from tests.support.durable import protocol as p
+from tests.support.durable.bindings import Answer, HttpCall
+from tests.support.durable.channel import FunctionInfo, WorkerChannel, WorkerDied, WorkerStartFailed
 from tests.support.durable.taskhub import QueueMessage, Record, TaskHub
 
 TERMINAL = ("Completed", "Failed", "Terminated")
@@ -177,15 +178,14 @@ class AppInstance:
         self.running = threading.Event()  # cleared while the instance is frozen
         self.running.set()
         self.worker_ready = threading.Event()
-        self.process: subprocess.Popen[str] | None = None
-        self.port = 0
+        self.channel: WorkerChannel | None = None
+        self._workers = itertools.count()
         self.lock = threading.RLock()
         self.owned: dict[int, Partition] = {}
         self.pending: dict[str, WorkItem] = {}
         self.active: dict[str, WorkItem] = {}
         self.in_flight: Counter[str] = Counter()  # invocations running in the worker, by function
         self.executor = ThreadPoolExecutor(self.settings.max_concurrent, thread_name_prefix=f"{name}-work")
-        self.calls = ThreadPoolExecutor(64, thread_name_prefix=f"{name}-call")
         self._log = open(host.logs / f"{name}.log", "ab")  # noqa: SIM115
         self._start_worker()
         self._manager = threading.Thread(
@@ -197,20 +197,18 @@ class AppInstance:
 
     def _start_worker(self) -> None:
         env = {**os.environ, **self.host.app_settings}
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.durable.worker"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-        )
-        line = process.stdout.readline() if process.stdout else ""
-        if not line.startswith("ready "):
-            process.kill()
-            raise RuntimeError(f"worker of {self.name} did not start; see {self.host.logs / self.name}.log")
-        self.process, self.port = process, int(line.split()[1])
+        try:
+            channel = WorkerChannel(env, self._log, f"{self.name}-worker-{next(self._workers)}")
+        except WorkerStartFailed as error:
+            log = self._log.name
+            raise RuntimeError(f"{self.name}'s worker did not start: {error}; see {log}") from error
+        self.channel = channel
+        self.host.cold_starts.append(channel.start_seconds)
         self.worker_ready.set()
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.channel.process if self.channel is not None else None
 
     def restart_worker(self) -> None:
         """What the host does after a function timeout or a worker crash: a new worker process
@@ -219,9 +217,8 @@ class AppInstance:
             if not self.worker_ready.is_set() or not self.alive:
                 return
             self.worker_ready.clear()
-            if self.process is not None:
-                self.process.kill()
-                self.process.wait()
+            if self.channel is not None:
+                self.channel.kill()
         self.host.stats["worker restarts"] += 1
 
         def start_again() -> None:
@@ -231,21 +228,32 @@ class AppInstance:
 
         threading.Thread(target=start_again, daemon=True).start()
 
-    def invoke(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Runs a function on the worker; the time counts only while the instance is not frozen."""
+    def invoke(
+        self,
+        function: str,
+        timeout: float,
+        *,
+        http: HttpCall | None = None,
+        context: str | None = None,
+    ) -> Answer:
+        """Runs a function on the worker, through the worker library; the time counts only while
+        the instance is not frozen."""
         while not self.worker_ready.wait(0.1):
             self.gate()
-        process, port = self.process, self.port
-        future = self.calls.submit(_post, port, "/invoke", request)
-        future.add_done_callback(lambda _: self.in_flight.subtract([request["function"]]))
-        self.in_flight.update([request["function"]])
+        channel = self.channel
+        assert channel is not None
+        info = channel.functions[function]
+        client = self.host.client_binding(self)
+        future = channel.invoke(info, bindings.inputs(info, http=http, context=context, client=client))
+        self.in_flight.update([function])
+        future.add_done_callback(lambda _: self.in_flight.subtract([function]))
         elapsed, last = 0.0, time.monotonic()
         while True:
             try:
-                return future.result(timeout=0.05)
+                return bindings.answer(future.result(timeout=0.05))
             except FutureTimeout:
                 now = time.monotonic()
-                if self.running.is_set() and process is self.process and process.poll() is None:
+                if self.running.is_set() and channel is self.channel and channel.alive():
                     elapsed += now - last
                 last = now
                 if not self.alive:
@@ -253,7 +261,7 @@ class AppInstance:
                 if elapsed > timeout:
                     self.restart_worker()  # the host restarts the worker that ran past the timeout
                     raise FunctionTimedOut() from None
-            except (OSError, http.client.HTTPException, ValueError) as error:
+            except WorkerDied as error:
                 raise InvocationFailed(repr(error)) from error
 
     # --- freezing and dying
@@ -282,10 +290,10 @@ class AppInstance:
         with self.lock:
             for partition in self.owned.values():
                 partition.stop.set()
-            if self.process is not None:
-                self.process.send_signal(signal.SIGCONT)
-                self.process.kill()
-                self.process.wait()
+            if self.channel is not None:
+                if self.channel.process.poll() is None:
+                    self.channel.process.send_signal(signal.SIGCONT)
+                self.channel.kill()
         self.running.set()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self._log.close()
@@ -529,10 +537,10 @@ class AppInstance:
             *({**e, "IsPlayed": False} for e in new_events),
         ]
         context = p.orchestration_context(instance, history, record.input_text)
-        reply = self.invoke({"function": record.name, "context": context}, self.settings.function_timeout)
+        reply = self.invoke(record.name, self.settings.function_timeout, context=context)
         state = _orchestrator_state(reply)
         if state is None:
-            raise InvocationFailed(reply.get("error", "no result"))
+            raise InvocationFailed(reply.error or "no result")
         actions = [a for group in state.get("actions", []) for a in group]
         scheduled = sum(e["EventType"] in (p.EVENT_SENT, p.TIMER_CREATED) for e in history)
         outbound: list[tuple[str, dict[str, Any], float]] = []
@@ -608,12 +616,10 @@ class AppInstance:
             function = self.host.entity_function(name)
             context = p.entity_batch(name, key, record.exists, record.state, batch)
             try:
-                reply = self.invoke(
-                    {"function": function, "context": context}, self.settings.function_timeout
-                )
-                outcome = json.loads(reply["result"]) if "result" in reply else None
+                reply = self.invoke(function, self.settings.function_timeout, context=context)
+                outcome = json.loads(reply.result) if reply.result is not None else None
                 if outcome is None or len(outcome.get("results", [])) != len(batch):
-                    raise InvocationFailed(reply.get("error", "a result per operation was expected"))
+                    raise InvocationFailed(reply.error or "a result per operation was expected")
                 results = [(r["result"], r["isError"]) for r in outcome["results"]]
                 record.exists, record.state = outcome["entityExists"], outcome["entityState"]
             except FunctionTimedOut:
@@ -639,30 +645,19 @@ class AppInstance:
         self._checkpoint(record, loaded_etag, outbound, messages)
 
 
-def _orchestrator_state(reply: dict[str, Any]) -> dict[str, Any] | None:
+def _orchestrator_state(reply: Answer) -> dict[str, Any] | None:
     """The orchestrator's answer: its JSON result, or, when its code raised, the state the SDK
-    appends to the error message (as the extension's OrchestratorShim reads it)."""
-    if "result" in reply:
-        return json.loads(reply["result"])
+    appends to the error message (as the extension's OutOfProcOrchestrationShim reads it)."""
+    if reply.result is not None:
+        return json.loads(reply.result)
     marker = "\n\n$OutOfProcData$:"
-    error = reply.get("error", "")
+    error = reply.error or ""
     if marker in error:
         message, _, data = error.partition(marker)
         state = json.loads(data)
         state["error"] = message
         return state
     return None
-
-
-def _post(port: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
-    try:
-        data = json.dumps(body).encode()
-        connection.request("POST", path, data, {"Content-Type": "application/json"})
-        response = connection.getresponse()
-        return json.loads(response.read())
-    finally:
-        connection.close()
 
 
 class DurableHost:
@@ -688,6 +683,7 @@ class DurableHost:
         self.claims: list[tuple[float, int, str]] = []  # (monotonic time, partition, instance)
         self.events: list[str] = []
         self.errors: list[BaseException] = []
+        self.cold_starts: list[float] = []  # seconds each worker took to start and index the app
         self._logs = tempfile.TemporaryDirectory(prefix="durable-host-")
         self.logs = Path(self._logs.name)
         self._names = (f"instance-{n}" for n in itertools.count())
@@ -731,8 +727,8 @@ class DurableHost:
     def add_instance(self) -> AppInstance:
         """Scale out: a new instance joins and takes its share of the partitions."""
         instance = AppInstance(self, next(self._names))
-        if not self._functions:
-            self._functions = _get(instance.port, "/functions")
+        if not self._functions and instance.channel is not None:
+            self._functions = [_described(f) for f in instance.channel.functions.values()]
         self.instances.append(instance)
         self.note(f"{instance.name} joined")
         return instance
@@ -877,12 +873,9 @@ class DurableHost:
             ]
         return self.hub.purge(chosen)
 
-    def run_timer(self, function: str) -> dict[str, Any]:
+    def run_timer(self, function: str) -> Answer:
         """Runs a timer-triggered function now, on a live instance."""
-        instance = self._pick()
-        return instance.invoke(
-            {"function": function, "client": self.client_binding(instance)}, self.settings.function_timeout
-        )
+        return self._pick().invoke(function, self.settings.function_timeout)
 
     def _pick(self) -> AppInstance:
         healthy = [i for i in self.live() if i.running.is_set() and i.worker_ready.is_set()]
@@ -908,13 +901,16 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-def _get(port: int, path: str) -> Any:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        connection.request("GET", path)
-        return json.loads(connection.getresponse().read())
-    finally:
-        connection.close()
+def _described(function: FunctionInfo) -> dict[str, Any]:
+    """A function's trigger, as the host learns it from the worker's indexing."""
+    trigger = function.trigger
+    return {
+        "name": function.name,
+        "trigger": trigger["type"],
+        "route": trigger.get("route"),
+        "methods": trigger.get("methods"),
+        "authLevel": trigger.get("authLevel"),
+    }
 
 
 def _rpc_handler(host: DurableHost) -> type[BaseHTTPRequestHandler]:
@@ -1059,29 +1055,21 @@ def _front_door(host: DurableHost) -> type[BaseHTTPRequestHandler]:
                         return self._send(401, b"", {})
                 try:
                     instance = host._pick()
-                    reply = instance.invoke(
-                        {
-                            "function": function["name"],
-                            "client": host.client_binding(instance),
-                            "http": {
-                                "method": self.command,
-                                "url": f"http://localhost:7071{self.path}",
-                                "headers": dict(self.headers.items()),
-                                "params": query,
-                                "route_params": {k: unquote(v or "") for k, v in match.groupdict().items()},
-                                "body": base64.b64encode(body).decode(),
-                            },
-                        },
-                        host.settings.function_timeout,
+                    call = HttpCall(
+                        method=self.command,
+                        url=f"http://localhost:7071{self.path}",
+                        headers=dict(self.headers.items()),
+                        query=query,
+                        route_params={k: unquote(v or "") for k, v in match.groupdict().items()},
+                        body=body,
                     )
+                    reply = instance.invoke(function["name"], host.settings.function_timeout, http=call)
                 except (InvocationFailed, FunctionTimedOut, Stopped):
                     return self._send(502, b"Bad Gateway", {"Content-Type": "text/plain"})
-                if "error" in reply:
-                    host.note(f"HTTP function {function['name']} raised: {reply['error']}")
+                if reply.http is None:
+                    host.note(f"HTTP function {function['name']} raised: {reply.error}")
                     return self._send(500, b"Internal Server Error", {"Content-Type": "text/plain"})
-                headers = dict(reply["headers"])
-                headers.setdefault("Content-Type", reply.get("mimetype") or "text/plain")
-                return self._send(reply["status"], base64.b64decode(reply["body"]), headers)
+                return self._send(reply.http.status, reply.http.body, reply.http.headers)
             return self._send(404, b"", {})
 
         do_GET = do_HEAD = do_POST = do_DELETE = _handle

@@ -1,124 +1,126 @@
-"""A Python worker process for the Durable host stand-in: it imports the Function App as the
-Azure Functions Python worker does (`function_app.app.get_functions()`, once) and runs the
-functions it is handed through their own handles: sync functions on a thread pool the size the
-worker uses (PYTHON_THREADPOOL_THREAD_COUNT, else min(32, cpus + 4)), async ones on one event
-loop. It takes invocations over HTTP on a free loopback port, which it prints as `ready <port>`.
+"""A Python worker process for the Durable host stand-in. It does what the Python worker's proxy
+does around Microsoft's worker library (azure-functions-runtime, Python 3.13+), and nothing more:
+it connects to its host, says who it is, and hands each request it gets to the library's handler
+for it (init, function metadata, function load, invocation), all on one event loop, each request
+as a task of its own so that invocations run concurrently; then sends back what the handler
+answered. Indexing the app, converting bindings, running sync functions on the library's thread
+pool and async ones on the loop, and turning exceptions into answers are the library's.
 
-    python -m tests.support.durable.worker
+    python -m tests.support.durable.worker --port PORT --worker-id ID
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import base64
-import json
+import logging
 import os
 import sys
 import threading
-import traceback
-from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-import azure.functions as func
-from azure.functions.timer import TimerRequest
+import azure_functions_runtime as runtime
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the app's root, as the host sets it
+from tests.support.durable.rpc import LENGTH, protos
 
-import function_app
-
-FUNCTIONS = {f.get_function_name(): f for f in function_app.app.get_functions()}
-THREADS = int(os.environ.get("PYTHON_THREADPOOL_THREAD_COUNT") or min(32, (os.cpu_count() or 1) + 4))
-POOL = ThreadPoolExecutor(THREADS, thread_name_prefix="sync-invocation")
-LOOP = asyncio.new_event_loop()
-
-
-def describe() -> list[dict[str, Any]]:
-    """Each function's trigger, as the host learns it from the worker's indexing."""
-    described = []
-    for name, function in FUNCTIONS.items():
-        bindings = [json.loads(b) for b in function.get_raw_bindings()]
-        trigger = next(b for b in bindings if b["type"].endswith("Trigger"))
-        described.append(
-            {
-                "name": name,
-                "trigger": trigger["type"],
-                "route": trigger.get("route"),
-                "methods": trigger.get("methods"),
-                "authLevel": trigger.get("authLevel"),
-            }
-        )
-    return described
+# What the library answers each request with, by the name of the request's field.
+HANDLERS = {
+    "worker_init_request": ("worker_init_response", runtime.worker_init_request),
+    "functions_metadata_request": ("function_metadata_response", runtime.functions_metadata_request),
+    "function_load_request": ("function_load_response", runtime.function_load_request),
+    "invocation_request": ("invocation_response", runtime.invocation_request),
+}
 
 
-def invoke(request: dict[str, Any]) -> dict[str, Any]:
-    function = FUNCTIONS[request["function"]]
-    arguments: dict[str, Any] = {}
-    for binding in (json.loads(b) for b in function.get_raw_bindings()):
-        kind, name = binding["type"], binding["name"]
-        if kind == "httpTrigger":
-            sent = request["http"]
-            arguments[name] = func.HttpRequest(
-                method=sent["method"],
-                url=sent["url"],
-                headers=sent["headers"],
-                params=sent["params"],
-                route_params=sent["route_params"],
-                body=base64.b64decode(sent["body"]),
-            )
-        elif kind == "orchestrationTrigger":
-            arguments[name] = func.OrchestrationContext(request["context"])
-        elif kind == "entityTrigger":
-            arguments[name] = func.EntityContext(request["context"])
-        elif kind == "timerTrigger":
-            arguments[name] = TimerRequest(past_due=False)
-        elif kind == "durableClient":
-            arguments[name] = request["client"]
-    user_function = function.get_user_function()
-    if asyncio.iscoroutinefunction(user_function):
-        result = asyncio.run_coroutine_threadsafe(user_function(**arguments), LOOP).result()
-    else:
-        result = POOL.submit(user_function, **arguments).result()
-    if isinstance(result, func.HttpResponse):
-        return {
-            "status": result.status_code,
-            "headers": dict(result.headers),
-            "mimetype": result.mimetype,
-            "body": base64.b64encode(result.get_body()).decode(),
-        }
-    return {"result": result}
+@dataclass
+class Request:
+    """What the library's handlers take: the message, and the host's address and the protos."""
+
+    request: Any
+    properties: dict[str, Any] = field(default_factory=dict)
 
 
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
+async def serve(port: int, worker_id: str) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lock = asyncio.Lock()
 
-    def _reply(self, status: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    async def answer(message: Any) -> None:
+        kind = message.WhichOneof("content")
+        if kind not in HANDLERS:
+            return
+        if kind == "worker_init_request":
+            # The proxy starts the library's pool for sync functions before the app is indexed.
+            runtime.start_threadpool_executor()
+            directory = message.worker_init_request.function_app_directory
+            if directory not in sys.path:
+                sys.path.insert(0, directory)
+        field_name, handler = HANDLERS[kind]
+        response = await handler(Request(message, {"host": "127.0.0.1", "protos": protos}))
+        reply = protos.StreamingMessage(request_id=message.request_id, **{field_name: response})
+        data = reply.SerializeToString()
+        async with lock:
+            writer.write(LENGTH.pack(len(data)) + data)
+            await writer.drain()
 
-    def do_GET(self) -> None:
-        self._reply(200, describe())
-
-    def do_POST(self) -> None:
-        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    hello = protos.StreamingMessage(start_stream=protos.StartStream(worker_id=worker_id)).SerializeToString()
+    writer.write(LENGTH.pack(len(hello)) + hello)
+    await writer.drain()
+    tasks: set[asyncio.Task[None]] = set()
+    while True:
         try:
-            self._reply(200, invoke(request))
-        except Exception as error:  # the invocation failed: the host sees the message
-            self._reply(200, {"error": str(error), "traceback": traceback.format_exc()})
+            head = await reader.readexactly(LENGTH.size)
+            body = await reader.readexactly(LENGTH.unpack(head)[0])
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return  # the host closed the stream: the worker ends
+        message = protos.StreamingMessage()
+        message.ParseFromString(body)
+        kind = message.WhichOneof("content")
+        # Named for what it runs: asyncio's debug mode names slow tasks in the log.
+        name = f"{kind} {message.invocation_request.function_id}" if kind == "invocation_request" else kind
+        task = asyncio.create_task(answer(message), name=name)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+
+def trace_calls(names: str) -> None:
+    """For tests that must see where the app runs a piece of its work: each call of a function
+    named in `names` ("module:function,...") is logged with the thread it ran on. A profile hook
+    on every thread, so only workers that are asked for it pay for it."""
+    wanted = {tuple(name.split(":", 1)) for name in names.split(",") if ":" in name}
+    log = logging.getLogger("standin.trace")
+
+    def hook(frame: Any, event: str, _arg: Any) -> None:
+        if event == "call" and (frame.f_globals.get("__name__"), frame.f_code.co_name) in wanted:
+            thread = threading.current_thread()
+            log.info(
+                "traced %s:%s on thread %s (main: %s)",
+                frame.f_globals["__name__"],
+                frame.f_code.co_name,
+                thread.name,
+                thread is threading.main_thread(),
+            )
+
+    threading.setprofile_all_threads(hook)
+    sys.setprofile(hook)
 
 
 def main() -> None:
-    threading.Thread(target=LOOP.run_forever, daemon=True).start()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    print(f"ready {server.server_address[1]}", flush=True)
-    server.serve_forever(poll_interval=0.1)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--worker-id", required=True)
+    args = parser.parse_args()
+    # The app's and the library's log lines go to the instance's log (the host's console).
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    if os.environ.get("STANDIN_TRACE_CALLS"):
+        trace_calls(os.environ["STANDIN_TRACE_CALLS"])
+    # The proxy worker runs its loop on uvloop where it is installed (it is: vault_core needs it).
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(args.port, args.worker_id))
+    else:
+        asyncio.run(serve(args.port, args.worker_id), loop_factory=uvloop.new_event_loop)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The Function App on the Durable host stand-in (tests/support/durable): the app's real functions
-in worker processes, reached over HTTP through the host's front door, with entity operations queued
-and delivered in batches, partitions and polling as on the Azure Storage provider. Storage is
-Azurite. A few tests call the entity's handle directly, as the worker does, to pin down what it
-answers for each operation of a batch."""
+in worker processes that run it through Microsoft's worker library, reached over HTTP through the
+host's front door, with entity operations queued and delivered in batches, partitions and polling
+as on the Azure Storage provider. Storage is Azurite. A few tests hand the entity one batch of
+operations through a worker of its own, to pin down what it answers for each."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ import base64
 import hashlib
 import itertools
 import json
+import os
 import threading
 import time
 
-import azure.durable_functions as df
-import azure.functions as func
 import httpx
 import pytest
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
 
 import vault_core
-from tests.support.durable import protocol
+from tests.support.durable import bindings, protocol
+from tests.support.durable.channel import WorkerChannel
 from tests.support.durable.host import DurableHost, scaled
 from tests.support.streams import contents
 from vault_core import Message
@@ -29,14 +29,6 @@ from vault_core import http_models as http
 from vault_core.client import KeyReused, VaultClient
 
 _containers = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def functions():
-    import function_app
-
-    # The worker calls get_functions() once per app object; a second call would fail.
-    return {f.get_function_name(): f for f in function_app.app.get_functions()}
 
 
 def app_settings(azurite, container: str, **extra: str) -> dict[str, str]:
@@ -73,7 +65,10 @@ def post(app, stream: str, body: bytes, content_type: str = http.JSON, **headers
     )
 
 
-def test_the_indexed_functions(functions):
+def test_the_indexed_functions(app):
+    """As the worker library indexes the app and reports it to the host."""
+    assert app.instances[0].channel is not None
+    functions = app.instances[0].channel.functions
     expected = {
         "publish": ("httpTrigger", "streams/{stream}", ["POST"], "FUNCTION"),
         "batch_status": ("httpTrigger", "streams/{stream}/batches/{token}", ["GET"], "FUNCTION"),
@@ -86,16 +81,16 @@ def test_the_indexed_functions(functions):
         "openapi": ("httpTrigger", "openapi.json", ["GET"], "ANONYMOUS"),
     }
     for name, (trigger, route, methods, auth) in expected.items():
-        bindings = [json.loads(b) for b in functions[name].get_raw_bindings()]
+        bindings = functions[name].bindings
         http_in = next(b for b in bindings if b["type"] == trigger)
         assert (http_in["route"], http_in["methods"], http_in["authLevel"]) == (route, methods, auth)
         assert {"type": "http", "direction": "OUT", "name": "$return"} in bindings
     for name in ("publish", "batch_status", "purge_history"):
-        assert any(json.loads(b)["type"] == "durableClient" for b in functions[name].get_raw_bindings())
-    types = {name: [json.loads(b)["type"] for b in functions[name].get_raw_bindings()] for name in functions}
+        assert any(b["type"] == "durableClient" for b in functions[name].bindings)
+    types = {name: [b["type"] for b in functions[name].bindings] for name in functions}
     assert types["append_batch"] == ["orchestrationTrigger"]
     # The binding the SDK's entity_trigger declares, with the whole batch handed to our handle.
-    assert [json.loads(b) for b in functions["stream_writer"].get_raw_bindings()] == [
+    assert list(functions["stream_writer"].bindings) == [
         {"direction": "IN", "type": "entityTrigger", "name": "context"}
     ]
     assert sorted(types["purge_history"]) == ["durableClient", "timerTrigger"]
@@ -329,7 +324,7 @@ def test_the_purge_timer_forgets_finished_appends_only(app):
     app.hub.records["still-running"].status = "Running"
     try:
         reply = app.run_timer("purge_history")
-        assert "error" not in reply, reply
+        assert reply.error is None, reply
         assert app.record(finished) is None
         assert app.record("still-running") is not None  # running orchestrations are kept
         assert app.record(entity) is not None  # and the entities' state
@@ -349,34 +344,35 @@ def test_host_json_keeps_latency_low_and_batches_inside_the_stream_memory():
     assert settings.function_timeout >= host_module.ENTITY_BUDGET_SECONDS * 4
 
 
-# --- the entity's handle, called as the worker calls it -----------------------------------------
+# --- one batch of operations for the entity, through a worker of its own ---------------------------
 
 
 @pytest.fixture
-def entity(functions, azurite, monkeypatch):
-    """Runs the app's entity function in this process on one batch of operations."""
+def entity(azurite, tmp_path):
+    """Runs the app's entity function on one batch of operations, as the host hands it one: an
+    InvocationRequest to a worker process running the app through the worker library."""
     container = f"entity-{next(_containers)}"
-    for name, value in app_settings(azurite, container).items():
-        monkeypatch.setenv(name, value)
-    host_module.store.cache_clear()
-    host_module.staging.cache_clear()
-    host_module.owners.cache_clear()
-    handle = functions["stream_writer"].get_user_function()
+    env = {**os.environ, "FUNCTIONS_WORKER_RUNTIME": "python", **app_settings(azurite, container)}
+    with open(tmp_path / "worker.log", "ab") as log:
+        channel = WorkerChannel(env, log, "entity")
+        function = channel.functions["stream_writer"]
 
-    def run(stream: str, payloads: list[dict], state: str | None = None) -> tuple[list, str]:
-        operations = [{"op": "append", "input": json.dumps(json.dumps(p))} for p in payloads]
-        context = protocol.entity_batch("stream_writer", stream, state is not None, state, operations)
-        answer = json.loads(handle(func.EntityContext(context)))
-        assert answer["signals"] == [] and answer["entityExists"]
-        return [json.loads(r["result"]) for r in answer["results"]], answer["entityState"]
+        def run(stream: str, payloads: list[dict], state: str | None = None) -> tuple[list, str]:
+            operations = [{"op": "append", "input": json.dumps(json.dumps(p))} for p in payloads]
+            context = protocol.entity_batch("stream_writer", stream, state is not None, state, operations)
+            invocation = channel.invoke(function, bindings.inputs(function, context=context))
+            reply = bindings.answer(invocation.result(120))
+            assert reply.error is None and reply.result is not None, reply.error
+            answer = json.loads(reply.result)
+            assert answer["signals"] == [] and answer["entityExists"]
+            return [json.loads(r["result"]) for r in answer["results"]], answer["entityState"]
 
-    run.store = vault_core.open_store(azurite.connection_string, container=container)
-    run.staging = vault_core.open_store(azurite.connection_string, container=f"{container}-staging")
-    yield run
-    host_module.owners().close()
-    host_module.owners.cache_clear()
-    host_module.store.cache_clear()
-    host_module.staging.cache_clear()
+        run.store = vault_core.open_store(azurite.connection_string, container=container)
+        run.staging = vault_core.open_store(azurite.connection_string, container=f"{container}-staging")
+        try:
+            yield run
+        finally:
+            channel.kill()
 
 
 def payload(stream: str, key: str, messages: list[Message], staged_in=None) -> dict:
@@ -391,23 +387,14 @@ def payload(stream: str, key: str, messages: list[Message], staged_in=None) -> d
     return item
 
 
-def test_the_entity_commits_a_batch_of_operations_together_each_with_its_answer(entity, monkeypatch):
-    commits = []
-    open_log = type(entity.store).open_log
-
-    def counting_open_log(store, *args, **kwargs):
-        log = open_log(store, *args, **kwargs)
-        commit = log.write_commit_slot
-        log.write_commit_slot = lambda *a: commits.append(1) or commit(*a)
-        return log
-
-    monkeypatch.setattr(type(entity.store), "open_log", counting_open_log)
+def test_the_entity_commits_a_batch_of_operations_together_each_with_its_answer(entity):
     ops = [payload("s", f"id-{i}", [Message(f"m{i}", b"x" * i)]) for i in range(10)]
     ops.append(payload("s", "id-3", [Message("m3", b"xxx")]))  # delivered twice: one copy
     ops.append(payload("s", "id-4", [Message("not-m4", b"")]))  # an id reused for other messages
     ops.append(payload("s", "big", [Message("b", bytes(300_000))], staged_in=entity.staging))
     answers, state = entity("s", ops)
-    assert len(commits) == 2  # the first, empty commit of a new stream, then one for all
+    # Commit 0 is the new stream's first, empty one; commit 1 holds all the batches.
+    assert entity.store.reader("s").commit_record().counter == 1
     assert all("position" in a for a in answers[:10]) and answers[10] == answers[3]
     assert answers[11]["problem"]["status"] == 422 and answers[11]["retry"] is False
     assert "position" in answers[12]
@@ -458,38 +445,24 @@ def test_which_problems_the_orchestration_retries(error, retry):
     )
 
 
-def test_a_post_parses_and_hashes_its_body_off_the_event_loop(app, monkeypatch):
-    """A 16 MiB body takes a while to parse, encode and hash; on the worker's one event loop that
-    would stall every other request."""
-    import asyncio
-
-    from azure.durable_functions.models.utils import http_utils
-
-    for name, value in app.app_settings.items():
-        monkeypatch.setenv(name, value)
-    ran_on: list[threading.Thread] = []
-    encode = host_module._encode
-    monkeypatch.setattr(
-        host_module, "_encode", lambda *a: ran_on.append(threading.current_thread()) or encode(*a)
-    )
-    request = func.HttpRequest(
-        method="POST",
-        url=f"{app.url}/streams/off-loop",
-        headers={"content-type": http.JSON},
-        route_params={"stream": "off-loop"},
-        body=http.encode_json([Message("k", b"v")]),
-    )
-
-    async def call() -> func.HttpResponse:
-        try:
-            client = df.DurableOrchestrationClient(app.client_binding(app.instances[0]))
-            return await host_module.publish(request, client)
-        finally:
-            await http_utils._close_session()
-
-    response = asyncio.run(call())
-    assert response.status_code == 200, response.get_body()
-    assert ran_on and ran_on[0] is not threading.main_thread()
+def test_a_post_parses_and_hashes_its_body_off_the_event_loop(azurite):
+    """Parsing, encoding and hashing a 16 MiB body takes a while; on the worker's one event loop it
+    would stall every other invocation on that instance. The worker logs the thread each call of
+    the app's encoding step ran on."""
+    container = f"app-{next(_containers)}"
+    values = app_settings(azurite, container, STANDIN_TRACE_CALLS="vault_core.function_host:_encode")
+    messages = [Message(f"k{i}", bytes([i % 256]) * 1200) for i in range(1_000)]
+    with DurableHost(values, instances=1, settings=scaled(0.1)) as host:
+        response = post(host, "off-loop", http.encode_json(messages), **{"Idempotency-Key": "off-loop-1"})
+        assert response.status_code == 200, response.text
+        traced = [
+            line
+            for line in (host.logs / f"{host.instances[0].name}.log").read_text().splitlines()
+            if "traced vault_core.function_host:_encode" in line
+        ]
+    assert len(traced) == 1 and "(main: False)" in traced[0], traced
+    store = vault_core.open_store(azurite.connection_string, container=container)
+    assert len(contents(store, "off-loop")) == len(messages)
 
 
 def test_a_client_whose_pending_append_was_purged_sends_it_again_and_it_lands_once(app):
