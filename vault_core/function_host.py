@@ -55,7 +55,7 @@ from azure.durable_functions.models.entities import EntityState, OperationResult
 from . import http_models as http
 from . import openapi
 from .errors import BatchIdConflict, FencedError, StreamBusyError
-from .format import Message
+from .format import BATCH_ID, Message
 from .service import (
     CONSOLE,
     Writers,
@@ -179,7 +179,7 @@ async def publish(req: func.HttpRequest, client: df.DurableOrchestrationClient) 
         # event loop: they run on a thread.
         batch, digest = await asyncio.to_thread(_encode, req.headers.get("content-type"), req.get_body())
         instance = instance_id(stream, key)
-        status = await client.get_status(instance)
+        status = await _status(client, instance)
         earlier = _input_of(status)
         if earlier is not None and earlier.get("digest") != digest:
             raise BatchIdConflict(
@@ -193,11 +193,12 @@ async def publish(req: func.HttpRequest, client: df.DurableOrchestrationClient) 
                 payload["staged"] = await asyncio.to_thread(_stage, f"{stream}/{key}/{digest}", batch)
             try:
                 await client.start_new(ORCHESTRATOR, instance, payload)
-            except Exception:
-                # A retry of this request started it first (the runtime refuses a second start of
-                # a running instance): wait for that one.
-                if await client.get_status(instance) is None:
-                    raise
+            except Exception as error:
+                # A retry of this request may have started it first (the runtime refuses a second
+                # start of a running instance): then wait for that one. Otherwise the runtime did
+                # not start the append (storage trouble, throttling): nothing will append it.
+                if await _status(client, instance) is None:
+                    raise _not_started(f"the runtime refused to start it ({error})") from error
         return await _outcome(client, stream, key, float(setting("VAULT_WAIT_SECONDS") or 30))
     except Exception as error:
         return problem_response(error)
@@ -207,8 +208,7 @@ async def batch_status(req: func.HttpRequest, client: df.DurableOrchestrationCli
     try:
         stream = http.check_stream(req.route_params.get("stream", ""))
         key = http.check_idempotency_key(req.route_params.get("token"))
-        instance = instance_id(stream, key) if key else None
-        status = await client.get_status(instance) if instance else None
+        status = await _status(client, instance_id(stream, key)) if key else None
         earlier = _input_of(status)
         if earlier is None or earlier.get("stream") != stream:
             raise http.unknown_batch()
@@ -300,10 +300,15 @@ async def _outcome(
     loop = asyncio.get_running_loop()
     deadline, delay = loop.time() + wait, 0.05
     while True:
-        status = await client.get_status(instance)
-        runtime = status.runtime_status if status else None
+        try:
+            status = await _status(client, instance)
+            if status is None:  # purged or never created: nothing will answer for this append
+                raise _not_started("the runtime no longer knows it")
+            runtime, output = status.runtime_status, status.output
+        except RuntimeUnavailable:
+            runtime, output = None, None  # this ask failed, the append goes on: ask again
         if runtime == df.OrchestrationRuntimeStatus.Completed:
-            return _from_entity(stream, status.output)
+            return _from_entity(stream, output)
         if runtime in FINISHED:
             raise RuntimeError(f"the append orchestration {instance} ended {runtime.value}")
         remaining = deadline - loop.time()
@@ -316,10 +321,48 @@ async def _outcome(
         delay = min(delay * 1.5, 1.0)
 
 
+class RuntimeUnavailable(http.ProblemError):
+    """The Durable runtime failed a request of the client's (its storage, say): it may pass."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            503, "runtime-unavailable", "The Durable runtime is unavailable", detail, **{"Retry-After": "2"}
+        )
+
+
+async def _status(
+    client: df.DurableOrchestrationClient, instance: str
+) -> df.models.DurableOrchestrationStatus | None:
+    """The orchestration's status, or None when there is no such instance. The SDK answers a
+    status object for every outcome, falsy both for an unknown instance (404) and for a query
+    the runtime failed (500, its error in the object's attributes): the second is raised."""
+    status = await client.get_status(instance)
+    if status:
+        return status
+    failure = getattr(status, "ExceptionMessage", None) or getattr(status, "Message", None)
+    if failure:
+        raise RuntimeUnavailable(
+            f"the Durable runtime could not tell the append's status ({failure}); "
+            "retry with the same Idempotency-Key"
+        )
+    return None
+
+
+def _not_started(why: str) -> http.ProblemError:
+    return http.ProblemError(
+        503,
+        "append-not-started",
+        "The append was not started",
+        f"the vault could not start the append: {why}; nothing was appended, "
+        "send the batch again with the same Idempotency-Key",
+        **{"Retry-After": "2"},
+    )
+
+
 def _input_of(status: df.models.DurableOrchestrationStatus | None) -> dict[str, Any] | None:
     """An orchestration's input. The client sends inputs as JSON text, so the status may carry
     that text rather than the object."""
-    value = status.input_ if status else None
+    value = status.input_ if status is not None else None
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -329,10 +372,11 @@ def _input_of(status: df.models.DurableOrchestrationStatus | None) -> dict[str, 
 
 
 def _should_start(status: df.models.DurableOrchestrationStatus | None) -> bool:
-    """Start an orchestration for this key unless one is running or has a final answer. One that
-    failed, or gave up on a problem that may pass, runs again: the batch id keeps the append
-    exactly once whatever happened before."""
-    runtime = status.runtime_status if status else None
+    """Start an orchestration for this key unless one is running or has a final answer (an
+    append, or a problem with the request). One that failed, or ended on a problem of the
+    vault's (5xx), runs again: the batch id keeps the append exactly once whatever happened
+    before."""
+    runtime = status.runtime_status if status is not None else None
     if runtime is None or runtime in (
         df.OrchestrationRuntimeStatus.Failed,
         df.OrchestrationRuntimeStatus.Terminated,
@@ -340,7 +384,8 @@ def _should_start(status: df.models.DurableOrchestrationStatus | None) -> bool:
         return True
     if runtime == df.OrchestrationRuntimeStatus.Completed:
         output = status.output if isinstance(status.output, dict) else {}  # type: ignore[union-attr]
-        return bool(output.get("retry"))
+        problem = output.get("problem")
+        return bool(output.get("retry")) or (isinstance(problem, dict) and problem.get("status", 0) >= 500)
     return False
 
 
@@ -386,7 +431,14 @@ def stream_writer(context: func.EntityContext) -> str:
     Built from the SDK's own context and result types, as the SDK's per-operation handler is."""
     entity, operations = df.DurableEntityContext.from_json(context.body)
     started = datetime.now(UTC)
-    outcomes = _append_operations(entity.entity_key, operations)
+    try:
+        outcomes = _append_operations(entity.entity_key, operations)
+    except Exception as error:
+        # Raising would fail the whole invocation, which the runtime delivers again and again,
+        # with no limit, stopping every append to the stream. Each answer says to try again
+        # instead: the appends that did commit are found by their batch ids.
+        log.exception("the stream's entity failed its batch of %d operations", len(operations))
+        outcomes = [_problem(error, retry=True) for _ in operations]
     state = entity.get_state(lambda: {"appends": 0, "position": 0}) or {"appends": 0, "position": 0}
     appended = [o["position"] for o in outcomes if "position" in o]
     if appended:
@@ -423,11 +475,11 @@ def _append_operations(stream: str, operations: list[dict[str, Any]]) -> list[di
     appends: list[_Append] = []
     answers: list[_Append | dict[str, Any]] = []
     for operation in operations:
-        if operation.get("name") != "append":
-            answers.append(_problem(ValueError(f"unknown operation {operation.get('name')!r}"), retry=False))
+        try:
+            appends.append(_Append(_payload(stream, operation)))
+        except ValueError as error:  # answered on its own: it stops none of the others
+            answers.append(_problem(error, retry=False))
             continue
-        # The caller's JSON text, serialized once more by the runtime.
-        appends.append(_Append(json.loads(json.loads(operation["input"]))))
         answers.append(appends[-1])
     for chunk in _rounds(appends):
         if time.monotonic() > deadline:
@@ -436,6 +488,34 @@ def _append_operations(stream: str, operations: list[dict[str, Any]]) -> list[di
             continue
         _append_round(stream, chunk)
     return [a.outcome if isinstance(a, _Append) else a for a in answers]  # type: ignore[misc]
+
+
+def _payload(stream: str, operation: dict[str, Any]) -> dict[str, Any]:
+    """The append an operation carries: the orchestration's payload, whose JSON text the runtime
+    serialized once more. ValueError says what is wrong with one that does not carry an append
+    for this stream (from another version of the app, say)."""
+    if operation.get("name") != "append":
+        raise ValueError(f"unknown operation {operation.get('name')!r}")
+    text = operation.get("input")
+    if not isinstance(text, str):
+        raise ValueError("the append operation has no input")
+    try:
+        payload = json.loads(json.loads(text))
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"the append operation's input is not the JSON text of a batch: {error}") from None
+    if (
+        not isinstance(payload, dict)
+        or not all(isinstance(payload.get(field), str) for field in ("stream", "batch_id", "digest"))
+        or sum(isinstance(payload.get(field), str) for field in ("inline", "staged")) != 1
+    ):
+        raise ValueError(
+            "the append operation's input is not a batch (stream, batch_id, digest and inline or staged)"
+        )
+    if payload["stream"] != stream:
+        raise ValueError(f"the append for stream {payload['stream']!r} reached the entity of {stream!r}")
+    if not BATCH_ID.fullmatch(payload["batch_id"]):
+        raise ValueError(f"the append's batch id {payload['batch_id'][:140]!r} is not one")
+    return payload
 
 
 def _rounds(appends: list[_Append]) -> Iterator[list[_Append]]:
@@ -474,7 +554,16 @@ def _append_round(stream: str, appends: list[_Append]) -> None:
     committed = [
         a.payload["staged"] for a in appends if "staged" in a.payload and "position" in (a.outcome or {})
     ]
-    list(_pool().map(staging().delete_object, committed))
+    list(_pool().map(_delete_staged, committed))
+
+
+def _delete_staged(name: str) -> None:
+    """Best effort: a staged batch left behind is removed by the staging container's lifecycle
+    rule, and an append it stood for is answered from the stream if it comes again."""
+    try:
+        staging().delete_object(name)
+    except Exception as error:
+        log.warning("could not delete the staged batch %s (%s); it expires", name, type(error).__name__)
 
 
 def _read(append: _Append) -> None:
@@ -497,7 +586,10 @@ def _read(append: _Append) -> None:
             RuntimeError(f"the staged batch {payload.get('staged')} is damaged"), retry=False
         )
         return
-    append.messages = http.parse_batch(http.BINARY_BATCH, body)
+    try:
+        append.messages = http.parse_batch(http.BINARY_BATCH, body)
+    except Exception as error:
+        append.outcome = _problem(error, retry=False)
 
 
 def _missing_staged(stream: str, appends: list[_Append]) -> None:

@@ -205,6 +205,89 @@ def test_bad_requests_are_problems_and_start_nothing(app, stream, content_type, 
     assert "s" not in app.store.streams()
 
 
+def test_a_start_the_runtime_refuses_is_a_503_problem_and_a_retry_lands_once(app):
+    """The runtime can refuse to start an orchestration (its storage failing, throttling): the
+    SDK raises, and the status of an instance that was never created is a 404. The producer
+    must not be told the batch was accepted."""
+    body = http.encode_json([Message("k", b"refused")])
+    with app.fail_client_calls(start=1):
+        refused = post(app, "refused", body, **{"Idempotency-Key": "refused-1"})
+    assert refused.status_code == 503 and refused.headers["content-type"] == http.PROBLEM_JSON
+    assert "location" not in refused.headers and refused.headers["retry-after"]
+    assert "Idempotency-Key" in refused.json()["detail"]
+    assert app.record(host_module.instance_id("refused", "refused-1")) is None
+    assert "refused" not in app.store.streams()
+    again = post(app, "refused", body, **{"Idempotency-Key": "refused-1"})
+    assert again.status_code == 200, again.text
+    assert contents(app.store, "refused") == [("k", b"refused")]
+
+
+def test_a_status_the_runtime_cannot_give_is_a_503_not_a_guess(app):
+    """The SDK reads a failed status query (500) as a status object as falsy as an unknown
+    instance's: neither the POST nor the status location may take it for "no such append"."""
+    body = http.encode_json([Message("k", b"unsure")])
+    with app.fail_client_calls(status=1):
+        unsure = post(app, "unsure", body, **{"Idempotency-Key": "unsure-1"})
+    assert unsure.status_code == 503 and unsure.headers["content-type"] == http.PROBLEM_JSON
+    assert app.record(host_module.instance_id("unsure", "unsure-1")) is None  # nothing started
+    done = post(app, "unsure", body, **{"Idempotency-Key": "unsure-1"})
+    assert done.status_code == 200, done.text
+    origin = f"http://{httpx.URL(app.url).netloc.decode()}"
+    with app.fail_client_calls(status=1):
+        location = httpx.get(origin + http.batch_location("unsure", "unsure-1"), timeout=30)
+    assert location.status_code == 503 and location.headers["content-type"] == http.PROBLEM_JSON
+    assert httpx.get(origin + http.batch_location("unsure", "unsure-1"), timeout=30).json() == done.json()
+
+
+def test_a_status_ask_that_fails_while_the_append_runs_is_asked_again(app):
+    entity = protocol.entity_instance_id("stream_writer", "asked-again")
+    answers: list[httpx.Response] = []
+    with app.holding(entity):
+        thread = threading.Thread(
+            target=lambda: answers.append(
+                post(app, "asked-again", http.encode_json([Message("k", b"v")]), **{"Idempotency-Key": "a-1"})
+            )
+        )
+        thread.start()
+        instance = host_module.instance_id("asked-again", "a-1")
+        deadline = time.monotonic() + 30
+        while app.record(instance) is None:  # started: the POST now waits for its answer
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        with app.fail_client_calls(status=2):
+            time.sleep(1)
+    thread.join(60)
+    assert app.stats["client status calls failed"] >= 2
+    assert answers and answers[0].status_code == 200, answers
+    assert contents(app.store, "asked-again") == [("k", b"v")]
+
+
+def test_an_operation_the_entity_cannot_read_stops_no_append(app):
+    """An operation whose input is not an append (from another version of the app, say) is
+    answered on its own. Raising would fail the entity's whole batch, which the runtime delivers
+    again and again with no limit: no append to the stream would ever commit."""
+    entity = protocol.entity_instance_id("stream_writer", "poisoned")
+    post(app, "poisoned", http.encode_json([Message("first", b"")]), **{"Idempotency-Key": "p-0"})
+    with app.holding(entity):  # the foreign operations and the next append in one batch
+        app.signal(entity, "append", None)
+        app.signal(entity, "append", json.dumps("{not json"))
+        app.signal(entity, "append", json.dumps(json.dumps({"stream": "poisoned"})))
+        app.signal(entity, "compact", None)
+        thread = threading.Thread(
+            target=lambda: post(
+                app, "poisoned", http.encode_json([Message("next", b"")]), **{"Idempotency-Key": "p-1"}
+            )
+        )
+        thread.start()
+        time.sleep(0.5)
+    thread.join(60)
+    assert contents(app.store, "poisoned") == [("first", b""), ("next", b"")]
+    aborted = app.stats["aborted work items"]
+    response = post(app, "poisoned", http.encode_json([Message("then", b"")]), **{"Idempotency-Key": "p-2"})
+    assert response.status_code == 200, response.text
+    assert app.stats["aborted work items"] == aborted
+
+
 def test_a_slow_append_answers_202_and_its_location_resolves(app):
     entity = protocol.entity_instance_id("stream_writer", "slow")
     origin = f"http://{httpx.URL(app.url).netloc.decode()}"
@@ -357,9 +440,12 @@ def entity(azurite, tmp_path):
         channel = WorkerChannel(env, log, "entity")
         function = channel.functions["stream_writer"]
 
-        def run(stream: str, payloads: list[dict], state: str | None = None) -> tuple[list, str]:
-            operations = [{"op": "append", "input": json.dumps(json.dumps(p))} for p in payloads]
-            context = protocol.entity_batch("stream_writer", stream, state is not None, state, operations)
+        def raw(stream: str, operations: list[tuple[str, str | None]], state: str | None = None):
+            """The operations as (name, the orchestration's JSON text or None)."""
+            requests = [
+                {"op": op, "input": None if text is None else json.dumps(text)} for op, text in operations
+            ]
+            context = protocol.entity_batch("stream_writer", stream, state is not None, state, requests)
             invocation = channel.invoke(function, bindings.inputs(function, context=context))
             reply = bindings.answer(invocation.result(120))
             assert reply.error is None and reply.result is not None, reply.error
@@ -367,6 +453,11 @@ def entity(azurite, tmp_path):
             assert answer["signals"] == [] and answer["entityExists"]
             return [json.loads(r["result"]) for r in answer["results"]], answer["entityState"]
 
+        def run(stream: str, payloads: list[dict], state: str | None = None) -> tuple[list, str]:
+            return raw(stream, [("append", json.dumps(p)) for p in payloads], state)
+
+        run.raw = raw
+        run.staging_container = f"{container}-staging"
         run.store = vault_core.open_store(azurite.connection_string, container=container)
         run.staging = vault_core.open_store(azurite.connection_string, container=f"{container}-staging")
         try:
@@ -408,6 +499,43 @@ def test_the_entity_commits_a_batch_of_operations_together_each_with_its_answer(
     again, _ = entity("s", ops, state)
     assert again == answers
     assert contents(entity.store, "s") == stored
+
+
+def test_the_entity_answers_each_operation_it_cannot_read_and_appends_the_others(entity):
+    good = payload("mixed", "good-1", [Message("a", b"1")])
+    operations = [
+        None,  # no input
+        "{not json",
+        json.dumps([1, 2]),
+        json.dumps({"stream": "mixed", "batch_id": "x", "digest": "d"}),  # neither inline nor staged
+        json.dumps({**good, "stream": "other"}),  # for another stream
+        json.dumps({**good, "batch_id": "a/b"}),  # not a batch id
+    ]
+    answers, state = entity.raw(
+        "mixed", [("append", op) for op in operations] + [("append", json.dumps(good))]
+    )
+    assert all(a["problem"]["status"] >= 500 and a["retry"] is False for a in answers[:-1]), answers
+    assert "position" in answers[-1], answers[-1]
+    assert contents(entity.store, "mixed") == [("a", b"1")]
+    assert json.loads(state)["appends"] == 1
+
+
+def test_a_staged_batch_that_cannot_be_deleted_does_not_fail_its_append(entity, azurite):
+    """Deleting a committed batch's staged copy is best effort (the container's lifecycle rule is
+    the backstop): here a lease held on the blob makes the delete fail."""
+    from azure.storage.blob import BlobServiceClient
+
+    item = payload("kept", "kept-1", [Message("b", bytes(50_000))], staged_in=entity.staging)
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    blob = service.get_blob_client(entity.staging_container, item["staged"])
+    lease = blob.acquire_lease(lease_duration=-1)
+    try:
+        answers, _ = entity("kept", [item])
+        assert "position" in answers[0], answers
+        assert contents(entity.store, "kept") == [("b", bytes(50_000))]
+        assert blob.exists()  # left for the lifecycle rule
+    finally:
+        lease.release()
 
 
 def test_the_entity_takes_the_stream_over_from_a_writer_elsewhere(entity):

@@ -689,6 +689,8 @@ class DurableHost:
         self._names = (f"instance-{n}" for n in itertools.count())
         self._leaving: set[str] = set()
         self.held: set[str] = set()
+        self._client_faults: Counter[str] = Counter()
+        self._client_faults_lock = threading.Lock()
         self._next = itertools.count()
         self._rpc = _Server(("127.0.0.1", 0), _rpc_handler(self))
         self._front = _Server(("127.0.0.1", 0), _front_door(self))
@@ -784,6 +786,12 @@ class DurableHost:
                 row.next_owner = to.name
         self.note(f"partition {index} asked for by {to.name}")
 
+    def signal(self, entity_instance: str, operation: str, input_text: str | None) -> None:
+        """An operation for an entity from outside any orchestration (a client's signal): no
+        answer goes back, and nothing orders or deduplicates it."""
+        request = {"op": operation, "signal": True, "input": input_text, "id": str(uuid.uuid4())}
+        self.send(None, [(entity_instance, {"kind": "request", "request": request}, 0.0)])
+
     @contextlib.contextmanager
     def holding(self, instance_id: str) -> Iterator[None]:
         """Holds back an instance's work items (its queue backed up) until the block ends."""
@@ -841,14 +849,19 @@ class DurableHost:
                 if not delay:
                     sender.wake(partition)
 
-    def start(self, caller: AppInstance | None, name: str, instance_id: str, input_text: str | None) -> bool:
+    def start(
+        self, caller: AppInstance | None, name: str, instance_id: str, input_text: str | None
+    ) -> str | None:
+        """Creates an orchestration instance and sends its start; None, or the status of the
+        instance with that id that is still pending or running (a start is refused then)."""
         if input_text is not None and len(input_text) * 2 > p.TABLE_PROPERTY_LIMIT:
             self.hub.spilled += 1
             self.hub.round_trip()
         execution = uuid.uuid4().hex
         record = Record(instance_id, name, input_text=input_text, execution_id=execution)
-        if not self.hub.create(record, replace_finished=True):
-            return False
+        blocking = self.hub.create(record, replace_finished=True)
+        if blocking is not None:
+            return blocking
         started = p.history_event(
             p.EXECUTION_STARTED,
             datetime.now(UTC),
@@ -858,7 +871,26 @@ class DurableHost:
             OrchestrationInstance={"InstanceId": instance_id, "ExecutionId": execution},
         )
         self.send(caller, [(instance_id, started, 0.0)])
-        return True
+        return None
+
+    @contextlib.contextmanager
+    def fail_client_calls(self, **calls: int) -> Iterator[None]:
+        """The extension's HTTP API fails the next `start`, `status` or `purge` calls of the
+        durable client (as many of each as given), as when its storage throws."""
+        with self._client_faults_lock:
+            self._client_faults.update(calls)
+        try:
+            yield
+        finally:
+            with self._client_faults_lock:
+                self._client_faults.clear()
+
+    def take_client_fault(self, call: str) -> bool:
+        with self._client_faults_lock:
+            if self._client_faults[call] <= 0:
+                return False
+            self._client_faults[call] -= 1
+            return True
 
     def purge(self, created_from: datetime, created_to: datetime, statuses: list[str]) -> int:
         """The extension's purge by time: only terminal statuses filter; none means everything
@@ -913,9 +945,23 @@ def _described(function: FunctionInfo) -> dict[str, Any]:
     }
 
 
+def _extension_error(message: str, exception_type: str) -> dict[str, str]:
+    """The body the extension's HTTP API answers an exception with (v2.13 and v3)."""
+    return {
+        "Message": "Something went wrong while processing your request",
+        "ExceptionMessage": message,
+        "ExceptionType": exception_type,
+        "StackTrace": f"   at {exception_type}",
+    }
+
+
+STORAGE_ERROR = "DurableTask.AzureStorage.Storage.DurableTaskStorageException"
+
+
 def _rpc_handler(host: DurableHost) -> type[BaseHTTPRequestHandler]:
     """The extension's local HTTP API that the SDK's DurableOrchestrationClient calls (a subset:
-    start, status, purge, entity state), one prefix per instance."""
+    start, status, purge, entity state), one prefix per instance. Each call can be made to fail
+    on demand (DurableHost.fail_client_calls), answered as the extension answers a storage error."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -923,10 +969,13 @@ def _rpc_handler(host: DurableHost) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: object) -> None:
             pass
 
-        def _send(self, status: int, body: Any = None) -> None:
+        def _send(self, status: int, body: Any = None, **headers: str) -> None:
             data = b"" if body is None else json.dumps(body).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
+            if body is not None:
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+            for name, value in headers.items():
+                self.send_header(name.replace("_", "-"), value)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -938,25 +987,41 @@ def _rpc_handler(host: DurableHost) -> type[BaseHTTPRequestHandler]:
             assert parts[1] == "durabletask", self.path
             return caller, parts[2:], parse_qs(url.query)
 
+        def _failing(self, call: str) -> bool:
+            """Answers the call as a storage error if the test asked for one."""
+            if not host.take_client_fault(call):
+                return False
+            host.stats[f"client {call} calls failed"] += 1
+            self._send(500, _extension_error("The server is busy.", STORAGE_ERROR))
+            return True
+
         def do_POST(self) -> None:
             caller, parts, _query = self._route()
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             host.hub.round_trip()
             if parts[0] == "orchestrators":
+                if self._failing("start"):
+                    return None
                 name = parts[1]
                 instance_id = parts[2] if len(parts) > 2 else uuid.uuid4().hex
                 # The SDK posts the input's JSON text as a JSON string.
                 input_text = json.loads(raw) if raw else None
-                if not host.start(caller, name, instance_id, input_text):
+                status = host.start(caller, name, instance_id, input_text)
+                if status is not None:  # the id is taken by an instance that has not finished
                     return self._send(
                         500,
-                        {
-                            "Message": "An error has occurred.",
-                            "ExceptionMessage": "An Orchestration instance with this id is running.",
-                            "ExceptionType": "System.InvalidOperationException",
-                        },
+                        _extension_error(
+                            f"An Orchestration instance with the status {status} already exists.",
+                            "DurableTask.Core.Exceptions.OrchestrationAlreadyExistsException",
+                        ),
                     )
-                return self._send(202, {"id": instance_id})
+                base = f"http://localhost:7071/runtime/webhooks/durabletask/instances/{instance_id}"
+                return self._send(
+                    202,
+                    {"id": instance_id, "statusQueryGetUri": base, "purgeHistoryDeleteUri": base},
+                    Location=base,
+                    Retry_After="10",
+                )
             return self._send(404)
 
         def do_GET(self) -> None:
@@ -964,9 +1029,11 @@ def _rpc_handler(host: DurableHost) -> type[BaseHTTPRequestHandler]:
             host.hub.round_trip()
             if parts[0] == "instances" and len(parts) == 2:
                 host.stats["status requests"] += 1
+                if self._failing("status"):
+                    return None
                 record = host.hub.peek(parts[1])
                 if record is None:
-                    return self._send(404)
+                    return self._send(404)  # an empty body
                 with host.hub.lock:
                     body = {
                         "name": record.name,
@@ -980,8 +1047,9 @@ def _rpc_handler(host: DurableHost) -> type[BaseHTTPRequestHandler]:
                         "createdTime": _iso(record.created),
                         "lastUpdatedTime": _iso(record.updated),
                     }
-                status = {"Pending": 202, "Running": 202, "Failed": 500}.get(record.status, 200)
-                return self._send(status, body)
+                if record.status in ("Pending", "Running"):
+                    return self._send(202, body, Location=self.path, Retry_After="5")
+                return self._send(200, body)  # Failed too, unless the caller asks for a 500
             if parts[0] == "entities" and len(parts) == 3:
                 record = host.hub.peek(p.entity_instance_id(parts[1], parts[2]))
                 if record is None or not record.exists:
@@ -993,11 +1061,13 @@ def _rpc_handler(host: DurableHost) -> type[BaseHTTPRequestHandler]:
             _caller, parts, query = self._route()
             if parts[0] != "instances":
                 return self._send(404)
+            if self._failing("purge"):
+                return None
             if len(parts) == 2:
                 deleted = host.hub.purge([parts[1]])
             else:
                 if "createdTimeFrom" not in query:
-                    return self._send(400, {"Message": "createdTimeFrom is required"})
+                    return self._send(400, "Please provide value for 'createdTimeFrom' parameter.")
                 created_from = _parse_iso(query["createdTimeFrom"][0])
                 created_to = (
                     _parse_iso(query["createdTimeTo"][0]) if "createdTimeTo" in query else datetime.now(UTC)

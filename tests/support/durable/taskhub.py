@@ -176,17 +176,18 @@ class TaskHub:
             self.records[record.instance] = copy.deepcopy(record)
             return True
 
-    def create(self, record: Record, replace_finished: bool) -> bool:
-        """A new orchestration instance, unless one with that id is pending or running."""
+    def create(self, record: Record, replace_finished: bool) -> str | None:
+        """A new orchestration instance, unless one with that id is pending or running (its status
+        is returned then); a finished one is replaced if `replace_finished`."""
         self.round_trip()
         with self.lock:
             current = self.records.get(record.instance)
             if current is not None and (current.status in ("Pending", "Running") or not replace_finished):
-                return False
+                return current.status
             record.etag = (current.etag if current is not None else 0) + 1
             record.created = record.updated = time.time()
             self.records[record.instance] = record
-            return True
+            return None
 
     def purge(self, instances: list[str]) -> int:
         self.round_trip()
