@@ -77,7 +77,7 @@ param instanceMemoryMB int = 2048
 @maxValue(365)
 param softDeleteRetentionDays int = 7
 
-@description('Object ids of principals (consumers) granted Storage Blob Data Reader on the account, to read streams directly, and Storage Table Data Contributor on the consumer checkpoint table only.')
+@description('Object ids of principals (consumers) granted Storage Blob Data Reader on the streams\' container only, to read streams directly, and Storage Table Data Contributor on the consumer checkpoint table only.')
 param readerPrincipalIds array = []
 
 @description('Principal type of readerPrincipalIds.')
@@ -457,10 +457,13 @@ resource appMetricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01
   }
 }
 
+// Consumers read the streams' container and nothing else of the account: not the host's keys
+// (azure-webjobs-secrets), the task hub's payloads (its large-message blobs, queues and tables),
+// the staged batches or the deployment package.
 resource readerRoleAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
   for principalId in readerPrincipalIds: {
-    name: guid(storage.id, principalId, roles.storageBlobDataReader)
-    scope: storage
+    name: guid(vaultContainer.id, principalId, roles.storageBlobDataReader)
+    scope: vaultContainer
     properties: {
       roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataReader)
       principalId: principalId

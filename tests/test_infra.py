@@ -252,6 +252,28 @@ def test_app_role_assignments(main: dict[str, Any]) -> None:
     assert granted == {"principalId": {BLOB_DATA_READER, TABLE_DATA_CONTRIBUTOR}}
 
 
+def test_consumers_hold_no_data_role_on_the_storage_account(main: dict[str, Any]) -> None:
+    """The account holds the host's keys, the task hub's payloads, the staged batches and the
+    deployment package: a role of a consumer's there (or wider: the resource group, which is the
+    scope of an assignment without one) would reach them all. Only the app's identity may."""
+    narrow = {
+        "Microsoft.Storage/storageAccounts/blobServices/containers",
+        "Microsoft.Storage/storageAccounts/tableServices/tables",
+    }
+    for name, resource in main["resources"].items():
+        if resource["type"] != ROLE_ASSIGNMENT:
+            continue
+        config = resource["config"]
+        body = config["config"] if "loop_type" in config else config
+        principal = body["properties"]["principalId"]
+        if not isinstance(principal, str) and accessor_path(principal)[0] == "functionApp":
+            continue
+        scope = body.get("scope")
+        assert isinstance(scope, str) and main["resources"][scope]["type"] in narrow, (
+            f"{name} grants {role_ids(main, resource)} to {principal} on {scope or 'the resource group'}"
+        )
+
+
 def test_reader_principals_parameter(main: dict[str, Any]) -> None:
     from vault_core.stores.tables import TABLE_NAME
 
@@ -265,9 +287,12 @@ def test_reader_principals_parameter(main: dict[str, Any]) -> None:
     }
     readers = [main["resources"][name] for name, array in loops.items() if array == "readerPrincipalIds"]
     scopes = {r["config"]["config"]["scope"]: role_ids(main, r) for r in readers}
-    # Blobs on the account (any stream); tables only on the checkpoint table, never on the task
+    # Blobs in the streams' container only; tables only on the checkpoint table, never on the task
     # hub's History and Instances tables.
-    assert scopes == {"storage": [BLOB_DATA_READER], "checkpointTable": [TABLE_DATA_CONTRIBUTOR]}
+    assert scopes == {"vaultContainer": [BLOB_DATA_READER], "checkpointTable": [TABLE_DATA_CONTRIBUTOR]}
+    container = main["resources"]["vaultContainer"]
+    assert container["type"] == "Microsoft.Storage/storageAccounts/blobServices/containers"
+    assert container["config"]["name"] == "vaultContainerName"
     table = main["resources"]["checkpointTable"]
     assert table["type"] == "Microsoft.Storage/storageAccounts/tableServices/tables"
     assert table["config"]["name"] == TABLE_NAME
