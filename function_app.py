@@ -75,9 +75,10 @@ def append_batch(context: df.DurableOrchestrationContext):
 # at a time): the same entityTrigger binding, declared directly.
 @app.function_name("stream_writer")
 @app.generic_trigger(arg_name="context", type="entityTrigger")
-def stream_writer(context: func.EntityContext) -> str:
-    """One per stream (entity key = stream name): appends each batch of operations together."""
-    return host.stream_writer(context)
+async def stream_writer(context: func.EntityContext) -> str:
+    """One per stream (entity key = stream name): appends each batch of operations together, on
+    threads of its own (the worker's pool is left to the orchestrator's replays)."""
+    return await host.stream_writer(context)
 
 
 @app.timer_trigger(schedule="0 17 * * * *", arg_name="timer")

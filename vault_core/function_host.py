@@ -76,10 +76,12 @@ log = logging.getLogger("vault.functions")
 ORCHESTRATOR = "append_batch"
 ENTITY = "stream_writer"
 # Batches up to this size ride inside the orchestration input; larger ones are staged in blob
-# storage (a claim check). The input travels base64-encoded in queue messages and table rows,
-# which Durable moves to blobs above 45 KB (queues) and 30 K characters (tables): 12 KiB encodes
-# to 16 K characters and never does.
-INLINE_BYTES = 12 * 1024
+# storage (a claim check). The input travels base64-encoded, about five times over (the start
+# message, the Instances and History rows, the request to the entity and its History row), and
+# sits in the entity's saved state while its request waits in the entity's queue: 4 KiB (5.5 K
+# characters) keeps all of them far below the sizes at which Durable moves payloads to blobs
+# (45 KB queue messages, 30 K-character table properties) and the entity's state small.
+INLINE_BYTES = 4 * 1024
 # Seconds between the attempts of an append that met a problem that may pass: about 75 s in all,
 # more than the longest blob lease (60 s) another writer may hold.
 RETRY_DELAYS = (1, 2, 4, 8, 15, 15, 15, 15)
@@ -145,15 +147,19 @@ def _partition_of(instance: str, partitions: int) -> int:
     return value % partitions
 
 
-@functools.cache
 def _partition_count() -> int:
     """host.json's partitionCount (the provider's default, 4, if it sets none)."""
+    return int(_durable_settings().get("storageProvider", {}).get("partitionCount", 4))
+
+
+@functools.cache
+def _durable_settings() -> dict[str, Any]:
+    """host.json's durableTask section (empty where there is no host.json: the defaults apply)."""
     try:
         config = json.loads((Path(__file__).resolve().parent.parent / "host.json").read_text())
     except (OSError, ValueError):
-        return 4
-    provider = config.get("extensions", {}).get("durableTask", {}).get("storageProvider", {})
-    return int(provider.get("partitionCount", 4))
+        return {}
+    return config.get("extensions", {}).get("durableTask", {})
 
 
 def problem_response(error: BaseException) -> func.HttpResponse:
@@ -425,11 +431,19 @@ def append_orchestration(context: df.DurableOrchestrationContext):
 # --- the entity ----------------------------------------------------------------------------------
 
 
-def stream_writer(context: func.EntityContext) -> str:
-    """The stream's one writer. The runtime hands it every queued operation at once; it appends
-    them together and answers each (its state is a summary for operators: appends and position).
-    Built from the SDK's own context and result types, as the SDK's per-operation handler is."""
-    entity, operations = df.DurableEntityContext.from_json(context.body)
+async def stream_writer(context: func.EntityContext) -> str:
+    """The stream's one writer. Its batch blocks on storage for up to ENTITY_BUDGET_SECONDS, on
+    a pool of its own: for Python the extension dispatches entity batches and orchestrator
+    replays together (maxConcurrentOrchestratorFunctions covers both), and a sync entity would
+    hold the worker's thread pool, which the orchestrator's replays need, for that long."""
+    return await asyncio.get_running_loop().run_in_executor(_entity_pool(), _entity_batch, context.body)
+
+
+def _entity_batch(body: str) -> str:
+    """The runtime hands the entity every queued operation at once; it appends them together and
+    answers each (its state is a summary for operators: appends and position). Built from the
+    SDK's own context and result types, as the SDK's per-operation handler is."""
+    entity, operations = df.DurableEntityContext.from_json(body)
     started = datetime.now(UTC)
     try:
         outcomes = _append_operations(entity.entity_key, operations)
@@ -654,6 +668,13 @@ def owners() -> Writers:
     """This worker process's writers, one per stream whose entity ran here, each opened with
     takeover: the runtime runs an entity only where it owns it now."""
     return Writers(store(), lease_seconds=int(setting("VAULT_LEASE_SECONDS") or 60), takeover=True)
+
+
+@functools.cache
+def _entity_pool() -> ThreadPoolExecutor:
+    """As many threads as the runtime runs work items at once on an instance."""
+    threads = int(_durable_settings().get("maxConcurrentOrchestratorFunctions", 10 * (os.cpu_count() or 1)))
+    return ThreadPoolExecutor(threads, thread_name_prefix="vault-entity")
 
 
 @functools.cache

@@ -19,6 +19,7 @@ import pytest
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
 
 import vault_core
+from tests.support import ROOT
 from tests.support.durable import bindings, protocol
 from tests.support.durable.channel import WorkerChannel
 from tests.support.durable.host import DurableHost, scaled
@@ -415,6 +416,34 @@ def test_the_purge_timer_forgets_finished_appends_only(app):
         app.hub.records.pop("still-running", None)
 
 
+@pytest.mark.parametrize("window_minutes", [30, None])
+def test_the_entitys_saved_state_does_not_grow_with_traffic(azurite, window_minutes):
+    """After each batch the extension saves the entity's scheduler state, and its message sorter
+    keeps an entry per calling orchestration (one per append) for the reorder window: 30 minutes
+    by default, about 1,800 entries at one append a second. host.json turns sorting off (batch ids
+    keep appends exactly once); with the default the state grows by an entry per append."""
+    overrides = {} if window_minutes is None else {"reorder_window_minutes": window_minutes}
+    container = f"app-{next(_containers)}"
+    with DurableHost(
+        app_settings(azurite, container), instances=1, settings=scaled(0.1, **overrides)
+    ) as host:
+        for n in range(30):
+            response = post(
+                host, "steady", http.encode_json([Message("k", b"v")]), **{"Idempotency-Key": f"s-{n}"}
+            )
+            assert response.status_code == 200, response.text
+        record = host.record(protocol.entity_instance_id("stream_writer", "steady"))
+        saved = protocol.scheduler_state(record)
+    state = json.loads(saved)
+    assert json.loads(state["state"])["appends"] == 30 and state["exists"] is True
+    if window_minutes is None:
+        assert state["sorter"] == {} and "queue" not in state
+        assert len(saved) < 200, saved
+    else:
+        assert len(state["sorter"]["ReceivedFromInstance"]) == 30
+        assert len(saved) > 30 * 60
+
+
 def test_host_json_keeps_latency_low_and_batches_inside_the_stream_memory():
     from tests.support.durable.host import Settings
 
@@ -425,6 +454,10 @@ def test_host_json_keeps_latency_low_and_batches_inside_the_stream_memory():
     # stream's last 1,024 batch ids.
     assert settings.max_entity_batch <= 1024
     assert settings.function_timeout >= host_module.ENTITY_BUDGET_SECONDS * 4
+    assert settings.reorder_window == 0  # the entity's state keeps no entry per append
+    provider = json.loads((ROOT / "host.json").read_text())["extensions"]["durableTask"]["storageProvider"]
+    # Its default differs between extension 2.x (false) and 3.x (true); the bundle allows either.
+    assert provider["useTablePartitionManagement"] is True
 
 
 # --- one batch of operations for the entity, through a worker of its own ---------------------------
@@ -591,6 +624,40 @@ def test_a_post_parses_and_hashes_its_body_off_the_event_loop(azurite):
     assert len(traced) == 1 and "(main: False)" in traced[0], traced
     store = vault_core.open_store(azurite.connection_string, container=container)
     assert len(contents(store, "off-loop")) == len(messages)
+
+
+def test_orchestrations_replay_while_an_entity_batch_is_slow(azurite):
+    """For Python the extension runs entity batches and orchestrator replays side by side, and
+    both once shared the worker's thread pool (here one thread, as on a one-core instance): an
+    entity batch stuck on storage held every replay. The first append's batch takes 4 s here;
+    another stream's append, started meanwhile, must not wait for it."""
+    values = app_settings(
+        azurite,
+        f"app-{next(_containers)}",
+        PYTHON_THREADPOOL_THREAD_COUNT="1",
+        VAULT_WAIT_SECONDS="30",
+        STANDIN_SLOW_CALLS="vault_core.function_host:_append_round=4*1",
+    )
+    finished: dict[str, float] = {}
+
+    def publish(stream: str) -> None:
+        response = post(host, stream, http.encode_json([Message("k", b"v")]), **{"Idempotency-Key": stream})
+        assert response.status_code == 200, response.text
+        finished[stream] = time.monotonic()
+
+    with DurableHost(values, instances=1, settings=scaled(0.1)) as host:
+        slow = threading.Thread(target=publish, args=("slow-batch",))
+        slow.start()
+        log = host.logs / f"{host.instances[0].name}.log"
+        deadline = time.monotonic() + 30
+        while "slowed vault_core.function_host:_append_round" not in log.read_text():
+            assert time.monotonic() < deadline, "the entity never ran"
+            time.sleep(0.05)
+        started = time.monotonic()
+        publish("meanwhile")
+        slow.join(60)
+    assert finished["meanwhile"] < finished["slow-batch"], "the other append waited for the slow batch"
+    assert finished["meanwhile"] - started < 3
 
 
 def test_a_client_whose_pending_append_was_purged_sends_it_again_and_it_lands_once(app):

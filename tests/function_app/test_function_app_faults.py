@@ -10,7 +10,6 @@ import itertools
 import random
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
@@ -149,10 +148,11 @@ def test_a_frozen_owner_is_taken_over_and_resumed_writes_nothing(settings_for):
         assert not host.errors, host.events
 
 
-def test_a_worker_hung_past_the_function_timeout_loses_and_duplicates_nothing(settings_for):
-    """The worker process hangs mid-batch while its host goes on: the host answers the batch's
-    operations with its timeout error and restarts the worker; the orchestrations retry on durable
-    timers and every append commits once."""
+def test_a_worker_hung_mid_batch_loses_and_duplicates_nothing(settings_for):
+    """The worker process hangs (SIGSTOP) while it runs the entity's batch and whatever else, and
+    its host goes on: the first invocation past functionTimeout makes the host restart the
+    worker, failing the others; the runtime runs their work again, the orchestrations retry on
+    durable timers, and every append commits once."""
     values, store = settings_for(VAULT_WAIT_SECONDS="0")  # producers poll: no long HTTP invocations
     with DurableHost(values, instances=1, settings=scaled(0.05, function_timeout=3.0)) as host:
         until = threading.Event()
@@ -161,11 +161,37 @@ def test_a_worker_hung_past_the_function_timeout_loses_and_duplicates_nothing(se
         for thread in threads:
             thread.start()
         instance = host.instances[0]
-        for _ in range(2000):  # hang it while it runs the entity's batch, and nothing else
+        for _ in range(4000):  # hang it while it runs the entity's batch
             time.sleep(0.005)
-            if +instance.in_flight == Counter(stream_writer=1):
+            if instance.in_flight["stream_writer"] >= 1:
                 host.hang_worker(instance)
                 break
+        deadline = time.monotonic() + 60
+        while host.stats["worker restarts"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(3)
+        until.set()
+        for thread in threads:
+            thread.join(300)
+        assert host.stats["worker restarts"] >= 1
+        check_exactly_once(store, producers)
+        assert not host.errors, host.events
+
+
+def test_an_entity_batch_past_the_function_timeout_loses_and_duplicates_nothing(settings_for):
+    """An entity batch that runs past functionTimeout (its appends slowed here, as by a storage
+    account that stopped answering): the host answers every operation of the batch with its
+    timeout error and restarts the worker; the appends that did commit are found by their batch
+    ids when the orchestrations retry, and every append commits once."""
+    values, store = settings_for(
+        VAULT_WAIT_SECONDS="0", STANDIN_SLOW_CALLS="vault_core.function_host:_append_round=5*1"
+    )
+    with DurableHost(values, instances=1, settings=scaled(0.05, function_timeout=3.0)) as host:
+        until = threading.Event()
+        producers = [Producer(f"t{n}", "timed-out", host.url) for n in range(4)]
+        threads = [threading.Thread(target=p.run, args=(until,)) for p in producers]
+        for thread in threads:
+            thread.start()
         deadline = time.monotonic() + 60
         while host.stats["entity batches timed out"] == 0 and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -173,8 +199,8 @@ def test_a_worker_hung_past_the_function_timeout_loses_and_duplicates_nothing(se
         until.set()
         for thread in threads:
             thread.join(300)
-        assert host.stats["entity batches timed out"] >= 1
-        assert host.stats["worker restarts"] >= 1
+        assert host.stats["entity batches timed out"] >= 1 and host.stats["worker restarts"] >= 1
+        assert sum(len(p.acked) for p in producers) >= 4
         check_exactly_once(store, producers)
         assert not host.errors, host.events
 

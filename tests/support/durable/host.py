@@ -21,9 +21,13 @@ Python SDK:
   another instance, while the old one may still run (split brain); a checkpoint first sends the
   outbound messages, then stores the history or entity state only if its ETag still matches, then
   deletes its inputs, so a loser's responses are delivered although its state is discarded;
-* entity requests from orchestrations are delivered effectively once (request ids remembered with
-  the entity's state); an entity batch that exceeds functionTimeout answers every operation with
-  the host's timeout error, keeps the state it had, and the worker process is restarted;
+* entity requests from orchestrations go through the extension's message sorter, which drops a
+  request older than the last one from the same orchestration, and remembers each orchestration
+  for entityMessageReorderWindowInMinutes (with 0, nothing is sorted or dropped); the entity's
+  state is saved as the extension saves it, sorter and queued requests included, its size
+  recorded and its cost charged (taskhub.py); an entity batch that exceeds functionTimeout
+  answers every operation with the host's timeout error, keeps the state it had, and the worker
+  process is restarted;
 * durable timers (a message invisible until its time), the client's HTTP API (start, status,
   purge) on a local RPC endpoint, and HTTP functions behind a front door.
 
@@ -65,7 +69,6 @@ from tests.support.durable.channel import FunctionInfo, WorkerChannel, WorkerDie
 from tests.support.durable.taskhub import QueueMessage, Record, TaskHub
 
 TERMINAL = ("Completed", "Failed", "Terminated")
-REORDER_WINDOW = 30 * 60  # entityMessageReorderWindowInMinutes: how long request ids are remembered
 
 
 def _seconds(span: str) -> float:
@@ -86,6 +89,7 @@ class Settings:
     max_entity_batch: int = 5000
     max_concurrent: int = 10 * (os.cpu_count() or 1)
     function_timeout: float = 1800.0
+    reorder_window_minutes: float = 30.0  # entityMessageReorderWindowInMinutes (0: no sorting)
     # Storage and partition-manager behaviour (DTFx defaults), scaled down by tests:
     visibility_timeout: float = 300.0
     lease_interval: float = 30.0
@@ -93,6 +97,10 @@ class Settings:
     drain_timeout: float = 60.0
     storage_latency: float = 0.008  # one Azure Storage round trip in a region
     worker_restart_delay: float = 1.0
+
+    @property
+    def reorder_window(self) -> float:
+        return self.reorder_window_minutes * 60
 
     @classmethod
     def from_host_json(cls, path: Path = ROOT / "host.json", **overrides: Any) -> Settings:
@@ -117,6 +125,7 @@ _HOST_JSON = {
     "max_entity_batch": ("durable", "maxEntityOperationBatchSize"),
     "max_concurrent": ("durable", "maxConcurrentOrchestratorFunctions"),
     "function_timeout": ("root", "functionTimeout"),
+    "reorder_window_minutes": ("durable", "entityMessageReorderWindowInMinutes"),
 }
 
 
@@ -197,8 +206,11 @@ class AppInstance:
 
     def _start_worker(self) -> None:
         env = {**os.environ, **self.host.app_settings}
+        number = next(self._workers)
+        if number:  # a slowed step stands for a fault that happened once, not in every worker
+            env.pop("STANDIN_SLOW_CALLS", None)
         try:
-            channel = WorkerChannel(env, self._log, f"{self.name}-worker-{next(self._workers)}")
+            channel = WorkerChannel(env, self._log, f"{self.name}-worker-{number}")
         except WorkerStartFailed as error:
             log = self._log.name
             raise RuntimeError(f"{self.name}'s worker did not start: {error}; see {log}") from error
@@ -488,6 +500,7 @@ class AppInstance:
         loaded_etag: int | None,
         outbound: list[tuple[str, dict[str, Any], float]],
         inputs: list[QueueMessage],
+        history_bytes: int = 0,
     ) -> bool:
         """DTFx's order: outbound messages first (they are never taken back), then the state if its
         ETag still matches (the checkpoint), then the inputs are deleted."""
@@ -495,7 +508,7 @@ class AppInstance:
         if outbound:
             self.host.send(self, outbound)
         self.gate()
-        if not self.host.hub.save(record, loaded_etag):
+        if not self.host.hub.save(record, loaded_etag, history_bytes):
             self.host.stats["split-brain checkpoints refused"] += 1
             self.host.hub.release(inputs)
             return False
@@ -531,6 +544,7 @@ class AppInstance:
             hub.delete(handled)
             return
         now = datetime.now(UTC)
+        played = len(record.history)
         history = [{**e, "IsPlayed": True} for e in record.history]
         history += [
             p.history_event(p.ORCHESTRATOR_STARTED, now),
@@ -555,6 +569,7 @@ class AppInstance:
                     "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{instance}/{record.execution_id}/{seq}")),
                     "parent": instance,
                     "parentExecution": record.execution_id,
+                    "timestamp": now.timestamp(),  # the episode's time, the same on redelivery
                 }
                 history.append(
                     p.history_event(
@@ -583,7 +598,8 @@ class AppInstance:
             record.status, record.output = "Completed", state.get("output")
         else:
             record.status = "Running"
-        self._checkpoint(record, loaded_etag, outbound, handled)
+        written = len(json.dumps(history[played:]).encode())  # the new History rows
+        self._checkpoint(record, loaded_etag, outbound, handled, written)
 
     # --- entities
 
@@ -594,19 +610,23 @@ class AppInstance:
         loaded_etag = record.etag if record is not None else None
         if record is None:
             record = Record(instance, name, status="Running")
-        now = time.time()
+        window = self.settings.reorder_window
         for message in messages:
             event = message.event
             if event.get("kind") != "request":
                 continue  # "continue": run what is queued
             request = event["request"]
-            if request.get("parent"):
-                if request["id"] in record.delivered:  # effectively once: a duplicate delivery
+            parent = request.get("parent")
+            if parent and window > 0:  # the message sorter (signals from clients bypass it)
+                stamp = request["timestamp"]
+                if stamp <= record.received.get(parent, float("-inf")):
                     self.host.stats["duplicate requests dropped"] += 1
                     continue
-                record.delivered[request["id"]] = now
+                record.received[parent] = stamp
+                if stamp > record.horizon + window + 10:
+                    record.horizon = stamp - window
+                    record.received = {k: v for k, v in record.received.items() if v >= record.horizon}
             record.queue.append(request)
-        record.delivered = {rid: at for rid, at in record.delivered.items() if now - at < REORDER_WINDOW}
         batch, record.queue = (
             record.queue[: self.settings.max_entity_batch],
             record.queue[self.settings.max_entity_batch :],

@@ -112,6 +112,52 @@ def entity_batch(
     )
 
 
+def net_time(seconds: float | None) -> str:
+    """A time as the extension's serializer writes a DateTime (seven fractional digits)."""
+    if not seconds:
+        return "0001-01-01T00:00:00"
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
+
+
+def request_message(request: dict[str, Any]) -> dict[str, Any]:
+    """A queued entity request as the extension serializes it (RequestMessage): values left at
+    their defaults are omitted, but for the operation name and the two ordering times."""
+    message: dict[str, Any] = {"op": request["op"]}
+    if request.get("signal"):
+        message["signal"] = True
+    if request.get("input") is not None:
+        message["input"] = request["input"]
+    message["id"] = request["id"]
+    if request.get("parent"):
+        message["parent"] = request["parent"]
+        message["parentExecution"] = request.get("parentExecution")
+    message["Timestamp"] = net_time(request.get("timestamp"))
+    message["Predecessor"] = net_time(None)
+    return message
+
+
+def scheduler_state(record: Any) -> str:
+    """What the extension saves for an entity after each batch (TaskEntityShim's SchedulerState,
+    default values left out): whether it exists, its state as the JSON text the app returned, the
+    requests still queued, and the message sorter, which remembers the last request time of every
+    orchestration that called it within the reorder window."""
+    state: dict[str, Any] = {}
+    if record.exists:
+        state["exists"] = True
+    if record.state is not None:
+        state["state"] = record.state
+    if record.queue:
+        state["queue"] = [request_message(request) for request in record.queue]
+    sorter: dict[str, Any] = {}
+    if record.received:
+        sorter["ReceivedFromInstance"] = {
+            parent: {"Last": net_time(last)} for parent, last in record.received.items()
+        }
+        sorter["ReceiveHorizon"] = net_time(record.horizon)
+    state["sorter"] = sorter
+    return json.dumps(state, separators=(",", ":"))
+
+
 def timeout_message(function_timeout: float, function: str) -> str:
     """The text the Functions host gives every operation of an entity batch that timed out."""
     seconds = int(function_timeout)

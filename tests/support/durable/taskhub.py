@@ -1,19 +1,32 @@
 """What the Azure Storage provider keeps in storage for a task hub, standing in for its queues and
 tables: control queues (one per partition) with at-least-once delivery, the instances with their
 history or entity state (each checkpoint conditional on an ETag), and the partition table. Every
-call pays one storage round trip of latency, outside the lock, as a request to Azure Storage does.
-It survives any worker's death, as storage does."""
+call pays one storage round trip of latency, outside the lock, as a request to Azure Storage does,
+plus the time its bytes take at a blob's or a table's throughput; every queue, table and blob
+operation it stands for is counted (`operations`), as Azure bills them. It survives any worker's
+death, as storage does.
+
+An entity's checkpoint stores its scheduler state as the extension does (protocol.scheduler_state):
+in the History table's ExecutionStarted row and in the Instances row, each a table property
+limited to 60 KiB of UTF-16; above that the state goes gzipped to a blob in the task hub's
+large-message container, and the previous one is deleted."""
 
 from __future__ import annotations
 
 import copy
+import gzip
 import itertools
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.support.durable.protocol import partition_of
+from tests.support.durable.protocol import TABLE_PROPERTY_LIMIT, partition_of, scheduler_state
+
+# Bytes a second one request moves to or from a blob or a table (a single-request figure, well
+# under an account's limits).
+THROUGHPUT = 50e6
 
 
 @dataclass
@@ -51,7 +64,11 @@ class Record:
     exists: bool = False
     state: str | None = None
     queue: list[dict[str, Any]] = field(default_factory=list)
-    delivered: dict[str, float] = field(default_factory=dict)
+    # The message sorter: the last request time seen from each orchestration, kept for the
+    # reorder window, and the horizon below which entries are forgotten.
+    received: dict[str, float] = field(default_factory=dict)
+    horizon: float = 0.0
+    state_blob: bool = False  # the last saved state went to a blob (deleted at the next save)
 
 
 @dataclass
@@ -70,19 +87,25 @@ class TaskHub:
         self.records: dict[str, Record] = {}
         self.partitions = [PartitionRow() for _ in range(partition_count)]
         self.spilled = 0  # payloads over the queue or table limits (stored as blobs on Azure)
+        self.operations: Counter[str] = Counter()  # storage operations by kind ("queue put", ...)
+        self.entity_states: list[int] = []  # UTF-8 bytes of each entity checkpoint's state
         self._seq = itertools.count(1)
         self._receipts = itertools.count(1)
 
-    def round_trip(self) -> None:
-        if self.latency:
-            time.sleep(self.latency)
+    def round_trip(self, *operations: str, size: int = 0) -> None:
+        """One storage round trip (the operations go out in parallel) moving `size` bytes."""
+        with self.lock:
+            self.operations.update(operations)
+        wait = (self.latency if self.latency else 0.0) + size / THROUGHPUT
+        if wait:
+            time.sleep(wait)
 
     # --- control queues
 
     def enqueue(self, messages: list[tuple[str, dict[str, Any], int, float]]) -> list[int]:
         """Adds messages (instance, event, size, delay) to their partitions' queues, all at once
         (DTFx sends a checkpoint's messages in parallel: one round trip); returns the partitions."""
-        self.round_trip()
+        self.round_trip(*["queue put"] * len(messages), size=max((m[2] for m in messages), default=0))
         partitions = []
         with self.lock:
             for instance, event, size, delay in messages:
@@ -93,7 +116,7 @@ class TaskHub:
         return partitions
 
     def dequeue(self, partition: int, count: int, visibility: float) -> list[QueueMessage]:
-        self.round_trip()
+        self.round_trip("queue get")
         now = time.monotonic()
         taken = []
         with self.lock:
@@ -110,7 +133,7 @@ class TaskHub:
     def delete(self, messages: list[QueueMessage]) -> None:
         if not messages:
             return
-        self.round_trip()
+        self.round_trip(*["queue delete"] * len(messages))
         with self.lock:
             for message in messages:
                 queue = self.queues[partition_of(message.instance, self.partition_count)]
@@ -125,7 +148,7 @@ class TaskHub:
         after DTFx's backoff for abandoned messages: 2^dequeue count seconds, at most 600."""
         if not messages:
             return
-        self.round_trip()
+        self.round_trip(*["queue update"] * len(messages))
         now = time.monotonic()
         with self.lock:
             for message in messages:
@@ -139,6 +162,7 @@ class TaskHub:
         """Keeps messages of a running work item hidden (the dispatcher renews them)."""
         now = time.monotonic()
         with self.lock:
+            self.operations["queue update"] += len(messages)
             for message in messages:
                 for stored in self.queues[partition_of(message.instance, self.partition_count)]:
                     if stored.seq == message.seq and stored.receipt == message.receipt:
@@ -152,7 +176,7 @@ class TaskHub:
     # --- instances
 
     def load(self, instance: str) -> Record | None:
-        self.round_trip()
+        self.round_trip("table read")
         with self.lock:
             record = self.records.get(instance)
             return copy.deepcopy(record) if record is not None else None
@@ -162,10 +186,25 @@ class TaskHub:
         with self.lock:
             return self.records.get(instance)
 
-    def save(self, record: Record, loaded_etag: int | None) -> bool:
+    def save(self, record: Record, loaded_etag: int | None, history_bytes: int = 0) -> bool:
         """The checkpoint: stores the record if nobody else stored it since it was loaded
-        (`loaded_etag` None: it must not exist). False when another worker's checkpoint won."""
-        self.round_trip()
+        (`loaded_etag` None: it must not exist). False when another worker's checkpoint won.
+        An orchestration writes its new history rows (`history_bytes`) and its Instances row; an
+        entity its scheduler state, twice (see the module's docstring)."""
+        operations, size = ["table write", "table write"], history_bytes
+        if record.instance.startswith("@"):
+            text = scheduler_state(record)
+            with self.lock:
+                self.entity_states.append(len(text.encode()))
+            was_blob, record.state_blob = record.state_blob, len(text) * 2 > TABLE_PROPERTY_LIMIT
+            if record.state_blob:
+                operations.append("blob put")
+                size += len(gzip.compress(text.encode(), compresslevel=1))
+            else:
+                size += 2 * len(text.encode())
+            if was_blob:
+                operations.append("blob delete")
+        self.round_trip(*operations, size=size)
         with self.lock:
             current = self.records.get(record.instance)
             if (current.etag if current is not None else None) != loaded_etag:
@@ -179,7 +218,7 @@ class TaskHub:
     def create(self, record: Record, replace_finished: bool) -> str | None:
         """A new orchestration instance, unless one with that id is pending or running (its status
         is returned then); a finished one is replaced if `replace_finished`."""
-        self.round_trip()
+        self.round_trip("table write")
         with self.lock:
             current = self.records.get(record.instance)
             if current is not None and (current.status in ("Pending", "Running") or not replace_finished):
@@ -190,6 +229,6 @@ class TaskHub:
             return None
 
     def purge(self, instances: list[str]) -> int:
-        self.round_trip()
+        self.round_trip("table read", *["table write"] * len(instances))
         with self.lock:
             return sum(self.records.pop(instance, None) is not None for instance in instances)

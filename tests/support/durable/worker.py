@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,23 +84,35 @@ async def serve(port: int, worker_id: str) -> None:
         task.add_done_callback(tasks.discard)
 
 
-def trace_calls(names: str) -> None:
-    """For tests that must see where the app runs a piece of its work: each call of a function
-    named in `names` ("module:function,...") is logged with the thread it ran on. A profile hook
-    on every thread, so only workers that are asked for it pay for it."""
-    wanted = {tuple(name.split(":", 1)) for name in names.split(",") if ":" in name}
+def instrument(traced: str, slowed: str) -> None:
+    """For tests that must see or stretch a piece of the app's work: each call of a function named
+    in `traced` ("module:function,...") is logged with the thread it ran on, and the first calls
+    of one in `slowed` ("module:function=seconds[*calls],...") wait that long before they run.
+    A profile hook on every thread, so only workers that are asked for it pay for it."""
+    wanted = {tuple(name.split(":", 1)) for name in traced.split(",") if ":" in name}
+    delays: dict[tuple[str, str], list[float]] = {}
+    for item in filter(None, slowed.split(",")):
+        name, _, delay = item.partition("=")
+        seconds, _, calls = delay.partition("*")
+        delays[tuple(name.split(":", 1))] = [float(seconds)] * int(calls or 1)  # type: ignore[index]
     log = logging.getLogger("standin.trace")
+    lock = threading.Lock()
 
     def hook(frame: Any, event: str, _arg: Any) -> None:
-        if event == "call" and (frame.f_globals.get("__name__"), frame.f_code.co_name) in wanted:
+        if event != "call":
+            return
+        key = (frame.f_globals.get("__name__"), frame.f_code.co_name)
+        if key in wanted:
             thread = threading.current_thread()
-            log.info(
-                "traced %s:%s on thread %s (main: %s)",
-                frame.f_globals["__name__"],
-                frame.f_code.co_name,
-                thread.name,
-                thread is threading.main_thread(),
-            )
+            main = thread is threading.main_thread()
+            log.info("traced %s:%s on thread %s (main: %s)", *key, thread.name, main)
+        if key in delays:
+            with lock:
+                pending = delays[key]
+                delay = pending.pop() if pending else 0.0
+            if delay:
+                log.info("slowed %s:%s by %.1f s", *key, delay)
+                time.sleep(delay)
 
     threading.setprofile_all_threads(hook)
     sys.setprofile(hook)
@@ -112,8 +125,8 @@ def main() -> None:
     args = parser.parse_args()
     # The app's and the library's log lines go to the instance's log (the host's console).
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    if os.environ.get("STANDIN_TRACE_CALLS"):
-        trace_calls(os.environ["STANDIN_TRACE_CALLS"])
+    if os.environ.get("STANDIN_TRACE_CALLS") or os.environ.get("STANDIN_SLOW_CALLS"):
+        instrument(os.environ.get("STANDIN_TRACE_CALLS", ""), os.environ.get("STANDIN_SLOW_CALLS", ""))
     # The proxy worker runs its loop on uvloop where it is installed (it is: vault_core needs it).
     try:
         import uvloop
