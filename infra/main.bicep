@@ -45,9 +45,9 @@ param stagingContainerName string = 'vault-staging'
 @maxLength(45)
 param taskHubName string = 'vault'
 
-@description('How long a POST waits for its commit before answering 202 (VAULT_WAIT_SECONDS).')
+@description('How long a POST waits for its commit before answering 202 (VAULT_WAIT_SECONDS); the front end drops a request after 230 s, and the app answers by 200 s from its arrival whatever this says.')
 @minValue(0)
-@maxValue(230)
+@maxValue(200)
 param waitSeconds int = 30
 
 @description('The writers\' blob lease in seconds (VAULT_LEASE_SECONDS): Azure allows 15-60.')
@@ -59,18 +59,30 @@ param leaseSeconds int = 60
 @minValue(1)
 param purgeAfterHours int = 24
 
-@description('Flex Consumption: the most instances the app scales out to.')
-@minValue(40)
+@description('Flex Consumption: the most instances each group of functions (HTTP, Durable, the purge timer) scales out to. Some regions still require at least 40.')
+@minValue(1)
 @maxValue(1000)
 param maximumInstanceCount int = 100
 
-@description('Flex Consumption: memory of each instance.')
+@description('Flex Consumption: memory of each instance. Not 512 MB: a stream entity holds up to 64 MiB of staged batches at once, and an HTTP instance up to httpPerInstanceConcurrency request bodies of up to 16 MiB, each parsed into a copy or two.')
 @allowed([
-  512
   2048
   4096
 ])
 param instanceMemoryMB int = 2048
+
+@description('Flex Consumption: HTTP requests one instance serves at once. Python\'s default is 1, an instance per producer waiting for its commit; the HTTP functions are async and mostly wait on Durable, so one instance serves many.')
+@minValue(1)
+@maxValue(32)
+param httpPerInstanceConcurrency int = 16
+
+@description('Flex Consumption: instances kept running for the Durable group (the stream entities and the appends\' orchestrations). With none, the first append after idle waits for an instance to start and claim the task hub\'s partitions.')
+@minValue(0)
+param durableAlwaysReady int = 1
+
+@description('Flex Consumption: instances kept running for the HTTP group. With none (the default), the first request after idle waits for one instance to start, a few seconds; each costs the baseline rate while idle.')
+@minValue(0)
+param httpAlwaysReady int = 0
 
 @description('Days a deleted blob or container can be restored (blob soft delete).')
 @minValue(1)
@@ -319,7 +331,7 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   //checkov:skip=CKV_AZURE_222:The producers' HTTP API is public by design (producers call the function URLs, authorized with function keys).
   //checkov:skip=CKV_AZURE_17:Producers authenticate with function keys over HTTPS, not client certificates.
-  //checkov:skip=CKV_AZURE_212:Flex Consumption scales from zero per function; always-ready instances would be a standing cost this app does not need.
+  //checkov:skip=CKV_AZURE_212:Flex Consumption keeps always-ready instances per function group (functionAppConfig.scaleAndConcurrency.alwaysReady: one for the Durable group), which this App Service check does not read.
   //checkov:skip=CKV_AZURE_213:App Service health checks are not offered on Flex Consumption; the anonymous GET /api/health serves external probes.
   name: functionAppName
   location: location
@@ -383,6 +395,12 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           name: 'VAULT_PURGE_AFTER_HOURS'
           value: string(purgeAfterHours)
         }
+        {
+          // The Functions host refuses a larger body (with a 500) before it buffers it: the API's
+          // 16 MiB, and 1 MiB more so that a body a little over gets the API's own 413.
+          name: 'FUNCTIONS_REQUEST_BODY_SIZE_LIMIT'
+          value: '17825792'
+        }
         // No FUNCTIONS_WORKER_RUNTIME: on Flex Consumption the runtime comes from
         // functionAppConfig.runtime and the setting is rejected.
       ]
@@ -400,6 +418,23 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
+        // HTTP functions and the Durable triggers scale as two groups, on instances of their own:
+        // every append's start crosses from an HTTP instance to a Durable one.
+        alwaysReady: [
+          {
+            name: 'durable'
+            instanceCount: durableAlwaysReady
+          }
+          {
+            name: 'http'
+            instanceCount: httpAlwaysReady
+          }
+        ]
+        triggers: {
+          http: {
+            perInstanceConcurrency: httpPerInstanceConcurrency
+          }
+        }
       }
       runtime: {
         name: 'python'

@@ -39,6 +39,7 @@ APP_SETTINGS = {
     "VAULT_LEASE_SECONDS",
     "VAULT_TASK_HUB",
     "VAULT_PURGE_AFTER_HOURS",
+    "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT",
 }
 
 
@@ -197,6 +198,56 @@ def test_function_app_config(trees: dict[Path, dict[str, Any]]) -> None:
     assert storage["type"] == "blobContainer"
     assert storage["authentication"] == {"type": "SystemAssignedIdentity"}
     assert {"maximumInstanceCount", "instanceMemoryMB"} <= set(config["scaleAndConcurrency"])
+
+
+def decorator(parameter: dict[str, Any], kind: str) -> Any:
+    return next((d["argument"] for d in parameter["decorators"] if d["type"] == kind), None)
+
+
+def module_constant(path: Path, name: str) -> Any:
+    """A module-level constant of the app's code, read without importing it (the Function App's
+    dependencies are not in this environment)."""
+    import ast
+
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            # A literal or arithmetic on literals (16 * 1024 * 1024): nothing else is evaluated.
+            expression = ast.Expression(node.value)
+            assert all(isinstance(n, ast.expr | ast.operator) for n in ast.walk(node.value)), name
+            assert not any(isinstance(n, ast.Name | ast.Call | ast.Attribute) for n in ast.walk(node.value))
+            return eval(compile(expression, str(path), "eval"), {"__builtins__": {}})
+    raise AssertionError(f"{name} is not in {path}")
+
+
+def test_flex_consumption_groups_and_limits(main: dict[str, Any], trees: dict[Path, dict[str, Any]]) -> None:
+    """HTTP functions and the Durable triggers scale as two groups: one Durable instance stays
+    up (the first append after idle would wait for one to start and claim the partitions); HTTP
+    instances serve many requests each (Python's default is one), within their memory."""
+    scale = one(trees, SITE)["properties"]["functionAppConfig"]["scaleAndConcurrency"]
+    ready = {entry["name"]: entry["instanceCount"] for entry in scale["alwaysReady"]}
+    assert ready == {"durable": "durableAlwaysReady", "http": "httpAlwaysReady"}
+    parameters = main["parameters"]
+    assert parameters["durableAlwaysReady"]["default"] == 1 and parameters["httpAlwaysReady"]["default"] == 0
+    assert scale["triggers"]["http"]["perInstanceConcurrency"] == "httpPerInstanceConcurrency"
+    concurrency = parameters["httpPerInstanceConcurrency"]
+    assert concurrency["default"] >= 8 and decorator(concurrency, "max_value") <= 32
+    # An entity holds up to 64 MiB of staged batches; 512 MB instances are not offered.
+    assert 512 not in decorator(parameters["instanceMemoryMB"], "allowed")
+    assert decorator(parameters["maximumInstanceCount"], "min_value") == 1
+
+
+def test_the_wait_and_the_body_limit_follow_the_hosts_limits(main: dict[str, Any], trees) -> None:
+    """The front end drops a request at 230 s: the Bicep's bound on VAULT_WAIT_SECONDS is the
+    app's own cap. The host refuses a body over FUNCTIONS_REQUEST_BODY_SIZE_LIMIT before reading
+    it: a little over the API's limit, the same where Core Tools run the app."""
+    wait_cap = module_constant(ROOT / "vault_core" / "function_host.py", "MAX_WAIT_SECONDS")
+    assert decorator(main["parameters"]["waitSeconds"], "max_value") == wait_cap < 230
+    limit = int(app_settings(trees)["FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"])
+    api_limit = 16 * 1024 * 1024
+    assert module_constant(ROOT / "vault_core" / "http_models.py", "MAX_BODY_BYTES") == api_limit
+    assert api_limit < limit <= api_limit + 2**20
+    local = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
+    assert int(local["FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"]) == limit
 
 
 def test_basic_publishing_credentials_disabled(trees: dict[Path, dict[str, Any]]) -> None:

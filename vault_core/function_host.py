@@ -89,6 +89,11 @@ RETRY_DELAYS = (1, 2, 4, 8, 15, 15, 15, 15)
 # "retry" (the orchestration sends them again). It keeps every invocation far inside the function
 # timeout (host.json: 10 min), which would otherwise report appends that did commit as failed.
 ENTITY_BUDGET_SECONDS = 60.0
+# Azure's front end (its load balancer) drops an HTTP request it has had no answer to for 230 s,
+# whatever the function timeout. A POST answers, 202 at the latest, within this many seconds of
+# its arrival (parsing and staging included); the rest is for the host's time before the function
+# starts and after it answers.
+MAX_WAIT_SECONDS = 200.0
 # Staged batches an entity holds in memory at once (each is at most 16 MiB).
 ROUND_BYTES = 64 * 1024 * 1024
 FINISHED = (
@@ -177,6 +182,7 @@ def json_response(model: Any, status: int = 200, **headers: str) -> func.HttpRes
 
 
 async def publish(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    arrived = asyncio.get_running_loop().time()
     try:
         stream = http.check_stream(req.route_params.get("stream", ""))
         key = http.check_idempotency_key(req.headers.get(http.IDEMPOTENCY_KEY)) or uuid.uuid4().hex
@@ -205,7 +211,8 @@ async def publish(req: func.HttpRequest, client: df.DurableOrchestrationClient) 
                 # not start the append (storage trouble, throttling): nothing will append it.
                 if await _status(client, instance) is None:
                     raise _not_started(f"the runtime refused to start it ({error})") from error
-        return await _outcome(client, stream, key, float(setting("VAULT_WAIT_SECONDS") or 30))
+        wait = min(float(setting("VAULT_WAIT_SECONDS") or 30), MAX_WAIT_SECONDS)
+        return await _outcome(client, stream, key, arrived + wait)
     except Exception as error:
         return problem_response(error)
 
@@ -218,7 +225,7 @@ async def batch_status(req: func.HttpRequest, client: df.DurableOrchestrationCli
         earlier = _input_of(status)
         if earlier is None or earlier.get("stream") != stream:
             raise http.unknown_batch()
-        return await _outcome(client, stream, key, 0)  # type: ignore[arg-type]
+        return await _outcome(client, stream, key, 0.0)  # type: ignore[arg-type]
     except Exception as error:
         return problem_response(error)
 
@@ -298,13 +305,14 @@ def _encode(content_type: str | None, body: bytes) -> tuple[bytes, str]:
 
 
 async def _outcome(
-    client: df.DurableOrchestrationClient, stream: str, key: str, wait: float
+    client: df.DurableOrchestrationClient, stream: str, key: str, deadline: float
 ) -> func.HttpResponse:
-    """The append's answer once its orchestration finished within `wait` seconds, else 202. The
-    status is asked for at growing intervals (50 ms to 1 s): each ask is a storage read."""
+    """The append's answer once its orchestration finished by `deadline` (the event loop's
+    clock), else 202. The status is asked for at growing intervals (50 ms to 1 s): each ask is a
+    storage read."""
     instance = instance_id(stream, key)
     loop = asyncio.get_running_loop()
-    deadline, delay = loop.time() + wait, 0.05
+    delay = 0.05
     while True:
         try:
             status = await _status(client, instance)

@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import os
+import socket
 import threading
 import time
 
@@ -22,7 +23,7 @@ import vault_core
 from tests.support import ROOT
 from tests.support.durable import bindings, protocol
 from tests.support.durable.channel import WorkerChannel
-from tests.support.durable.host import DurableHost, scaled
+from tests.support.durable.host import DurableHost, Settings, scaled
 from tests.support.streams import contents
 from vault_core import Message
 from vault_core import function_host as host_module
@@ -33,7 +34,10 @@ _containers = itertools.count()
 
 
 def app_settings(azurite, container: str, **extra: str) -> dict[str, str]:
+    """The app's settings on Azurite, with the host's own as the deployment sets them."""
+    deployed = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
     return {
+        "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT": deployed["FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"],
         "AzureWebJobsStorage": azurite.connection_string,
         "VAULT_STORE": azurite.connection_string,
         "VAULT_CONTAINER": container,
@@ -171,8 +175,6 @@ def test_the_same_key_on_two_streams_is_two_appends(app):
 
 
 def test_instance_ids_are_valid_durable_instance_ids_on_their_entitys_partition():
-    from tests.support.durable.host import Settings
-
     partitions = Settings.from_host_json().partition_count
     longest = host_module.instance_id("a" * 50, "K" * 128)
     assert len(longest) <= 256 and not set("/\\#?") & set(longest) and not longest.startswith("@")
@@ -444,9 +446,132 @@ def test_the_entitys_saved_state_does_not_grow_with_traffic(azurite, window_minu
         assert len(saved) > 30 * 60
 
 
-def test_host_json_keeps_latency_low_and_batches_inside_the_stream_memory():
-    from tests.support.durable.host import Settings
+def test_http_functions_and_durable_triggers_run_on_instances_of_their_own_groups(app):
+    """Flex Consumption scales the HTTP functions and the Durable triggers as two groups: an
+    append's start always crosses from an HTTP instance to a Durable one."""
+    response = post(app, "grouped", http.encode_json([Message("k", b"v")]), **{"Idempotency-Key": "g-1"})
+    assert response.status_code == 200, response.text
+    durable = {"append_batch", "stream_writer"}
+    ran = {group: set() for group in ("http", "durable")}
+    for instance in app.instances:
+        if instance.group in ran:
+            ran[instance.group] |= set(instance.ran)
+    assert "publish" in ran["http"] and not ran["http"] & durable
+    assert durable <= ran["durable"] and ran["durable"] <= durable
 
+
+def test_after_idle_the_first_append_waits_for_both_groups_to_start_and_lands(azurite):
+    container = f"app-{next(_containers)}"
+    with DurableHost(app_settings(azurite, container), instances=1, settings=scaled(0.1)) as host:
+        host.settle()
+        host.scale_to_zero("http")
+        host.scale_to_zero("durable")
+        assert not host.live("http") and not host.live("durable")
+        response = post(
+            host, "after-idle", http.encode_json([Message("k", b"v")]), **{"Idempotency-Key": "i-1"}
+        )
+        assert response.status_code in (200, 202), response.text
+        assert host.stats["http cold starts"] == 1
+        deadline = time.monotonic() + 60
+        while host.stats["durable cold starts"] < 1 or not contents(
+            host_store(azurite, container), "after-idle"
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert len(host.cold_starts) >= 4 and min(host.cold_starts) > 0
+
+
+def publish_at_once(host: DurableHost, stream: str, count: int) -> list[httpx.Response]:
+    """`count` producers publish to the stream at the same moment, while its entity is held back,
+    so that every request is in flight at once."""
+    answers: list[httpx.Response] = []
+
+    def one(n: int) -> None:
+        body = http.encode_json([Message("k", str(n).encode())])
+        answers.append(post(host, stream, body, **{"Idempotency-Key": f"{stream}-{n}"}))
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(count)]
+    with host.holding(protocol.entity_instance_id("stream_writer", stream)):
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)
+    for thread in threads:
+        thread.join(60)
+    return answers
+
+
+def test_concurrent_requests_scale_the_http_group_by_its_per_instance_concurrency(azurite):
+    """Python's default on Flex Consumption is one request per instance: every waiting producer
+    would hold an instance of its own. The Bicep lets one instance serve many."""
+    deployed = Settings.from_host_json().http_concurrency
+    assert deployed >= 8
+    for concurrency, producers, instances in ((1, 3, 3), (deployed, 6, 1)):
+        settings = scaled(0.1, http_concurrency=concurrency)
+        with DurableHost(
+            app_settings(azurite, f"app-{next(_containers)}"), instances=1, settings=settings
+        ) as host:
+            answers = publish_at_once(host, "concurrent", producers)
+            assert len(answers) == producers and all(a.status_code == 200 for a in answers), answers
+            assert len(host.live("http")) == instances, (concurrency, len(host.live("http")))
+
+
+def host_store(azurite, container: str) -> vault_core.Store:
+    return vault_core.open_store(azurite.connection_string, container=container)
+
+
+def test_a_body_over_the_hosts_limit_is_refused_before_it_is_read(app):
+    """The deployment sets FUNCTIONS_REQUEST_BODY_SIZE_LIMIT a little over the API's 16 MiB: the
+    host answers a larger declared body with a 500 without reading it; one just over 16 MiB still
+    reaches the app, whose answer says what is wrong."""
+    limit = int(app.app_settings["FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"])
+    assert http.MAX_BODY_BYTES < limit <= http.MAX_BODY_BYTES + 2**20
+    origin = httpx.URL(app.url)
+    with socket.create_connection((origin.host, origin.port), timeout=30) as connection:
+        connection.sendall(
+            f"POST /api/streams/too-big HTTP/1.1\r\nHost: x\r\nContent-Type: {http.BINARY_BATCH}\r\n"
+            f"Content-Length: {limit + 1}\r\n\r\n".encode()
+        )
+        status = connection.recv(4096).split(b"\r\n")[0]
+    assert status == b"HTTP/1.1 500 Internal Server Error", status
+    over = post(app, "too-big", b"\x00" * (http.MAX_BODY_BYTES + 1024), http.BINARY_BATCH)
+    assert over.status_code == 413 and over.headers["content-type"] == http.PROBLEM_JSON
+    assert "too-big" not in app.store.streams()
+
+
+def test_the_wait_counts_from_the_requests_arrival(azurite):
+    """The front end drops a request after 230 s: a POST answers within its wait from arrival,
+    the time spent parsing and staging the batch included (staging is slowed here by 3 s)."""
+    assert host_module.MAX_WAIT_SECONDS <= 230 - 20
+    container = f"app-{next(_containers)}"
+    values = app_settings(
+        azurite, container, VAULT_WAIT_SECONDS="4", STANDIN_SLOW_CALLS="vault_core.function_host:_stage=3*1"
+    )
+    body = http.encode_binary([Message("k", bytes(host_module.INLINE_BYTES))])  # staged
+    with (
+        DurableHost(values, instances=1, settings=scaled(0.1)) as host,
+        host.holding(protocol.entity_instance_id("stream_writer", "arrival")),
+    ):
+        started = time.monotonic()
+        response = post(host, "arrival", body, http.BINARY_BATCH, **{"Idempotency-Key": "arr-1"})
+        took = time.monotonic() - started
+    assert response.status_code == 202, response.text
+    assert 4 <= took < 6, f"{took:.1f} s"
+
+
+def test_the_stand_ins_front_end_stops_waiting_at_its_limit(azurite):
+    """Whatever the function timeout, the front end answers 502 when a function has not answered
+    in time (230 s on Azure, 1 s here); the function runs on."""
+    container = f"app-{next(_containers)}"
+    values = app_settings(azurite, container, STANDIN_SLOW_CALLS="vault_core.function_host:health=3*1")
+    with DurableHost(values, instances=1, settings=scaled(0.1, front_end_timeout=1.0)) as host:
+        started = time.monotonic()
+        slow = httpx.get(f"{host.url}/health", timeout=30)
+        assert slow.status_code == 502 and time.monotonic() - started < 2.5
+        assert host.stats["requests past the front end's limit"] == 1
+        assert httpx.get(f"{host.url}/health", timeout=30).status_code == 200
+
+
+def test_host_json_keeps_latency_low_and_batches_inside_the_stream_memory():
     settings = Settings.from_host_json()
     assert settings.max_polling_interval <= 2  # the default 30 s makes the first POST after idle a 202
     assert settings.partition_count > 4  # lets more than 4 instances share the work
@@ -618,7 +743,7 @@ def test_a_post_parses_and_hashes_its_body_off_the_event_loop(azurite):
         assert response.status_code == 200, response.text
         traced = [
             line
-            for line in (host.logs / f"{host.instances[0].name}.log").read_text().splitlines()
+            for line in (host.logs / f"{host.live('http')[0].name}.log").read_text().splitlines()
             if "traced vault_core.function_host:_encode" in line
         ]
     assert len(traced) == 1 and "(main: False)" in traced[0], traced

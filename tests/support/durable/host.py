@@ -56,13 +56,12 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlparse
 
 from tests.support import ROOT
-from tests.support.durable import bindings
+from tests.support.durable import bindings, client_api, frontdoor
 from tests.support.durable import protocol as p
 from tests.support.durable.bindings import Answer, HttpCall
 from tests.support.durable.channel import FunctionInfo, WorkerChannel, WorkerDied, WorkerStartFailed
@@ -80,7 +79,8 @@ def _seconds(span: str) -> float:
 
 @dataclass(frozen=True)
 class Settings:
-    """The extension's settings, from host.json, and the storage behaviour that tests may scale."""
+    """The extension's settings, from host.json; the plan's, from the Bicep's defaults; and the
+    storage and platform behaviour that tests may scale."""
 
     partition_count: int = 4
     max_polling_interval: float = 30.0
@@ -90,6 +90,11 @@ class Settings:
     max_concurrent: int = 10 * (os.cpu_count() or 1)
     function_timeout: float = 1800.0
     reorder_window_minutes: float = 30.0  # entityMessageReorderWindowInMinutes (0: no sorting)
+    # Flex Consumption (infra/main.bicep): HTTP requests an instance serves at once (Python's
+    # default is 1), and the most instances a group scales out to.
+    http_concurrency: int = 1
+    max_instances: int = 100
+    front_end_timeout: float = 230.0  # the front end's limit on an HTTP answer
     # Storage and partition-manager behaviour (DTFx defaults), scaled down by tests:
     visibility_timeout: float = 300.0
     lease_interval: float = 30.0
@@ -104,6 +109,7 @@ class Settings:
 
     @classmethod
     def from_host_json(cls, path: Path = ROOT / "host.json", **overrides: Any) -> Settings:
+        """host.json's settings, and the plan's as infra/main.bicep deploys it by default."""
         config = json.loads(path.read_text())
         durable = config.get("extensions", {}).get("durableTask", {})
         sections = {"root": config, "durable": durable, "provider": durable.get("storageProvider", {})}
@@ -112,9 +118,16 @@ class Settings:
             if key in sections[section]:
                 value = sections[section][key]
                 values[field_name] = _seconds(value) if isinstance(value, str) else value
+        bicep = (ROOT / "infra" / "main.bicep").read_text()
+        for field_name, parameter in _BICEP.items():
+            found = re.search(rf"^param {parameter} int = (\d+)$", bicep, re.M)
+            if found:
+                values[field_name] = int(found.group(1))
         return cls(**{**values, **overrides})
 
 
+# Settings fields read from the Bicep's parameter defaults.
+_BICEP = {"http_concurrency": "httpPerInstanceConcurrency", "max_instances": "maximumInstanceCount"}
 # Settings fields read from host.json: (section, key); durations are "[d.]hh:mm:ss" strings.
 _HOST_JSON = {
     "partition_count": ("provider", "partitionCount"),
@@ -181,8 +194,14 @@ class AppInstance:
     """One instance of the app: a Functions host with its Durable extension (threads here) and
     its Python worker (a real process, restarted by the host when it dies or times out)."""
 
-    def __init__(self, host: DurableHost, name: str) -> None:
+    def __init__(self, host: DurableHost, name: str, group: str = "durable") -> None:
         self.host, self.name, self.settings = host, name, host.settings
+        # Flex Consumption's function group: "durable" instances own the task hub's partitions
+        # and run the orchestrations and entities; "http" ones the HTTP functions; a timer gets
+        # instances of its own ("function:<name>").
+        self.group = group
+        self.http_requests = 0  # HTTP requests it runs now (at most Settings.http_concurrency)
+        self.ran: Counter[str] = Counter()  # invocations, by function
         self.alive = True
         self.running = threading.Event()  # cleared while the instance is frozen
         self.running.set()
@@ -197,10 +216,8 @@ class AppInstance:
         self.executor = ThreadPoolExecutor(self.settings.max_concurrent, thread_name_prefix=f"{name}-work")
         self._log = open(host.logs / f"{name}.log", "ab")  # noqa: SIM115
         self._start_worker()
-        self._manager = threading.Thread(
-            target=self._manage_partitions, name=f"{name}-partitions", daemon=True
-        )
-        self._manager.start()
+        if group == "durable":
+            threading.Thread(target=self._manage_partitions, name=f"{name}-partitions", daemon=True).start()
 
     # --- the worker process
 
@@ -258,6 +275,7 @@ class AppInstance:
         client = self.host.client_binding(self)
         future = channel.invoke(info, bindings.inputs(info, http=http, context=context, client=client))
         self.in_flight.update([function])
+        self.ran.update([function])
         future.add_done_callback(lambda _: self.in_flight.subtract([function]))
         elapsed, last = 0.0, time.monotonic()
         while True:
@@ -326,7 +344,7 @@ class AppInstance:
     def _balance(self) -> bool:
         """One pass of the partition manager; True while it waits for a partition or drains."""
         hub, now, waiting = self.host.hub, time.monotonic(), False
-        hub.round_trip()
+        hub.round_trip("table read", "table write")  # the partition table: read, then renew
         with hub.lock:
             rows = hub.partitions
             for index in list(self.owned):
@@ -689,6 +707,7 @@ class DurableHost:
         app_settings: dict[str, str],
         *,
         instances: int = 2,
+        http_instances: int = 1,
         settings: Settings | None = None,
         task_hub: str = "vault",
         function_key: str | None = None,
@@ -712,16 +731,22 @@ class DurableHost:
         self._client_faults: Counter[str] = Counter()
         self._client_faults_lock = threading.Lock()
         self._next = itertools.count()
-        self._rpc = _Server(("127.0.0.1", 0), _rpc_handler(self))
-        self._front = _Server(("127.0.0.1", 0), _front_door(self))
+        self._http = threading.Condition()
+        self._starting_http = self._waiting_http = 0
+        self._starting_durable = False
+        self.calls = ThreadPoolExecutor(256, thread_name_prefix="front-door")
+        self._rpc = _Server(("127.0.0.1", 0), client_api.handler(self))
+        self._front = _Server(("127.0.0.1", 0), frontdoor.handler(self))
         for server in (self._rpc, self._front):
             threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         self.url = f"http://127.0.0.1:{self._front.server_address[1]}/api"
         self.instances: list[AppInstance] = []
-        self._functions: list[dict[str, Any]] = []
+        self.functions: list[dict[str, Any]] = []  # each function's trigger, from the worker's indexing
         try:
             for _ in range(instances):
                 self.add_instance()
+            for _ in range(http_instances):
+                self.add_instance("http")
         except BaseException:
             self.close()
             raise
@@ -746,17 +771,90 @@ class DurableHost:
 
     # --- scaling and faults
 
-    def add_instance(self) -> AppInstance:
-        """Scale out: a new instance joins and takes its share of the partitions."""
-        instance = AppInstance(self, next(self._names))
-        if not self._functions and instance.channel is not None:
-            self._functions = [_described(f) for f in instance.channel.functions.values()]
+    def add_instance(self, group: str = "durable") -> AppInstance:
+        """Scale out: a new instance of a group starts (its cold start: the worker process,
+        importing and indexing the app); a Durable one takes its share of the partitions."""
+        instance = AppInstance(self, next(self._names), group)
+        if not self.functions and instance.channel is not None:
+            self.functions = [_described(f) for f in instance.channel.functions.values()]
         self.instances.append(instance)
-        self.note(f"{instance.name} joined")
+        self.note(f"{instance.name} ({group}) joined")
         return instance
 
-    def live(self) -> list[AppInstance]:
-        return [i for i in self.instances if i.alive]
+    def live(self, group: str = "durable") -> list[AppInstance]:
+        return [i for i in self.instances if i.alive and i.group == group]
+
+    def scale_to_zero(self, group: str) -> None:
+        """The group was idle long enough: the platform stops its instances (a Durable one
+        releases its partitions first, as on scale-in)."""
+        for instance in self.live(group):
+            self.remove_instance(instance)
+
+    def _wake_durable_group(self) -> None:
+        """The scale controller sees messages in the task hub's queues while the Durable group
+        has no instance (always-ready 0, after idle): it starts one, which then claims the
+        partitions, as any new instance does."""
+        with self._http:
+            if self.live("durable") or self._starting_durable or self.stopping.is_set():
+                return
+            self._starting_durable = True
+
+        def start() -> None:
+            try:
+                self.add_instance("durable")
+                self.stats["durable cold starts"] += 1
+            finally:
+                with self._http:
+                    self._starting_durable = False
+
+        threading.Thread(target=start, daemon=True).start()
+
+    # --- the HTTP group's instances
+
+    def http_slot(self) -> AppInstance:
+        """An HTTP instance with room for one more request, which the caller holds until it calls
+        release_http_slot. When all are busy or there are none, a new one starts (its cold start)
+        up to max_instances; past that, the request waits for a slot for up to the front end's
+        limit, then TimeoutError."""
+        deadline = time.monotonic() + self.settings.front_end_timeout
+        with self._http:
+            self._waiting_http += 1
+            try:
+                while True:
+                    ready = [
+                        i
+                        for i in self.live("http")
+                        if i.running.is_set()
+                        and i.worker_ready.is_set()
+                        and i.http_requests < self.settings.http_concurrency
+                    ]
+                    if ready:
+                        chosen = min(ready, key=lambda i: i.http_requests)
+                        chosen.http_requests += 1
+                        return chosen
+                    # The scale controller starts an instance for each request it cannot place.
+                    room = len(self.live("http")) + self._starting_http < self.settings.max_instances
+                    if room and self._starting_http < self._waiting_http:
+                        self._starting_http += 1
+                        self._http.release()
+                        try:
+                            self.add_instance("http")
+                            self.stats["http cold starts"] += 1
+                        finally:
+                            self._http.acquire()
+                            self._starting_http -= 1
+                            self._http.notify_all()
+                        continue
+                    self._http.wait(timeout=max(0.0, deadline - time.monotonic()))
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError("no HTTP instance could take the request")
+            finally:
+                self._waiting_http -= 1
+
+    def release_http_slot(self, instance: AppInstance) -> None:
+        with self._http:
+            instance.http_requests -= 1
+            self._http.notify_all()
 
     def leaving(self, instance: AppInstance) -> bool:
         return instance.name in self._leaving
@@ -845,9 +943,7 @@ class DurableHost:
 
     def entity_function(self, name: str) -> str:
         return next(
-            f["name"]
-            for f in self._functions
-            if f["trigger"] == "entityTrigger" and f["name"].lower() == name
+            f["name"] for f in self.functions if f["trigger"] == "entityTrigger" and f["name"].lower() == name
         )
 
     def client_binding(self, instance: AppInstance) -> str:
@@ -862,8 +958,9 @@ class DurableHost:
         spilled = sum(size > p.QUEUE_MESSAGE_LIMIT for _, _, size, _ in sized)
         if spilled:
             self.hub.spilled += spilled
-            self.hub.round_trip()
+            self.hub.round_trip(*["blob put"] * spilled)
         partitions = self.hub.enqueue(sized)
+        self._wake_durable_group()
         if sender is not None:
             for partition, (_, _, _, delay) in zip(partitions, sized, strict=True):
                 if not delay:
@@ -876,7 +973,7 @@ class DurableHost:
         instance with that id that is still pending or running (a start is refused then)."""
         if input_text is not None and len(input_text) * 2 > p.TABLE_PROPERTY_LIMIT:
             self.hub.spilled += 1
-            self.hub.round_trip()
+            self.hub.round_trip("blob put")
         execution = uuid.uuid4().hex
         record = Record(instance_id, name, input_text=input_text, execution_id=execution)
         blocking = self.hub.create(record, replace_finished=True)
@@ -926,14 +1023,11 @@ class DurableHost:
         return self.hub.purge(chosen)
 
     def run_timer(self, function: str) -> Answer:
-        """Runs a timer-triggered function now, on a live instance."""
-        return self._pick().invoke(function, self.settings.function_timeout)
-
-    def _pick(self) -> AppInstance:
-        healthy = [i for i in self.live() if i.running.is_set() and i.worker_ready.is_set()]
-        if not healthy:
-            raise InvocationFailed("no healthy instance")
-        return healthy[next(self._next) % len(healthy)]
+        """Runs a timer-triggered function now, on an instance of its own group (started if there
+        is none, as the platform does when the timer fires)."""
+        group = f"function:{function}"
+        instances = self.live(group) or [self.add_instance(group)]
+        return instances[0].invoke(function, self.settings.function_timeout)
 
     # --- observations
 
@@ -963,217 +1057,6 @@ def _described(function: FunctionInfo) -> dict[str, Any]:
         "methods": trigger.get("methods"),
         "authLevel": trigger.get("authLevel"),
     }
-
-
-def _extension_error(message: str, exception_type: str) -> dict[str, str]:
-    """The body the extension's HTTP API answers an exception with (v2.13 and v3)."""
-    return {
-        "Message": "Something went wrong while processing your request",
-        "ExceptionMessage": message,
-        "ExceptionType": exception_type,
-        "StackTrace": f"   at {exception_type}",
-    }
-
-
-STORAGE_ERROR = "DurableTask.AzureStorage.Storage.DurableTaskStorageException"
-
-
-def _rpc_handler(host: DurableHost) -> type[BaseHTTPRequestHandler]:
-    """The extension's local HTTP API that the SDK's DurableOrchestrationClient calls (a subset:
-    start, status, purge, entity state), one prefix per instance. Each call can be made to fail
-    on demand (DurableHost.fail_client_calls), answered as the extension answers a storage error."""
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _send(self, status: int, body: Any = None, **headers: str) -> None:
-            data = b"" if body is None else json.dumps(body).encode()
-            self.send_response(status)
-            if body is not None:
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-            for name, value in headers.items():
-                self.send_header(name.replace("_", "-"), value)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _route(self) -> tuple[AppInstance | None, list[str], dict[str, list[str]]]:
-            url = urlparse(self.path)
-            parts = [unquote(part) for part in url.path.split("/") if part]
-            caller = next((i for i in host.instances if i.name == parts[0]), None)
-            assert parts[1] == "durabletask", self.path
-            return caller, parts[2:], parse_qs(url.query)
-
-        def _failing(self, call: str) -> bool:
-            """Answers the call as a storage error if the test asked for one."""
-            if not host.take_client_fault(call):
-                return False
-            host.stats[f"client {call} calls failed"] += 1
-            self._send(500, _extension_error("The server is busy.", STORAGE_ERROR))
-            return True
-
-        def do_POST(self) -> None:
-            caller, parts, _query = self._route()
-            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            host.hub.round_trip()
-            if parts[0] == "orchestrators":
-                if self._failing("start"):
-                    return None
-                name = parts[1]
-                instance_id = parts[2] if len(parts) > 2 else uuid.uuid4().hex
-                # The SDK posts the input's JSON text as a JSON string.
-                input_text = json.loads(raw) if raw else None
-                status = host.start(caller, name, instance_id, input_text)
-                if status is not None:  # the id is taken by an instance that has not finished
-                    return self._send(
-                        500,
-                        _extension_error(
-                            f"An Orchestration instance with the status {status} already exists.",
-                            "DurableTask.Core.Exceptions.OrchestrationAlreadyExistsException",
-                        ),
-                    )
-                base = f"http://localhost:7071/runtime/webhooks/durabletask/instances/{instance_id}"
-                return self._send(
-                    202,
-                    {"id": instance_id, "statusQueryGetUri": base, "purgeHistoryDeleteUri": base},
-                    Location=base,
-                    Retry_After="10",
-                )
-            return self._send(404)
-
-        def do_GET(self) -> None:
-            _caller, parts, query = self._route()
-            host.hub.round_trip()
-            if parts[0] == "instances" and len(parts) == 2:
-                host.stats["status requests"] += 1
-                if self._failing("status"):
-                    return None
-                record = host.hub.peek(parts[1])
-                if record is None:
-                    return self._send(404)  # an empty body
-                with host.hub.lock:
-                    body = {
-                        "name": record.name,
-                        "instanceId": record.instance,
-                        "runtimeStatus": record.status,
-                        "input": record.input_text
-                        if query.get("showInput", ["true"])[0].lower() != "false"
-                        else None,
-                        "customStatus": record.custom_status,
-                        "output": record.output,
-                        "createdTime": _iso(record.created),
-                        "lastUpdatedTime": _iso(record.updated),
-                    }
-                if record.status in ("Pending", "Running"):
-                    return self._send(202, body, Location=self.path, Retry_After="5")
-                return self._send(200, body)  # Failed too, unless the caller asks for a 500
-            if parts[0] == "entities" and len(parts) == 3:
-                record = host.hub.peek(p.entity_instance_id(parts[1], parts[2]))
-                if record is None or not record.exists:
-                    return self._send(404)
-                return self._send(200, json.loads(record.state or "null"))
-            return self._send(404)
-
-        def do_DELETE(self) -> None:
-            _caller, parts, query = self._route()
-            if parts[0] != "instances":
-                return self._send(404)
-            if self._failing("purge"):
-                return None
-            if len(parts) == 2:
-                deleted = host.hub.purge([parts[1]])
-            else:
-                if "createdTimeFrom" not in query:
-                    return self._send(400, "Please provide value for 'createdTimeFrom' parameter.")
-                created_from = _parse_iso(query["createdTimeFrom"][0])
-                created_to = (
-                    _parse_iso(query["createdTimeTo"][0]) if "createdTimeTo" in query else datetime.now(UTC)
-                )
-                statuses = query.get("runtimeStatus", [""])[0].split(",")
-                deleted = host.purge(created_from, created_to, [s for s in statuses if s])
-            if not deleted:
-                return self._send(404)
-            return self._send(200, {"instancesDeleted": deleted})
-
-    return Handler
-
-
-def _front_door(host: DurableHost) -> type[BaseHTTPRequestHandler]:
-    """The HTTP side of the Functions host: routes /api/... to the app's HTTP functions on a
-    healthy instance, checks function keys, and answers 502 when the instance dies mid-request."""
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-            self.send_response(status)
-            head = self.command == "HEAD"  # the function's Content-Length stands, with no body
-            for name, value in headers.items():
-                if name.lower() not in ("transfer-encoding", "connection") and (
-                    head or name.lower() != "content-length"
-                ):
-                    self.send_header(name, value)
-            if not head:
-                self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if not head:
-                self.wfile.write(body)
-
-        def _handle(self) -> None:
-            url = urlparse(self.path)
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            path = url.path.removeprefix("/api/")
-            for function in host._functions:
-                if function["trigger"] != "httpTrigger" or self.command not in (function["methods"] or []):
-                    continue
-                # {name} takes one segment; a last /{*name} takes the rest of the path, or nothing.
-                pattern = re.sub(r"/\{\*(\w+)\}$", r"(?:/(?P<\1>.*))?", function["route"])
-                pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern)
-                match = re.fullmatch(pattern, path)
-                if match is None:
-                    continue
-                query = {k: v[0] for k, v in parse_qs(url.query).items()}
-                if function["authLevel"] != "ANONYMOUS" and host.function_key is not None:
-                    given = self.headers.get("x-functions-key") or query.get("code")
-                    if given != host.function_key:
-                        return self._send(401, b"", {})
-                try:
-                    instance = host._pick()
-                    call = HttpCall(
-                        method=self.command,
-                        url=f"http://localhost:7071{self.path}",
-                        headers=dict(self.headers.items()),
-                        query=query,
-                        route_params={k: unquote(v or "") for k, v in match.groupdict().items()},
-                        body=body,
-                    )
-                    reply = instance.invoke(function["name"], host.settings.function_timeout, http=call)
-                except (InvocationFailed, FunctionTimedOut, Stopped):
-                    return self._send(502, b"Bad Gateway", {"Content-Type": "text/plain"})
-                if reply.http is None:
-                    host.note(f"HTTP function {function['name']} raised: {reply.error}")
-                    return self._send(500, b"Internal Server Error", {"Content-Type": "text/plain"})
-                return self._send(reply.http.status, reply.http.body, reply.http.headers)
-            return self._send(404, b"", {})
-
-        do_GET = do_HEAD = do_POST = do_DELETE = _handle
-
-    return Handler
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_iso(text: str) -> datetime:
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def scaled(factor: float, **overrides: Any) -> Settings:
