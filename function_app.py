@@ -85,4 +85,4 @@ async def stream_writer(context: func.EntityContext) -> str:
 @app.durable_client_input(client_name="client")
 async def purge_history(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:
     """Hourly: forget finished appends older than VAULT_PURGE_AFTER_HOURS."""
-    await host.purge_history(client)
+    await host.purge_history(client, timer)

@@ -94,6 +94,9 @@ ENTITY_BUDGET_SECONDS = 60.0
 # its arrival (parsing and staging included); the rest is for the host's time before the function
 # starts and after it answers.
 MAX_WAIT_SECONDS = 200.0
+# An hourly purge covers appends created this long before its cut-off: about an hour's worth,
+# with room for runs that failed or did not run.
+PURGE_WINDOW = timedelta(hours=3)
 # Staged batches an entity holds in memory at once (each is at most 16 MiB).
 ROUND_BYTES = 64 * 1024 * 1024
 FINISHED = (
@@ -283,19 +286,47 @@ def openapi_document(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse(openapi.document_bytes(), mimetype=http.JSON)
 
 
-async def purge_history(client: df.DurableOrchestrationClient) -> int:
+async def purge_history(client: df.DurableOrchestrationClient, timer: func.TimerRequest) -> int:
     """Purges the history of finished appends older than VAULT_PURGE_AFTER_HOURS (orchestrations
-    only: running ones, and the entities, which hold no history worth purging, are kept). Once
-    purged, a retried Idempotency-Key is still recognised by the stream itself while it is among
-    the stream's last 1,024 batches."""
+    only: running ones, and the entities, which hold no history worth purging, are kept). Each
+    hourly run purges those created in the few hours before the cut-off, so that a run deletes
+    about an hour's appends, and one that failed is made up by the next; the first run of each
+    UTC day sweeps everything older. A purge that times out or fails is logged and left to the
+    next run. Once purged, a retried Idempotency-Key is still recognised by the stream itself while
+    it is among the stream's last 1,024 batches."""
     hours = float(setting("VAULT_PURGE_AFTER_HOURS") or 24)
-    result = await client.purge_instance_history_by(
-        created_time_from=datetime(2000, 1, 1, tzinfo=UTC),
-        created_time_to=datetime.now(UTC) - timedelta(hours=hours),
-        runtime_status=list(FINISHED),
-    )
+    now = datetime.now(UTC)
+    until = now - timedelta(hours=hours)
+    since = until - PURGE_WINDOW if _ran_today(timer, now) else datetime(2000, 1, 1, tzinfo=UTC)
+    try:
+        result = await client.purge_instance_history_by(
+            created_time_from=since, created_time_to=until, runtime_status=list(FINISHED)
+        )
+    except Exception as error:  # the SDK's session gives up after 240 s; the runtime may fail it
+        log.warning(
+            "purging finished appends created %s to %s did not complete (%s: %s); the next run goes on",
+            since.isoformat(),
+            until.isoformat(),
+            type(error).__name__,
+            error,
+        )
+        return 0
     log.info("purged %d finished append orchestrations", result.instances_deleted)
     return result.instances_deleted
+
+
+def _ran_today(timer: func.TimerRequest, now: datetime) -> bool:
+    """Whether the timer last ran on the same UTC day (the runtime says when, in the schedule
+    status of its monitor); not on the first run, or when it does not say."""
+    last = (getattr(timer, "schedule_status", None) or {}).get("Last")
+    try:
+        when = datetime.fromisoformat(last) if isinstance(last, str) else None
+    except ValueError:
+        when = None
+    if when is None:
+        return False
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).date() == now.date()
 
 
 def _encode(content_type: str | None, body: bytes) -> tuple[bytes, str]:

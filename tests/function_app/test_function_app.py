@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -416,6 +417,32 @@ def test_the_purge_timer_forgets_finished_appends_only(app):
         assert app.record(entity) is not None  # and the entities' state
     finally:
         app.hub.records.pop("still-running", None)
+
+
+def test_the_purge_takes_a_few_hours_each_hour_everything_once_a_day_and_outlives_a_failure(app):
+    """Purging from 2000 on every run makes each one scan and delete all it finds, and the SDK's
+    session gives up after 240 s on a large Instances table: an hourly run purges the appends of
+    the last hours before its cut-off (VAULT_PURGE_AFTER_HOURS, 0 here), the first of a UTC day
+    all of them, and a purge the runtime fails is logged, not raised."""
+    now = time.time()
+    for name, hours in (("aged-recent", 2), ("aged-old", 30)):
+        app.hub.records[name] = protocol_record(name, {}, {})
+        app.hub.records[name].created = now - hours * 3600
+    try:
+        with app.fail_client_calls(purge=1):
+            failed = app.run_timer("purge_history", last_run=datetime.now(UTC))
+        assert failed.error is None, failed.error
+        assert app.stats["client purge calls failed"] == 1
+        assert app.record("aged-recent") is not None and app.record("aged-old") is not None
+        hourly = app.run_timer("purge_history", last_run=datetime.now(UTC))
+        assert hourly.error is None, hourly.error
+        assert app.record("aged-recent") is None and app.record("aged-old") is not None
+        daily = app.run_timer("purge_history", last_run=datetime.now(UTC) - timedelta(days=1))
+        assert daily.error is None, daily.error
+        assert app.record("aged-old") is None
+    finally:
+        app.hub.records.pop("aged-recent", None)
+        app.hub.records.pop("aged-old", None)
 
 
 @pytest.mark.parametrize("window_minutes", [30, None])

@@ -6,7 +6,7 @@ does the other half (TypedData to azure.functions objects and back).
   which the worker asked for with its RawHttpBodyBytes capability);
 - orchestrationTrigger, entityTrigger, durableClient: the Durable extension's JSON text, as a
   string;
-- timerTrigger: the timer's JSON (Schedule, ScheduleStatus, IsPastDue).
+- timerTrigger: the timer's JSON (Schedule, ScheduleStatus with when it last ran, IsPastDue).
 An answer is the function's return value: an RpcHttp for HTTP functions, JSON text for the
 orchestrator and the entity; or, when the function raised, the exception's message."""
 
@@ -52,6 +52,7 @@ def inputs(
     http: HttpCall | None = None,
     context: str | None = None,
     client: str | None = None,
+    last_run: str | None = None,
 ) -> list[Any]:
     """The ParameterBindings for `function`'s input bindings."""
     bound = []
@@ -78,7 +79,9 @@ def inputs(
             assert client is not None, f"{function.name} needs the durable client binding"
             data = protos.TypedData(string=client)
         elif kind == "timerTrigger":
-            timer = {"Schedule": {"AdjustForDST": True}, "ScheduleStatus": None, "IsPastDue": False}
+            # The schedule monitor's record of the timer: when it last ran (none the first time).
+            status = {"Last": last_run, "Next": last_run, "LastUpdated": last_run} if last_run else None
+            timer = {"Schedule": {"AdjustForDST": True}, "ScheduleStatus": status, "IsPastDue": False}
             data = protos.TypedData(json=json.dumps(timer))
         else:
             raise NotImplementedError(f"the stand-in has no {kind} binding ({function.name})")

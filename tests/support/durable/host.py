@@ -264,6 +264,7 @@ class AppInstance:
         *,
         http: HttpCall | None = None,
         context: str | None = None,
+        last_run: str | None = None,
     ) -> Answer:
         """Runs a function on the worker, through the worker library; the time counts only while
         the instance is not frozen."""
@@ -273,7 +274,8 @@ class AppInstance:
         assert channel is not None
         info = channel.functions[function]
         client = self.host.client_binding(self)
-        future = channel.invoke(info, bindings.inputs(info, http=http, context=context, client=client))
+        inputs = bindings.inputs(info, http=http, context=context, client=client, last_run=last_run)
+        future = channel.invoke(info, inputs)
         self.in_flight.update([function])
         self.ran.update([function])
         future.add_done_callback(lambda _: self.in_flight.subtract([function]))
@@ -1022,12 +1024,13 @@ class DurableHost:
             ]
         return self.hub.purge(chosen)
 
-    def run_timer(self, function: str) -> Answer:
+    def run_timer(self, function: str, last_run: datetime | None = None) -> Answer:
         """Runs a timer-triggered function now, on an instance of its own group (started if there
-        is none, as the platform does when the timer fires)."""
+        is none, as the platform does when the timer fires); `last_run`: when it last ran."""
         group = f"function:{function}"
         instances = self.live(group) or [self.add_instance(group)]
-        return instances[0].invoke(function, self.settings.function_timeout)
+        last = None if last_run is None else last_run.isoformat()
+        return instances[0].invoke(function, self.settings.function_timeout, last_run=last)
 
     # --- observations
 
