@@ -834,9 +834,10 @@ class DurableHost:
                         chosen = min(ready, key=lambda i: i.http_requests)
                         chosen.http_requests += 1
                         return chosen
-                    # The scale controller starts an instance for each request it cannot place.
+                    # The scale controller starts instances for the requests it cannot place, one
+                    # for every perInstanceConcurrency of them.
                     room = len(self.live("http")) + self._starting_http < self.settings.max_instances
-                    if room and self._starting_http < self._waiting_http:
+                    if room and self._starting_http * self.settings.http_concurrency < self._waiting_http:
                         self._starting_http += 1
                         self._http.release()
                         try:

@@ -88,7 +88,8 @@ class TaskHub:
         self.partitions = [PartitionRow() for _ in range(partition_count)]
         self.spilled = 0  # payloads over the queue or table limits (stored as blobs on Azure)
         self.operations: Counter[str] = Counter()  # storage operations by kind ("queue put", ...)
-        self.entity_states: list[int] = []  # UTF-8 bytes of each entity checkpoint's state
+        # UTF-8 bytes of each checkpoint's saved state, by entity
+        self.entity_states: dict[str, list[int]] = {}
         self._seq = itertools.count(1)
         self._receipts = itertools.count(1)
 
@@ -195,7 +196,7 @@ class TaskHub:
         if record.instance.startswith("@"):
             text = scheduler_state(record)
             with self.lock:
-                self.entity_states.append(len(text.encode()))
+                self.entity_states.setdefault(record.instance, []).append(len(text.encode()))
             was_blob, record.state_blob = record.state_blob, len(text) * 2 > TABLE_PROPERTY_LIMIT
             if record.state_blob:
                 operations.append("blob put")
