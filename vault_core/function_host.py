@@ -213,7 +213,8 @@ async def publish(req: func.HttpRequest, client: df.DurableOrchestrationClient) 
                 # start of a running instance): then wait for that one. Otherwise the runtime did
                 # not start the append (storage trouble, throttling): nothing will append it.
                 if await _status(client, instance) is None:
-                    raise _not_started(f"the runtime refused to start it ({error})") from error
+                    log.warning("the Durable runtime refused to start %s: %s", instance, error)
+                    raise _not_started("the Durable runtime refused to start it") from error
         wait = min(float(setting("VAULT_WAIT_SECONDS") or 30), MAX_WAIT_SECONDS)
         return await _outcome(client, stream, key, arrived + wait)
     except Exception as error:
