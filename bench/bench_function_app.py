@@ -320,8 +320,9 @@ def one_run(
     producers: int,
     size: int,
     args: argparse.Namespace,
+    name: str = "",
 ) -> Figure:
-    stream = f"s{size}-x{producers}-{target.split()[0].lower()}"
+    stream = f"s{size}-x{producers}-{name or target.split()[0].lower()}"
     entity = protocol.entity_instance_id("stream_writer", stream)
     sizes_before, cpu_before = len(host.batch_sizes), time.process_time()
     operations_before, requests_before = sum(host.hub.operations.values()), proxy.total()
