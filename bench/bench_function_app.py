@@ -7,8 +7,8 @@ costs (the task hub's queues, tables and blobs, and the vault's own requests, co
 by a proxy in front of Azurite); the first append after idle (cold starts); and how long the
 stream takes to accept appends again after its owner dies or its partition moves.
 
-    .venv-functions/bin/python bench/bench_function_app.py            # the full run, about 8 minutes
-    .venv-functions/bin/python bench/bench_function_app.py --quick    # a smoke run, about 2 minutes
+    .venv-functions/bin/python bench/bench_function_app.py            # the full run, about 9 minutes
+    .venv-functions/bin/python bench/bench_function_app.py --quick    # a smoke run, about 3 minutes
     .venv-functions/bin/python bench/bench_function_app.py --markdown out.md
 
 docs/performance.md ("The Function App") explains what is measured and how to read it. The

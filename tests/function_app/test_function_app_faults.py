@@ -6,10 +6,12 @@ drain times are scaled down (the real ones are 30 s, 5 min and 60 s); every loop
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -75,6 +77,24 @@ def check_exactly_once(store: vault_core.Store, producers: list[Producer]) -> No
         store.reader(stream).verify()
 
 
+@contextlib.contextmanager
+def producing(host: DurableHost, prefix: str, count: int, streams: list[str]) -> Iterator[list[Producer]]:
+    """`count` producers publish to the streams in turn while the block runs; when it ends they
+    stop after the call in flight, and every one of them must have stopped."""
+    until = threading.Event()
+    producers = [Producer(f"{prefix}{n}", streams[n % len(streams)], host.url) for n in range(count)]
+    threads = [threading.Thread(target=p.run, args=(until,)) for p in producers]
+    for thread in threads:
+        thread.start()
+    try:
+        yield producers
+    finally:
+        until.set()
+        for thread in threads:
+            thread.join(300)
+    assert not any(thread.is_alive() for thread in threads)
+
+
 @pytest.fixture
 def settings_for(azurite):
     def make(**extra: str) -> tuple[dict[str, str], vault_core.Store]:
@@ -119,30 +139,23 @@ def test_a_frozen_owner_is_taken_over_and_resumed_writes_nothing(settings_for):
     values, store = settings_for()
     with DurableHost(values, instances=2, settings=scaled(0.05)) as host:
         host.settle()
-        until = threading.Event()
-        producers = [Producer(f"f{n}", "frozen", host.url) for n in range(4)]
-        threads = [threading.Thread(target=p.run, args=(until,)) for p in producers]
-        for thread in threads:
-            thread.start()
-        entity = protocol.entity_instance_id("stream_writer", "frozen")
-        frozen = None
-        for _ in range(400):  # freeze it mid-batch: its entity work item running
-            time.sleep(0.01)
-            current = host.owner_of(entity)
-            if current is not None and entity in current.active:
-                frozen = current
-                host.freeze(frozen)
-                break
-        assert frozen is not None, "the entity never ran"
-        acked = sum(len(p.acked) for p in producers)
-        solo, took = publish(host, "frozen", "while-frozen")
-        assert took < LEASE_SECONDS / 2, f"{took:.1f} s"
-        time.sleep(1)
-        host.thaw(frozen)
-        time.sleep(2)  # its work item finishes: fenced, its checkpoint refused
-        until.set()
-        for thread in threads:
-            thread.join(300)
+        with producing(host, "f", 4, ["frozen"]) as producers:
+            entity = protocol.entity_instance_id("stream_writer", "frozen")
+            frozen = None
+            for _ in range(400):  # freeze it mid-batch: its entity work item running
+                time.sleep(0.01)
+                current = host.owner_of(entity)
+                if current is not None and entity in current.active:
+                    frozen = current
+                    host.freeze(frozen)
+                    break
+            assert frozen is not None, "the entity never ran"
+            acked = sum(len(p.acked) for p in producers)
+            solo, took = publish(host, "frozen", "while-frozen")
+            assert took < LEASE_SECONDS / 2, f"{took:.1f} s"
+            time.sleep(1)
+            host.thaw(frozen)
+            time.sleep(2)  # its work item finishes: fenced, its checkpoint refused
         assert sum(len(p.acked) for p in producers) > acked
         check_exactly_once(store, [*producers, solo])
         assert not host.errors, host.events
@@ -155,24 +168,17 @@ def test_a_worker_hung_mid_batch_loses_and_duplicates_nothing(settings_for):
     durable timers, and every append commits once."""
     values, store = settings_for(VAULT_WAIT_SECONDS="0")  # producers poll: no long HTTP invocations
     with DurableHost(values, instances=1, settings=scaled(0.05, function_timeout=3.0)) as host:
-        until = threading.Event()
-        producers = [Producer(f"h{n}", "hung", host.url) for n in range(4)]
-        threads = [threading.Thread(target=p.run, args=(until,)) for p in producers]
-        for thread in threads:
-            thread.start()
-        instance = host.instances[0]
-        for _ in range(4000):  # hang it while it runs the entity's batch
-            time.sleep(0.005)
-            if instance.in_flight["stream_writer"] >= 1:
-                host.hang_worker(instance)
-                break
-        deadline = time.monotonic() + 60
-        while host.stats["worker restarts"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(3)
-        until.set()
-        for thread in threads:
-            thread.join(300)
+        with producing(host, "h", 4, ["hung"]) as producers:
+            instance = host.instances[0]
+            for _ in range(4000):  # hang it while it runs the entity's batch
+                time.sleep(0.005)
+                if instance.in_flight["stream_writer"] >= 1:
+                    host.hang_worker(instance)
+                    break
+            deadline = time.monotonic() + 60
+            while host.stats["worker restarts"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(3)
         assert host.stats["worker restarts"] >= 1
         check_exactly_once(store, producers)
         assert not host.errors, host.events
@@ -187,18 +193,11 @@ def test_an_entity_batch_past_the_function_timeout_loses_and_duplicates_nothing(
         VAULT_WAIT_SECONDS="0", STANDIN_SLOW_CALLS="vault_core.function_host:_append_round=5*1"
     )
     with DurableHost(values, instances=1, settings=scaled(0.05, function_timeout=3.0)) as host:
-        until = threading.Event()
-        producers = [Producer(f"t{n}", "timed-out", host.url) for n in range(4)]
-        threads = [threading.Thread(target=p.run, args=(until,)) for p in producers]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 60
-        while host.stats["entity batches timed out"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(3)
-        until.set()
-        for thread in threads:
-            thread.join(300)
+        with producing(host, "t", 4, ["timed-out"]) as producers:
+            deadline = time.monotonic() + 60
+            while host.stats["entity batches timed out"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(3)
         assert host.stats["entity batches timed out"] >= 1 and host.stats["worker restarts"] >= 1
         assert sum(len(p.acked) for p in producers) >= 4
         check_exactly_once(store, producers)
@@ -211,44 +210,36 @@ def test_producers_under_kills_freezes_and_partition_moves_lose_and_duplicate_no
     values, store = settings_for()
     rng = random.Random(20261125)
     with DurableHost(values, instances=3, settings=scaled(0.05)) as host:
-        until = threading.Event()
-        producers = [Producer(f"p{n}", f"chaos-{n % 4}", host.url) for n in range(16)]
-        threads = [threading.Thread(target=p.run, args=(until,)) for p in producers]
-        for thread in threads:
-            thread.start()
-        actions: list[str] = []
-        frozen: list[AppInstance] = []
-        deadline = time.monotonic() + 25
-        while time.monotonic() < deadline:
-            time.sleep(rng.uniform(1.0, 2.0))
+        with producing(host, "p", 16, [f"chaos-{n}" for n in range(4)]) as producers:
+            actions: list[str] = []
+            frozen: list[AppInstance] = []
+            deadline = time.monotonic() + 25
+            while time.monotonic() < deadline:
+                time.sleep(rng.uniform(1.0, 2.0))
+                for instance in frozen:
+                    host.thaw(instance)
+                frozen.clear()
+                live = [i for i in host.live() if i.running.is_set()]
+                action = rng.choice(["move", "move", "kill", "freeze", "scale"])
+                if action == "move":
+                    stream = rng.choice(producers).stream
+                    index = protocol.partition_of(
+                        protocol.entity_instance_id("stream_writer", stream), host.settings.partition_count
+                    )
+                    host.move_partition(index, rng.choice(live))
+                elif action == "kill" and len(live) > 1:
+                    host.kill(rng.choice(live), replace=True)
+                elif action == "freeze" and len(live) > 1:
+                    frozen.append(rng.choice(live))
+                    host.freeze(frozen[-1])
+                elif action == "scale":
+                    if len(live) < 4:
+                        host.add_instance()
+                    else:
+                        host.remove_instance(rng.choice(live))
+                actions.append(action)
             for instance in frozen:
                 host.thaw(instance)
-            frozen.clear()
-            live = [i for i in host.live() if i.running.is_set()]
-            action = rng.choice(["move", "move", "kill", "freeze", "scale"])
-            if action == "move":
-                stream = rng.choice(producers).stream
-                index = protocol.partition_of(
-                    protocol.entity_instance_id("stream_writer", stream), host.settings.partition_count
-                )
-                host.move_partition(index, rng.choice(live))
-            elif action == "kill" and len(live) > 1:
-                host.kill(rng.choice(live), replace=True)
-            elif action == "freeze" and len(live) > 1:
-                frozen.append(rng.choice(live))
-                host.freeze(frozen[-1])
-            elif action == "scale":
-                if len(live) < 4:
-                    host.add_instance()
-                else:
-                    host.remove_instance(rng.choice(live))
-            actions.append(action)
-        for instance in frozen:
-            host.thaw(instance)
-        until.set()
-        for thread in threads:
-            thread.join(300)
-        assert not any(thread.is_alive() for thread in threads)
         check_exactly_once(store, producers)
         assert sum(len(p.acked) for p in producers) >= 16
         assert {"move", "kill", "freeze"} <= set(actions), actions
