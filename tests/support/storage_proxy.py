@@ -46,10 +46,6 @@ class StorageProxy:
         with self._lock:
             return sum(self.requests.values())
 
-    def snapshot(self) -> Counter[str]:
-        with self._lock:
-            return Counter(self.requests)
-
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)

@@ -733,7 +733,7 @@ class DurableHost:
         self._client_faults: Counter[str] = Counter()
         self._client_faults_lock = threading.Lock()
         self._next = itertools.count()
-        self._http = threading.Condition()
+        self._scaling = threading.Condition()  # instances starting, waiting requests, HTTP slots
         self._starting_http = self._waiting_http = 0
         self._starting_durable = False
         self.calls = ThreadPoolExecutor(256, thread_name_prefix="front-door")
@@ -766,6 +766,7 @@ class DurableHost:
         for server in (self._rpc, self._front):
             server.shutdown()
             server.server_close()
+        self.calls.shutdown(wait=False, cancel_futures=True)
         self._logs.cleanup()
 
     def note(self, event: str) -> None:
@@ -796,7 +797,7 @@ class DurableHost:
         """The scale controller sees messages in the task hub's queues while the Durable group
         has no instance (always-ready 0, after idle): it starts one, which then claims the
         partitions, as any new instance does."""
-        with self._http:
+        with self._scaling:
             if self.live("durable") or self._starting_durable or self.stopping.is_set():
                 return
             self._starting_durable = True
@@ -806,7 +807,7 @@ class DurableHost:
                 self.add_instance("durable")
                 self.stats["durable cold starts"] += 1
             finally:
-                with self._http:
+                with self._scaling:
                     self._starting_durable = False
 
         threading.Thread(target=start, daemon=True).start()
@@ -819,7 +820,7 @@ class DurableHost:
         up to max_instances; past that, the request waits for a slot for up to the front end's
         limit, then TimeoutError."""
         deadline = time.monotonic() + self.settings.front_end_timeout
-        with self._http:
+        with self._scaling:
             self._waiting_http += 1
             try:
                 while True:
@@ -839,25 +840,25 @@ class DurableHost:
                     room = len(self.live("http")) + self._starting_http < self.settings.max_instances
                     if room and self._starting_http * self.settings.http_concurrency < self._waiting_http:
                         self._starting_http += 1
-                        self._http.release()
+                        self._scaling.release()
                         try:
                             self.add_instance("http")
                             self.stats["http cold starts"] += 1
                         finally:
-                            self._http.acquire()
+                            self._scaling.acquire()
                             self._starting_http -= 1
-                            self._http.notify_all()
+                            self._scaling.notify_all()
                         continue
-                    self._http.wait(timeout=max(0.0, deadline - time.monotonic()))
+                    self._scaling.wait(timeout=max(0.0, deadline - time.monotonic()))
                     if time.monotonic() >= deadline:
                         raise TimeoutError("no HTTP instance could take the request")
             finally:
                 self._waiting_http -= 1
 
     def release_http_slot(self, instance: AppInstance) -> None:
-        with self._http:
+        with self._scaling:
             instance.http_requests -= 1
-            self._http.notify_all()
+            self._scaling.notify_all()
 
     def leaving(self, instance: AppInstance) -> bool:
         return instance.name in self._leaving
@@ -974,7 +975,7 @@ class DurableHost:
     ) -> str | None:
         """Creates an orchestration instance and sends its start; None, or the status of the
         instance with that id that is still pending or running (a start is refused then)."""
-        if input_text is not None and len(input_text) * 2 > p.TABLE_PROPERTY_LIMIT:
+        if input_text is not None and p.table_bytes(input_text) > p.TABLE_PROPERTY_LIMIT:
             self.hub.spilled += 1
             self.hub.round_trip("blob put")
         execution = uuid.uuid4().hex

@@ -18,6 +18,11 @@ QUEUE_MESSAGE_LIMIT = 45 * 1024  # DTFx MessageManager: larger queue messages go
 TABLE_PROPERTY_LIMIT = 60 * 1024  # AzureTableTrackingStore: in UTF-16 bytes, larger ones go to a blob
 
 
+def table_bytes(text: str) -> int:
+    """A table property's size as the tracking store measures it against TABLE_PROPERTY_LIMIT."""
+    return len(text.encode("utf-16-le"))
+
+
 def partition_of(instance_id: str, partition_count: int) -> int:
     """DTFx AzureStorage: 32-bit FNV-1a over the UTF-8 bytes of the whole instance id."""
     value = 2166136261

@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.support.durable.protocol import TABLE_PROPERTY_LIMIT, partition_of, scheduler_state
+from tests.support.durable.protocol import TABLE_PROPERTY_LIMIT, partition_of, scheduler_state, table_bytes
 
 # Bytes a second one request moves to or from a blob or a table (a single-request figure, well
 # under an account's limits).
@@ -197,12 +197,13 @@ class TaskHub:
             text = scheduler_state(record)
             with self.lock:
                 self.entity_states.setdefault(record.instance, []).append(len(text.encode()))
-            was_blob, record.state_blob = record.state_blob, len(text) * 2 > TABLE_PROPERTY_LIMIT
+            row_bytes = table_bytes(text)
+            was_blob, record.state_blob = record.state_blob, row_bytes > TABLE_PROPERTY_LIMIT
             if record.state_blob:
                 operations.append("blob put")
                 size += len(gzip.compress(text.encode(), compresslevel=1))
             else:
-                size += 2 * len(text.encode())
+                size += 2 * row_bytes  # in the History row and the Instances row
             if was_blob:
                 operations.append("blob delete")
         self.round_trip(*operations, size=size)
