@@ -109,8 +109,8 @@ def test_publish_from_stdin_appends_each_batch_once_and_says_what_it_committed(s
     position = store.reader("audit").position()
     stored = list(store.reader("audit").replay())
     assert text.strip() == (
-        f"published 10 messages in 1 batch to audit: offsets {stored[0].offset} to "
-        f"{stored[-1].offset}, stream position now {position:,}"
+        f"published 10 messages in 1 batch to audit (new stream): offsets {stored[0].offset} to "
+        f"{stored[-1].offset}, stream position now {position}"
     )
     assert len(fmt.ring_entries(store.reader("audit").commit_record().ring)) == 1  # appended with a batch id
 
@@ -485,3 +485,39 @@ def test_errors_say_what_went_wrong_and_what_to_do(local_store, tmp_path):
         assert what in said and to_do in said, said
         assert "Traceback" not in said and len(said.strip().splitlines()) == 1, said
     assert "Nothing was published" in busy.stderr.decode()
+
+
+COPIED = [
+    ("order-created", b'{"order": 7}'),
+    ("raw", b"\xff\x00\xfe"),  # not UTF-8: read prints it as value_b64
+    ("", b""),
+    ("text that looks like base64", b"AA=="),
+    ("é", "crème\n\u2603\t".encode()),
+    ("bytes", bytes(range(256))),
+]
+
+
+def test_read_json_piped_into_publish_copies_a_stream_exactly_binary_values_included(store, where):
+    with store.writer("source") as writer:
+        writer.append([vault_core.Message(k, v) for k, v in COPIED])
+    env = {**os.environ, "VAULT_STORE": ""}
+    read = subprocess.Popen(
+        [VAULT, "read", "source", "--json", *where], stdout=subprocess.PIPE, cwd=ROOT, env=env
+    )
+    assert read.stdout is not None
+    try:
+        publish = subprocess.run(
+            [VAULT, "publish", "copy", "-", *where],
+            stdin=read.stdout,
+            capture_output=True,
+            timeout=120,
+            cwd=ROOT,
+            env=env,
+        )
+    finally:
+        read.stdout.close()
+        read_code = read.wait(timeout=60)
+    assert read_code == 0 and publish.returncode == 0, publish.stderr.decode()
+    assert [(m.key, m.value) for m in store.reader("copy").replay()] == COPIED
+    printed = json_lines(vault("read", "copy", "--json", *where))
+    assert [m.get("value_b64") is not None for m in printed] == [False, True, False, False, False, True]

@@ -19,7 +19,7 @@ import pytest
 
 import vault_core
 from tests.support.served import Served
-from tests.test_cli import VAULT, lines_of, vault
+from tests.test_cli import VAULT, json_lines, lines_of, vault
 from vault_core.client import VaultClient
 
 ROWS = [(f"key-{i % 7}", f"event {i} ".encode() * (1 + i % 4)) for i in range(6000)]
@@ -76,8 +76,8 @@ def test_an_interrupted_publish_run_again_stores_each_line_once(tmp_path, via):
         first = interrupt(args, store, "events")
         assert first.returncode == 130, first.stderr.decode()
         said = re.search(
-            r"interrupted: lines 1 to ([\d,]+) of .*events.jsonl are in events "
-            r"\(([\d,]+) batch(?:es)? of 1,200\); run the same command again",
+            r"interrupted: lines 1 to ([\d,]+) of the 6,000 of .*events.jsonl are in events; "
+            r"run the same command again",
             first.stderr.decode(),
         )
         assert said, first.stderr.decode()
@@ -272,3 +272,93 @@ def test_ctrl_c_twice_stops_at_once_and_the_rerun_still_stores_each_line_once(tm
     finally:
         served.stop()
     assert stored(store, "events") == ROWS
+
+
+@pytest.mark.parametrize("via", ["store", "url"])
+def test_a_file_that_grew_publishes_only_its_new_lines_whatever_the_batch_size(tmp_path, via):
+    """2,500 lines published, 2,500 more appended to the file, published again with another batch
+    size: the stream holds each of the 5,000 once."""
+    with publishing(tmp_path, via) as (args, store, _):
+        source = Path(args[2])
+        source.write_text(lines_of(ROWS[:2500]))
+        assert vault(*args).returncode == 0
+        source.write_text(lines_of(ROWS[:5000]))
+        grown = vault(*[a if a != "5" else "333" for a in args], "--json")
+        assert grown.returncode == 0, grown.stderr.decode()
+        said = json_lines(grown)[0]
+        assert (said["messages"], said["skipped"], said["new_stream"]) == (2500, 2500, False)
+        assert stored(store, "events") == ROWS[:5000]
+        # The default batch size now, and the file unchanged: nothing is appended.
+        again = vault(*args[:3], *args[5:])
+        assert again.returncode == 0 and "nothing to publish: all 5,000 messages" in again.stdout.decode()
+        assert len(stored(store, "events")) == 5000
+
+
+@pytest.mark.parametrize("via", ["store", "url"])
+def test_an_input_whose_published_part_changed_is_refused_and_again_publishes_it_anew(tmp_path, via):
+    with publishing(tmp_path, via) as (args, store, _):
+        source = Path(args[2])
+        rows = ROWS[:1000]
+        source.write_text(lines_of(rows))
+        assert vault(*args).returncode == 0
+        changed = [*rows[:700], ("edited", b"by hand"), *rows[701:], ("new", b"line")]
+        source.write_text(lines_of(changed))
+        refused = vault(*args)
+        said = refused.stderr.decode()
+        assert refused.returncode == 1, said
+        assert "has changed since it was published to events: message 701 is" in said
+        assert '{"key": "edited", "value": "by hand"}' in said and '"value": "event 700 "' in said
+        assert "use --again" in said
+        assert stored(store, "events") == rows  # nothing appended
+        assert vault(*args, "--again").returncode == 0
+        assert stored(store, "events") == rows + changed
+
+
+def test_the_beginning_of_a_published_input_is_in_already(local_store, tmp_path):
+    source = tmp_path / "events.jsonl"
+    source.write_text(lines_of(ROWS[:1000]))
+    where = ["--store", str(local_store.root)]
+    assert vault("publish", "events", str(source), "--batch-size", "7", *where).returncode == 0
+    source.write_text(lines_of(ROWS[:500]))  # not a batch boundary of the run before
+    shorter = vault("publish", "events", str(source), "--batch-size", "64", *where)
+    assert shorter.returncode == 0 and "nothing to publish: all 500 messages" in shorter.stdout.decode()
+    assert stored(local_store, "events") == ROWS[:1000]
+
+
+def test_publish_says_when_it_creates_a_stream_and_names_a_missing_file(local_store, tmp_path):
+    where = ["--store", str(local_store.root)]
+    first = vault("publish", "orders", "-", *where, input=lines_of(ROWS[:3]))
+    assert first.returncode == 0 and "to orders (new stream):" in first.stdout.decode()
+    second = vault("publish", "orders", "-", *where, input=lines_of(ROWS[3:6]))
+    assert second.returncode == 0 and "(new stream)" not in second.stdout.decode()
+    missing = vault("publish", "orders", str(tmp_path / "no-such.jsonl"), *where)
+    assert missing.returncode == 2  # a usage mistake
+    assert "no-such.jsonl" in missing.stderr.decode() and "does not exist" in missing.stderr.decode()
+
+
+@pytest.mark.parametrize("via", ["store", "url"])
+def test_publish_is_a_library_call_that_resumes_by_content(tmp_path, via):
+    root = tmp_path / "vault"
+    served = Served(str(root), "vault") if via == "url" else None
+    store = vault_core.open_store(root)
+    where = {"url": served.url} if served else {"store": store}
+    messages = [vault_core.Message(key, value) for key, value in ROWS[:300]]
+    try:
+        first = vault_core.publish("lib", messages[:200], batch_size=30, **where)
+        assert (first.published, first.skipped, first.created, first.complete) == (200, 0, True, True)
+        seen: list[vault_core.PublishProgress] = []
+        grown = vault_core.publish("lib", messages, batch_size=50, progress=seen.append, **where)
+        assert (grown.published, grown.skipped, grown.created) == (100, 200, False)
+        assert seen[0].held == 200 and seen[-1].held == 300 and seen[-1].total == 300
+        assert grown.position == store.reader("lib").position()
+        with pytest.raises(vault_core.PublishRefused) as refused:
+            vault_core.publish("lib", [messages[0], vault_core.Message("x", b"y"), *messages[2:]], **where)
+        assert refused.value.line == 2
+        stopped = vault_core.publish(
+            "lib", messages + messages, again=True, batch_size=10, should_stop=lambda: True, **where
+        )
+        assert not stopped.complete and stopped.published == 0
+    finally:
+        if served:
+            served.stop()
+    assert stored(store, "lib") == ROWS[:300]

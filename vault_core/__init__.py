@@ -32,12 +32,14 @@ from .errors import (
 )
 from .format import Message, StoredMessage
 from .local_copy import MirrorResult, mirror
+from .publish import BadInput, PublishIncomplete, PublishProgress, PublishRefused, PublishResult, publish
 from .reader import ReadResult, StreamReader, StreamStatus, VerifyReport
 from .stores import Store, open_source, open_store
 from .writer import AppendResult, Batch, StreamWriter
 
 __all__ = [
     "AppendResult",
+    "BadInput",
     "Batch",
     "BatchIdConflict",
     "Checkpoint",
@@ -53,6 +55,10 @@ __all__ = [
     "MessageTooLarge",
     "MirrorResult",
     "OwnershipLost",
+    "PublishIncomplete",
+    "PublishProgress",
+    "PublishRefused",
+    "PublishResult",
     "ReadResult",
     "Store",
     "StoreAccessDenied",
@@ -71,6 +77,7 @@ __all__ = [
     "mirror",
     "open_reader",
     "open_store",
+    "publish",
 ]
 
 

@@ -6,9 +6,6 @@ codes: 0 done, 1 failed (the message says what went wrong and what to do), 2 bad
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import itertools
 import json
 import logging
 import os
@@ -17,24 +14,19 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import click
 
 from . import Consumer, Message, ReadResult, StreamReader, open_reader, open_store
 from . import format as fmt
 from .errors import CorruptDataError, StreamBusyError, UnknownFormatVersion, VaultError
-from .lines import BadLine, iso_time, parse_lines, to_json, to_text
+from .lines import iso_time, to_json, to_text
 from .stores import Store, open_source
-
-# A publish sends at most this many key and value bytes per batch (the HTTP API takes 16 MiB).
-PUBLISH_BATCH_BYTES = 8 * 1024 * 1024
-# A publish records its progress beside the stream this often (in batches).
-PROGRESS_EVERY = 100
 
 
 class _Group(click.Group):
@@ -101,11 +93,16 @@ _container_option = click.option(
     envvar="VAULT_CONTAINER",
     help="Blob container of the streams, on Azure Storage. Env: VAULT_CONTAINER.",
 )
-_read_url_option = click.option(
+_url_option = click.option(
     "--url",
-    "read_url",
-    metavar="READ_URL",
-    help="The stream's read URL (GET /api/streams/STREAM gives one) instead of --store.",
+    metavar="URL",
+    help="The vault's HTTP address (http://HOST:PORT/api) instead of --store; for the reading "
+    "commands also a stream's read URL (GET /api/streams/STREAM gives one).",
+)
+_key_option = click.option(
+    "--key",
+    envvar="VAULT_API_KEY",
+    help="The HTTP API's key (x-functions-key), with --url. Env: VAULT_API_KEY.",
 )
 _json_option = click.option("--json", "as_json", is_flag=True, help="Output JSON lines.")
 _poll_option = click.option(
@@ -114,10 +111,46 @@ _poll_option = click.option(
 
 
 def _stream_to_read(command: Any) -> Any:
-    """STREAM, and where to read it: --store and --container, or --url."""
-    for option in reversed((click.argument("stream"), _store_option(), _container_option, _read_url_option)):
+    """STREAM, and where to read it: --store and --container, or --url (and --key)."""
+    for option in reversed(
+        (click.argument("stream"), _store_option(), _container_option, _url_option, _key_option)
+    ):
         command = option(command)
     return command
+
+
+def _one_place(target: str | None, url: str | None) -> tuple[str | None, str | None]:
+    """--store and --url, of which one says where: an option given on the command line wins over
+    one from the environment (VAULT_STORE), and two given on the command line are refused."""
+    if target and url:
+        source = click.get_current_context().get_parameter_source("target")
+        if source is not click.core.ParameterSource.COMMANDLINE:
+            return None, url
+        raise click.UsageError("--store and --url name two places: give one of them")
+    return target, url
+
+
+def _is_read_url(url: str) -> bool:
+    """A stream's read URL (a file:// URL, a blob URL with or without its SAS) rather than the
+    vault's HTTP address."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "file" or "sig=" in parts.query:
+        return True
+    return parts.path.endswith("/log") and "/api/" not in parts.path + "/"
+
+
+def _api_base(url: str) -> str:
+    """The vault's HTTP address as given (http://host:port, .../api, or a route under it), as
+    http://host:port/api."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise click.BadParameter(
+            f"{url!r} is not an HTTP address: give the vault's, like http://127.0.0.1:7071/api",
+            param_hint="--url",
+        )
+    path = parts.path.rstrip("/")
+    path = path[: path.index("/api")] if "/api" in path else path
+    return f"{parts.scheme}://{parts.netloc}{path}/api"
 
 
 @click.group(cls=_Group)
@@ -129,11 +162,20 @@ def main() -> None:
 
 
 def _store(target: str | None, container: str) -> Store:
+    """The store at TARGET; one on Azure Storage is reached once first, so that an account that
+    cannot be reached is one quick line rather than retries."""
     if not target:
         raise click.UsageError("say where the streams are: --store TARGET (or set VAULT_STORE)")
-    if target.lower().startswith(("https://", "http://")):
-        return open_store(target, container=container, credential=_azure_login())
-    return open_store(target, container=container)
+    try:
+        if target.lower().startswith(("https://", "http://")):
+            store = open_store(target, container=container, credential=_azure_login())
+        else:
+            store = open_store(target, container=container)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--store / VAULT_STORE") from None
+    if "://" in str(store):  # on Azure Storage
+        store.exists()
+    return store
 
 
 def _azure_login() -> Any:
@@ -153,6 +195,12 @@ def _azure_login() -> Any:
     return credential
 
 
+def _client(url: str, key: str | None) -> Any:
+    from .client import VaultClient
+
+    return VaultClient(_api_base(url), key=key)
+
+
 def _existing_store(target: str | None, container: str) -> Store:
     """The store, which must exist: a mistyped --store is an error, not an empty store."""
     store = _store(target, container)
@@ -164,39 +212,76 @@ def _existing_store(target: str | None, container: str) -> Store:
     return store
 
 
-def _reader(stream: str, target: str | None, container: str, read_url: str | None) -> StreamReader:
-    """The stream's reader, from its read URL or from the store, which must hold the stream."""
+def _reader(
+    stream: str,
+    target: str | None,
+    container: str,
+    url: str | None,
+    key: str | None,
+    *,
+    wait_for_it: bool = False,
+) -> StreamReader:
+    """The stream's reader, from the store, which must hold the stream; from its read URL; or from
+    the vault's HTTP address, which says where the stream's log is (and renews that as it
+    expires). With `wait_for_it`, a stream that does not exist yet is waited for."""
+    missing = f"stream {stream!r} does not exist yet: waiting for it (Ctrl-C to stop)"
     fmt.check_stream_name(stream)
-    if read_url:
-        if target:
-            raise click.UsageError("give --store or --url, not both")
-        signed = "sig=" in read_url or not read_url.lower().startswith(("https://", "http://"))
-        named, source = open_source(read_url, credential=None if signed else _azure_login())
+    target, url = _one_place(target, url)
+    if url and _is_read_url(url):
+        signed = "sig=" in url or not url.lower().startswith(("https://", "http://"))
+        named, source = open_source(url, credential=None if signed else _azure_login())
         if named != stream:
             raise click.UsageError(f"--url is the read URL of stream {named!r}, not of {stream!r}")
-        if source.size() == 0:
-            where = read_url.split("?", 1)[0]  # not the SAS
+        if source.size() == 0 and wait_for_it:
+            click.echo(missing, err=True)
+        elif source.size() == 0:
+            where = url.split("?", 1)[0]  # not the SAS
             raise click.ClickException(
                 f"no stream at {where}: check the URL (GET /api/streams/{stream} gives a fresh one)"
             )
         return StreamReader(stream, source)
+    if url:
+        from .client import NotFound
+
+        said = False
+        while True:
+            try:
+                return open_reader(f"{_api_base(url)}/streams/{stream}", key=key)
+            except NotFound:
+                if not wait_for_it:
+                    break
+                if not said:
+                    click.echo(missing, err=True)
+                    said = True
+                time.sleep(1.0)
+        raise click.ClickException(
+            f"stream {stream!r} does not exist at {_api_base(url)}; `vault streams --url {url}` lists "
+            "the streams there"
+        )
     if not target:
-        raise click.UsageError("say where the stream is: --store TARGET (or VAULT_STORE) or --url READ_URL")
+        raise click.UsageError(
+            "say where the stream is: --store TARGET (or VAULT_STORE), or --url with the vault's HTTP "
+            "address or the stream's read URL"
+        )
     store = _existing_store(target, container)
     if stream not in store.streams():
-        raise click.ClickException(
-            f"stream {stream!r} does not exist in {store}; `vault streams` lists the streams there"
-        )
+        if not wait_for_it:
+            raise click.ClickException(
+                f"stream {stream!r} does not exist in {store}; `vault streams` lists the streams there"
+            )
+        click.echo(missing, err=True)
     return store.reader(stream)
 
 
 @contextmanager
-def _progress(description: str, total: int) -> Iterator[Any]:
-    """A progress bar on stderr, shown only when stderr is a terminal; yields update(position)."""
+def _progress(description: str, total: int, *, unit: str = "bytes") -> Iterator[Any]:
+    """A progress bar on stderr, shown only when stderr is a terminal, counting bytes or messages;
+    yields update(done, total=None)."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
         DownloadColumn,
+        MofNCompleteColumn,
         Progress,
         TextColumn,
         TimeRemainingColumn,
@@ -204,10 +289,19 @@ def _progress(description: str, total: int) -> Iterator[Any]:
     )
 
     console = Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with Progress(*columns, TimeRemainingColumn(), console=console, disable=not console.is_terminal) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda done: bar.update(task, completed=done)
+    counted: tuple[Any, ...] = (
+        (DownloadColumn(), TransferSpeedColumn())
+        if unit == "bytes"
+        else (MofNCompleteColumn(), TextColumn(unit))
+    )
+    columns = (TextColumn("{task.description}"), BarColumn(), *counted, TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task(description, total=total or None)
+
+        def update(done: int, total: int | None = None) -> None:
+            bar.update(task, completed=done, total=total)  # total None: as it was
+
+        yield update
 
 
 def _many(count: int, noun: str, plural: str = "") -> str:
@@ -221,40 +315,55 @@ def _emit(as_json: bool, fields: dict[str, Any], text: str) -> None:
 @main.command()
 @_store_option()
 @_container_option
+@_url_option
+@_key_option
 @_json_option
-def streams(target: str | None, container: str, as_json: bool) -> None:
-    """List every stream with its position, size on storage and last append time."""
-    store = _existing_store(target, container)
-    statuses = [store.reader(name).status() for name in store.streams()]
+def streams(target: str | None, container: str, url: str | None, key: str | None, as_json: bool) -> None:
+    """List every stream with its position, size on storage and last append time (through the
+    HTTP API, with --url: its position and last append time)."""
+    target, url = _one_place(target, url)
+    if url:
+        with _client(url, key) as client:
+            listed = client.streams()
+        where = _api_base(url)
+        statuses: list[Any] = [(s.stream, s.position, None, s.last_append) for s in listed]
+    else:
+        store = _existing_store(target, container)
+        where = str(store)
+        statuses = [tuple(store.reader(name).status()) for name in store.streams()]
     if as_json:
-        for status in statuses:
-            last = iso_time(status.last_append) if status.last_append else None
-            fields = {"stream": status.stream, "position": status.position, "size": status.size}
-            click.echo(json.dumps({**fields, "last_append": last}))
+        for name, position, size, last_append in statuses:
+            last = iso_time(last_append) if last_append else None
+            click.echo(json.dumps({"stream": name, "position": position, "size": size, "last_append": last}))
         return
     if not statuses:
-        click.echo(f"no streams in {store}", err=True)
+        click.echo(f"no streams in {where}", err=True)
         return
     from rich.console import Console
     from rich.filesize import decimal
     from rich.table import Table
 
     table = Table("stream", "position", "size", "last append", box=None, header_style="bold")
-    for status in statuses:
-        last = iso_time(status.last_append) if status.last_append else "-"
-        table.add_row(status.stream, f"{status.position:,}", decimal(status.size), last)
+    for name, position, size, last_append in statuses:
+        last = iso_time(last_append) if last_append else "-"
+        table.add_row(name, str(position), "-" if size is None else decimal(size), last)
     Console(width=200).print(table)
 
 
 @main.command()
-@click.argument("stream")
-@click.argument("source", default="-", metavar="[FILE|-]")
+@click.argument(
+    "stream",
+)
+@click.argument(
+    "source",
+    default="-",
+    metavar="[FILE|-]",
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+)
 @_store_option()
 @_container_option
-@click.option("--url", "api_url", help="Publish through the vault's HTTP API at this URL instead of --store.")
-@click.option(
-    "--key", envvar="VAULT_API_KEY", help="The HTTP API's key (x-functions-key). Env: VAULT_API_KEY."
-)
+@_url_option
+@_key_option
 @click.option(
     "--batch-size",
     default=1000,
@@ -262,161 +371,137 @@ def streams(target: str | None, container: str, as_json: bool) -> None:
     type=click.IntRange(1, fmt.MAX_BATCH_MESSAGES),
     help="Messages per batch (a batch also stays under 8 MiB).",
 )
-@click.option("--again", is_flag=True, help="Publish the input even if it was published to STREAM before.")
+@click.option(
+    "--again", is_flag=True, help="Publish the input anew, as new messages, even where it is in STREAM."
+)
 @_json_option
 def publish(
     stream: str,
     source: str,
     target: str | None,
     container: str,
-    api_url: str | None,
+    url: str | None,
     key: str | None,
     batch_size: int,
     again: bool,
     as_json: bool,
 ) -> None:
     """Append the messages of FILE (or stdin), one JSON object per line: {"key": "...", "value":
-    "text"} or {"key": "...", "value_b64": "base64"}. The whole input is checked before anything
-    is appended, so a bad line changes nothing.
+    "text"} or {"key": "...", "value_b64": "base64"} (what `vault read --json` prints). The whole
+    input is checked before anything is appended, so a bad line changes nothing.
 
-    Each line is appended once, whatever happens: batch ids are derived from the input, so running
-    the same command again after Ctrl-C, a crash or an error appends only what is missing. Use
-    --again to publish the same input anew."""
+    Each line is appended once, whatever happens: what is in STREAM already is recognised by its
+    content, whatever the batch size, so running the command again after Ctrl-C, a crash or an
+    error, or after lines were added to the end of FILE, appends only the lines that are not in
+    yet. An input whose published part changed since is refused; --again publishes it anew."""
+    from .publish import PublishIncomplete, PublishProgress
+    from .publish import publish as publish_input
+
     fmt.check_stream_name(stream)
-    if bool(api_url) == bool(target):
-        raise click.UsageError("give --store (or VAULT_STORE) to append directly, or --url for the HTTP API")
+    target, url = _one_place(target, url)
+    if not target and not url:
+        raise click.UsageError(
+            "say where to publish: --store TARGET (or VAULT_STORE) to append directly, or --url for the "
+            "vault's HTTP API"
+        )
+    if url and _is_read_url(url):
+        raise click.UsageError(
+            "--url is a stream's read URL, which only reads: publish to the vault's HTTP address "
+            "(http://HOST:PORT/api) or to --store"
+        )
     name = source if source != "-" else "stdin"
-    with _checked_input(source, batch_size) as (lines, plan, digest):
-        if not plan:
-            raise click.ClickException(f"no messages in {name}: nothing to publish")
-        # Batch k of this input is `pub-<fingerprint>-<k>` whoever publishes it, whenever.
-        salt = uuid.uuid4().hex if again else ""
-        fingerprint = hashlib.sha256(f"{stream}\0{batch_size}\0{salt}\0{digest}".encode()).hexdigest()[:32]
-        ids = [f"pub-{fingerprint}-{k}" for k in range(len(plan))]
-        destination = _Destination(stream, target, container, api_url, key, fingerprint)
+    latest = PublishProgress(0, 0, 0)
+    stopping = _StopAfterBatch()
+    with _spooled(source) as lines, _progress(f"publishing to {stream}", 0, unit="messages") as update:
 
-        def first_message(k: int) -> Message:
-            lines.seek(0)
-            batch = next(itertools.islice(_batches(parse_lines(lines), batch_size), k, None))
-            lines.seek(0)
-            return batch[0]
+        def seen(progress: PublishProgress) -> None:
+            nonlocal latest
+            if latest.total == 0 and 0 < progress.held < progress.total:
+                already = f"{_many(progress.held, 'line')} of {name}"
+                click.echo(f"resuming: the first {already} are in {stream} already", err=True)
+            latest = progress
+            update(progress.held, progress.total)
 
         try:
-            done = destination.committed(ids, first_message)
-            skipped = sum(plan[:done])
-            if done == len(plan):
-                _emit(
-                    as_json,
-                    {"stream": stream, "messages": 0, "batches": 0, "skipped": skipped},
-                    f"nothing to publish: all {_many(skipped, 'message')} of {name} are in {stream} already "
-                    "(use --again to publish them anew)",
+            with stopping:
+                result = publish_input(
+                    stream,
+                    lines,
+                    name=name,
+                    store=_store(target, container) if target else None,
+                    url=_api_base(url) if url else None,
+                    key=key,
+                    batch_size=batch_size,
+                    again=again,
+                    progress=seen,
+                    should_stop=lambda: stopping.asked,
                 )
-                return
-            if done:
-                already = f"{_many(skipped, 'line')} of {name} ({_many(done, 'batch', 'batches')})"
-                click.echo(f"resuming: the first {already} are in {stream} already", err=True)
-            first = last = position = 0
-            started: int | None = None  # where this run's last committed batch starts
-            sent = done
-            stopping = _StopAfterBatch()
-            try:
-                with stopping, _progress(f"publishing to {stream}", sum(plan)) as update:
-                    update(skipped)
-                    for k, batch in enumerate(_batches(parse_lines(lines), batch_size)):
-                        if k < done:
-                            continue
-                        if stopping.asked:
-                            break
-                        result = destination.append(batch, ids[k])
-                        first = first or result.offsets[0]
-                        started, last, position = result.offsets[0], result.offsets[-1], result.position
-                        sent = k + 1
-                        update(sum(plan[:sent]))
-                        if sent % PROGRESS_EVERY == 0:
-                            destination.remember(sent, started)
-            except KeyboardInterrupt:  # Ctrl-C twice: the batch in flight may or may not be in
-                destination.remember(sent, started)
-                in_flight = plan[sent] if sent < len(plan) else 0
-                click.echo(
-                    f"\nstopped: lines 1 to {sum(plan[:sent]):,} of {name} are in {stream}, and the "
-                    f"{in_flight:,} after them may be; run the same command again to append the rest, "
-                    "each line once",
-                    err=True,
+        except KeyboardInterrupt:  # Ctrl-C twice: the batch in flight may or may not be in
+            click.echo(
+                f"\nstopped: lines 1 to {latest.held:,} of {name} are in {stream}, and the "
+                f"{latest.sending:,} after them may be; run the same command again to append the rest, "
+                "each line once",
+                err=True,
+            )
+            sys.exit(130)
+        except PublishIncomplete as stopped:
+            cause = stopped.__cause__ if isinstance(stopped.__cause__, Exception) else stopped
+            raise click.ClickException(
+                f"{_describe(cause)}. "
+                + (
+                    f"Lines 1 to {stopped.held:,} of {name} are in {stream}; run the same command again to "
+                    "append the rest, each line once"
+                    if stopped.held
+                    else "Nothing was published"
                 )
-                sys.exit(130)
-            except Exception as error:
-                with contextlib.suppress(Exception):
-                    destination.remember(sent, started)
-                held = sum(plan[:sent])
-                raise click.ClickException(
-                    f"{_describe(error)}. "
-                    + (
-                        f"Lines 1 to {held:,} of {name} are in {stream}; run the same command again to "
-                        "append the rest, each line once"
-                        if held
-                        else "Nothing was published"
-                    )
-                ) from None
-            if stopping.asked and sent < len(plan):
-                destination.remember(sent, started)
-                click.echo(
-                    f"interrupted: lines 1 to {sum(plan[:sent]):,} of {name} are in {stream} "
-                    f"({_many(sent, 'batch', 'batches')} of {len(plan):,}); run the same command again to "
-                    "append the rest, each line once",
-                    err=True,
-                )
-                sys.exit(130)
-            destination.remember(sent, started)
-        finally:
-            destination.close()
-    count = sum(plan) - skipped
-    fields = {"stream": stream, "messages": count, "batches": len(plan) - done, "first_offset": first}
+            ) from None
+    if not result.complete:
+        click.echo(
+            f"interrupted: lines 1 to {result.held:,} of the {result.total:,} of {name} are in {stream}; "
+            "run the same command again to append the rest, each line once",
+            err=True,
+        )
+        sys.exit(130)
+    fields = {
+        "stream": stream,
+        "messages": result.published,
+        "batches": result.batches,
+        "skipped": result.skipped,
+        "first_offset": result.first_offset,
+        "last_offset": result.last_offset,
+        "position": result.position,
+        "new_stream": result.created,
+    }
+    if not result.published:
+        _emit(
+            as_json,
+            fields,
+            f"nothing to publish: all {_many(result.skipped, 'message')} of {name} are in {stream} already "
+            "(use --again to publish them anew)",
+        )
+        return
     _emit(
         as_json,
-        {**fields, "last_offset": last, "position": position, "skipped": skipped},
-        f"published {_many(count, 'message')} in {_many(len(plan) - done, 'batch', 'batches')} to {stream}: "
-        f"offsets {first:,} to {last:,}, stream position now {position:,}"
-        + (f" ({_many(skipped, 'message')} of {name} were there already)" if skipped else ""),
+        fields,
+        f"published {_many(result.published, 'message')} in {_many(result.batches, 'batch', 'batches')} to "
+        f"{stream}{' (new stream)' if result.created else ''}: offsets {result.first_offset} to "
+        f"{result.last_offset}, stream position now {result.position}"
+        + (f" ({_many(result.skipped, 'message')} of {name} were there already)" if result.skipped else ""),
     )
 
 
 @contextmanager
-def _checked_input(source: str, batch_size: int) -> Iterator[tuple[IO[bytes], list[int], str]]:
-    """The input, every line checked, rewound for publishing; with its plan (the number of
-    messages in each batch it makes) and the SHA-256 of its bytes. Stdin is kept in a temporary
-    file meanwhile, since it can be read only once."""
-    with tempfile.TemporaryFile() if source == "-" else click.open_file(source, "rb") as lines:
-        digest = hashlib.sha256()
-        if source == "-":
-            for line in sys.stdin.buffer:
-                lines.write(line)
-                digest.update(line)
-        else:
-            for chunk in iter(lambda: lines.read(1 << 20), b""):
-                digest.update(chunk)
-        lines.seek(0)
-        try:
-            plan = [len(batch) for batch in _batches(parse_lines(lines), batch_size)]
-        except BadLine as error:
-            raise click.ClickException(
-                f"{source if source != '-' else 'stdin'}, {error}; nothing was published"
-            ) from None
-        lines.seek(0)
-        yield lines, plan, digest.hexdigest()
-
-
-def _batches(messages: Iterator[Message], size: int) -> Iterator[list[Message]]:
-    batch: list[Message] = []
-    held = 0
-    for message in messages:
-        weight = len(message.key) + len(message.value)
-        if batch and (len(batch) == size or held + weight > PUBLISH_BATCH_BYTES):
-            yield batch
-            batch, held = [], 0
-        batch.append(message)
-        held += weight
-    if batch:
-        yield batch
+def _spooled(source: str) -> Iterator[IO[bytes]]:
+    """The input as a file that can be read again: stdin, which can be read only once, is kept in
+    a temporary file meanwhile."""
+    if source != "-":
+        with open(source, "rb") as file:
+            yield file
+        return
+    with tempfile.TemporaryFile() as file:
+        for chunk in iter(lambda: sys.stdin.buffer.read(1 << 20), b""):
+            file.write(chunk)
+        yield file
 
 
 class _StopAfterBatch:
@@ -441,104 +526,6 @@ class _StopAfterBatch:
         signal.signal(signal.SIGINT, self._previous)
 
 
-class _Destination:
-    """Where a publish goes, the store's writer or the HTTP API, and what it already holds of the
-    input: the newest of the input's batch ids the stream remembers (its last 1,024), and a
-    progress record kept every PROGRESS_EVERY batches and on exit, for when more than 1,024 other
-    batches were appended since: beside the stream for a store, in this user's state folder
-    ($XDG_STATE_HOME/message-vault, ~/.local/state/message-vault by default) for the HTTP API."""
-
-    def __init__(
-        self,
-        stream: str,
-        target: str | None,
-        container: str,
-        api_url: str | None,
-        key: str | None,
-        fingerprint: str,
-    ) -> None:
-        self.stream = stream
-        self._store = None if api_url else _store(target, container)
-        self._client: Any = None
-        self._writer: Any = None
-        self._record = f"_publish/{stream}/{fingerprint}.json"
-        if api_url:
-            from .client import VaultClient
-
-            self._client = VaultClient(api_url, key=key)
-            state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-            where = hashlib.sha256(f"{api_url.rstrip('/')}\0{fingerprint}".encode()).hexdigest()[:32]
-            self._local_record = state / "message-vault" / "publish" / f"{where}.json"
-
-    def committed(self, ids: list[str], first_message: Callable[[int], Message]) -> int:
-        """How many of the input's batches, in order, the stream holds already. The progress
-        record counts only if the stream still holds, where it says, the first message of the last
-        batch it counts (the stream was not removed and made again since, say)."""
-        from .client import NotFound
-
-        if self._store is not None:
-            reader = self._store.reader(self.stream)
-        else:
-            try:
-                reader = open_reader(self._client.stream_info(self.stream).read_url)
-            except NotFound:  # no such stream (any more): nothing of the input is in it
-                return 0
-        with reader:
-            latest = reader.latest_of(ids)
-            done = ids.index(latest) + 1 if latest else 0
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, VaultError):
-                record = json.loads(self._read_record())
-                batches, offset = int(record["batches"]), int(record["offset"])
-                if batches > done:
-                    found = reader.read(offset, max_messages=1).messages
-                    if found and (found[0].key, found[0].value) == tuple(first_message(batches - 1)):
-                        done = batches
-        return done
-
-    def append(self, batch: list[Message], batch_id: str) -> Any:
-        if self._client is not None:
-            return self._client.publish(self.stream, batch, idempotency_key=batch_id)
-        from azure.core.exceptions import AzureError
-        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
-
-        if self._writer is None:
-            assert self._store is not None
-            self._writer = self._store.writer(self.stream)
-        # A failed append may have landed; retried with its batch id, it is appended once either way.
-        retrying = Retrying(
-            retry=retry_if_exception_type((AzureError, ConnectionError, TimeoutError)),
-            stop=stop_after_attempt(4),
-            wait=wait_exponential(multiplier=0.5, max=8),
-            reraise=True,
-        )
-        return retrying(self._writer.append, batch, batch_id=batch_id)
-
-    def remember(self, batches: int, offset: int | None) -> None:
-        """Record that the input's first `batches` batches are in the stream, the last one's first
-        message at `offset` (None: this run appended nothing, the record stands)."""
-        if offset is None:
-            return
-        data = json.dumps({"batches": batches, "offset": offset}).encode()
-        if self._store is not None:
-            self._store.put_object(self._record, data)
-            return
-        self._local_record.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        partial = self._local_record.with_name(self._local_record.name + ".partial")
-        partial.write_bytes(data)
-        os.replace(partial, self._local_record)
-
-    def _read_record(self) -> bytes:
-        if self._store is not None:
-            return self._store.get_object(self._record)
-        return self._local_record.read_bytes()
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        if self._client is not None:
-            self._client.close()
-
-
 def _parse_time(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
     if value is None:
         return None
@@ -548,13 +535,29 @@ def _parse_time(ctx: click.Context, param: click.Parameter, value: str | None) -
         raise click.BadParameter(f"{value!r} is not an ISO 8601 time, e.g. 2026-11-22T09:30:00Z") from None
 
 
+class _Position(click.ParamType):
+    """An offset or position, as the vault prints it or with thousands separators (852,713)."""
+
+    name = "offset"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().replace(",", "").replace("_", "")
+        if not text.isdigit():
+            self.fail(
+                f"{value!r} is not an offset: give a whole number of 0 or more, like 852713", param, ctx
+            )
+        return int(text)
+
+
 @main.command()
 @_stream_to_read
 @click.option(
     "--from",
     "start",
     metavar="OFFSET",
-    type=click.IntRange(0),
+    type=_Position(),
     help="Start at this offset (default: the beginning).",
 )
 @click.option(
@@ -580,7 +583,8 @@ def read(
     stream: str,
     target: str | None,
     container: str,
-    read_url: str | None,
+    url: str | None,
+    key: str | None,
     start: int | None,
     from_time: datetime | None,
     limit: int | None,
@@ -594,19 +598,26 @@ def read(
     base64:...), tab-separated; or JSON lines with --json."""
     if start is not None and from_time is not None:
         raise click.UsageError("give --from or --from-time, not both")
-    reader = _reader(stream, target, container, read_url)
+    if group is not None and _one_place(target, url)[1]:
+        raise click.UsageError("--group keeps the group's checkpoint in the store: give --store, not --url")
+    reader = _reader(stream, target, container, url, key)
     position = reader.seek_time(from_time) if from_time is not None else start or 0
     if group is None:
         if exclusive:
             raise click.UsageError("--exclusive claims the stream for a consumer group: give --group too")
         _print_batches(reader.batches(position, follow=follow, poll_interval=poll), limit, as_json)
         return
-    if not target:
-        raise click.UsageError("--group keeps the group's checkpoint in the store: give --store, not --url")
+    assert target is not None
     with _store(target, container).checkpoints(group) as checkpoints:
-        consumer = Consumer(
-            reader, checkpoints, start=position, exclusive=exclusive
-        )  # start: for a new group
+        saved = checkpoints.get(stream)
+        if saved is not None and (start is not None or from_time is not None):
+            given = "--from" if start is not None else "--from-time"
+            raise click.UsageError(
+                f"consumer group {group!r} reads {stream} on from its checkpoint, position {saved.position}, "
+                f"so {given} cannot say where to start: leave out {given}, or read as a new group "
+                f"({given} says where a new group starts)"
+            )
+        consumer = Consumer(reader, checkpoints, start=position, exclusive=exclusive)  # start: a new group's
         _print_batches(consumer.batches(follow=follow, poll_interval=poll), limit, as_json, consumer)
 
 
@@ -614,21 +625,38 @@ def read(
 @click.argument("group", required=False)
 @_store_option()
 @_container_option
+@_url_option
+@_key_option
 @_json_option
-def groups(group: str | None, target: str | None, container: str, as_json: bool) -> None:
+def groups(
+    group: str | None, target: str | None, container: str, url: str | None, key: str | None, as_json: bool
+) -> None:
     """How far behind each consumer group is (or only GROUP), per stream it reads: its checkpoint,
     the stream's position, the lag in bytes, and how long ago the first message it has not read
     was appended."""
     from .checkpoints import check_group_name
+    from .consumer import GroupLag
     from .consumer import groups as group_lags
 
-    store = _existing_store(target, container)
     if group is not None:
         check_group_name(group)
-    lags = group_lags(store, group)
+    target, url = _one_place(target, url)
+    if url:
+        with _client(url, key) as client:
+            listed = client.groups()
+        where = _api_base(url)
+        lags = [
+            GroupLag(lag.group, lag.stream, lag.checkpoint, lag.position, lag.lag_bytes, lag.oldest_unread)
+            for lag in listed
+            if group is None or lag.group == group
+        ]
+    else:
+        store = _existing_store(target, container)
+        where = str(store)
+        lags = group_lags(store, group)
     if group is not None and not lags:
         raise click.ClickException(
-            f"consumer group {group!r} has no checkpoint in {store}; `vault groups` lists the groups there"
+            f"consumer group {group!r} has no checkpoint in {where}; `vault groups` lists the groups there"
         )
     now = datetime.now(UTC)
     if as_json:
@@ -649,7 +677,7 @@ def groups(group: str | None, target: str | None, container: str, as_json: bool)
             )
         return
     if not lags:
-        click.echo(f"no consumer groups in {store}", err=True)
+        click.echo(f"no consumer groups in {where}", err=True)
         return
     from rich.console import Console
     from rich.filesize import decimal
@@ -660,8 +688,8 @@ def groups(group: str | None, target: str | None, container: str, as_json: bool)
         table.add_row(
             lag.group,
             lag.stream,
-            f"{lag.checkpoint:,}",
-            f"{lag.position:,}",
+            str(lag.checkpoint),
+            str(lag.position),
             decimal(lag.lag_bytes),
             _span(lag.behind(now)),
         )
@@ -687,12 +715,19 @@ def _span(seconds: float) -> str:
 @_poll_option
 @_json_option
 def tail(
-    stream: str, target: str | None, container: str, read_url: str | None, poll: float, as_json: bool
+    stream: str,
+    target: str | None,
+    container: str,
+    url: str | None,
+    key: str | None,
+    poll: float,
+    as_json: bool,
 ) -> None:
-    """Print messages as they are appended to STREAM, from now on, until Ctrl-C."""
-    reader = _reader(stream, target, container, read_url)
+    """Print messages as they are appended to STREAM, from now on, until Ctrl-C. A stream that
+    does not exist yet is waited for."""
+    reader = _reader(stream, target, container, url, key, wait_for_it=True)
     position = reader.position()
-    click.echo(f"following {stream} from position {position:,} (Ctrl-C to stop)", err=True)
+    click.echo(f"following {stream} from position {position} (Ctrl-C to stop)", err=True)
     _print_batches(reader.batches(position, follow=True, poll_interval=poll), None, as_json)
 
 
@@ -722,10 +757,12 @@ def _print_batches(
 @main.command()
 @_stream_to_read
 @_json_option
-def verify(stream: str, target: str | None, container: str, read_url: str | None, as_json: bool) -> None:
+def verify(
+    stream: str, target: str | None, container: str, url: str | None, key: str | None, as_json: bool
+) -> None:
     """Read every record of STREAM and check every checksum and offset. Exits 1 and reports the
     position of the first damage if there is any."""
-    reader = _reader(stream, target, container, read_url)
+    reader = _reader(stream, target, container, url, key)
     try:
         with _progress(f"verifying {stream}", reader.position()) as update:
             report = reader.verify(progress=update)
@@ -756,7 +793,7 @@ def verify(stream: str, target: str | None, container: str, read_url: str | None
             "messages": report.messages,
         },
         f"{stream}: {_many(report.batches, 'batch', 'batches')}, {_many(report.messages, 'message')}, "
-        f"{report.position:,} bytes; "
+        f"position {report.position}; "
         "every checksum and offset is intact",
     )
 
@@ -772,16 +809,23 @@ def verify(stream: str, target: str | None, container: str, read_url: str | None
 )
 @_store_option()
 @_container_option
-@_read_url_option
+@_url_option
+@_key_option
 @_json_option
 def mirror(
-    stream: str, path: str, target: str | None, container: str, read_url: str | None, as_json: bool
+    stream: str,
+    path: str,
+    target: str | None,
+    container: str,
+    url: str | None,
+    key: str | None,
+    as_json: bool,
 ) -> None:
     """Copy STREAM into a local store at PATH, byte for byte, checking every batch; run again to
     copy only what is new. Read the copy at disk speed with `vault read STREAM --store PATH`."""
     from .local_copy import mirror as mirror_stream
 
-    reader = _reader(stream, target, container, read_url)
+    reader = _reader(stream, target, container, url, key)
     with _progress(f"mirroring {stream}", reader.position()) as update:
         result = mirror_stream(reader, path, progress=update)
     copied = result.position - result.start
@@ -794,8 +838,8 @@ def mirror(
             "position": result.position,
             "copied": copied,
         },
-        f"{stream}: copy in {result.path} is at position {result.position:,} "
-        + (f"({copied:,} bytes copied from position {result.start:,})" if copied else "(it was up to date)"),
+        f"{stream}: copy in {result.path} is at position {result.position} "
+        + (f"({copied:,} bytes copied from position {result.start})" if copied else "(it was up to date)"),
     )
 
 

@@ -151,6 +151,9 @@ class VaultClient:
             self._send("GET", f"{http.API_PREFIX}/streams").data
         ).streams
 
+    def groups(self) -> list[http.GroupLagInfo]:
+        return http.GroupList.model_validate_json(self._send("GET", f"{http.API_PREFIX}/groups").data).groups
+
     def _send(self, method: str, url: str, **options: Any) -> urllib3.BaseHTTPResponse:
         """One request, retried with backoff (honouring Retry-After) on connection errors, 429
         and 5xx; a 4xx raises its typed error."""

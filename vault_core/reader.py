@@ -156,6 +156,19 @@ class StreamReader:
             else:
                 return
 
+    def headed_batches(
+        self, start: int = 0, end: int | None = None
+    ) -> Iterator[tuple[fmt.BatchHeader, list[fmt.StoredMessage]]]:
+        """The stored batches from the batch start `start` to `end` (default: the position when
+        called), each with its header: its position, time and batch id."""
+        end = self.position() if end is None else end
+        chunks = self._chunks(start, end)
+        try:
+            for batch, header in self._decoded(start, chunks):
+                yield header, batch
+        finally:
+            chunks.close()
+
     def seek_time(self, when: datetime) -> int:
         """The offset of the first message appended at or after `when` (an aware datetime; naive
         means UTC), or the end of the stream if there is none. Batch timestamps never decrease, so

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from .base import LogSource, LogWriter, Store
@@ -10,6 +11,7 @@ from .base import LogSource, LogWriter, Store
 __all__ = ["LogSource", "LogWriter", "Store", "open_source", "open_store"]
 
 DEFAULT_CONTAINER = "vault"
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 _CONNECTION_KEYS = ("usedevelopmentstorage=", "accountname=", "blobendpoint=", "sharedaccesssignature=")
 
 
@@ -32,6 +34,14 @@ def open_store(
             return BlobStore.from_connection_string(target, container=container)
         if not target:
             raise ValueError("store target is empty: give a directory, a connection string or a URL")
+        scheme = _SCHEME.match(target.strip())
+        if scheme and len(scheme[1]) > 1:  # (a one-letter "scheme" is a Windows drive: C:\\data)
+            raise ValueError(
+                f"store target {target.split('?', 1)[0][:80]!r} looks like a URL, but {scheme[1]}: is not a "
+                "kind of store: give a directory (./data), an Azure Storage connection string "
+                "(UseDevelopmentStorage=true for Azurite), or an account URL (https://ACCOUNT.blob.core."
+                "windows.net); a directory whose name has a colon is written ./NAME"
+            )
     elif not isinstance(target, os.PathLike):
         raise TypeError(f"store target must be a path or a string, got {type(target).__name__}")
     from .local import LocalStore

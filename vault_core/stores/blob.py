@@ -23,6 +23,7 @@ from azure.core.exceptions import (
     ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
+    ServiceRequestError,
 )
 from azure.storage.blob import (
     BlobClient,
@@ -35,7 +36,7 @@ from azure.storage.blob import (
 )
 
 from ..checkpoints import check_group_name
-from ..errors import FencedError, StreamBusyError
+from ..errors import FencedError, StoreNotFound, StreamBusyError
 from ..format import check_stream_name
 from .base import Buffer, LogSource, LogWriter, Store
 
@@ -127,10 +128,24 @@ class BlobStore(Store):
         return self._container.get_blob_client(f"{stream}/{LOG_BLOB}")
 
     def exists(self) -> bool:
+        """Also the quick check that the account can be reached: one connection attempt, not the
+        retries of a transient fault, and an error that says where it tried."""
         try:
-            self._container.get_container_properties()
+            self._container.get_container_properties(retry_connect=0)
         except ResourceNotFoundError:
             return False
+        except ServiceRequestError as error:
+            host = urlsplit(self._container.url).netloc
+            emulator = host.split(":")[0] in ("127.0.0.1", "localhost", "::1")
+            reason = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(error))
+            raise StoreNotFound(
+                f"cannot reach the storage account at {host} ({reason[1] if reason else 'no answer'}): "
+                + (
+                    f"is Azurite running at {host}? (scripts/azurite.sh starts it)"
+                    if emulator
+                    else "check the account name, the endpoint and the network"
+                )
+            ) from None
         return True
 
     def open_log(self, stream: str, *, lease_seconds: int, takeover: bool = False) -> LogWriter:
