@@ -89,8 +89,16 @@ class Checkpoints(abc.ABC):
         check_stream_name(stream)
         self._release(stream, owner)
 
+    def forget(self, stream: str) -> None:
+        """Remove the group's checkpoint and claim on `stream` (a stream deleted for good), so
+        that a stream made again under its name is read from its start."""
+        self._forget(check_stream_name(stream))
+
     @abc.abstractmethod
     def _get(self, stream: str) -> Checkpoint | None: ...
+
+    @abc.abstractmethod
+    def _forget(self, stream: str) -> None: ...
 
     @abc.abstractmethod
     def _save(self, stream: str, position: int, expected: Checkpoint | None) -> Checkpoint:

@@ -50,6 +50,8 @@ def _describe(error: Exception) -> str:
 
     if isinstance(error, StreamBusyError):
         return f"{error}: stop that writer, or publish through the server that holds the stream (--url)"
+    if isinstance(error, Unauthorized) and "not accepted" in str(error):
+        return f"{error}: check the key given with --key or VAULT_API_KEY"
     if isinstance(error, Unauthorized):
         return f"{error} (pass the API key with --key, or set VAULT_API_KEY)"
     if isinstance(error, VaultError | ValueError | TypeError | OSError):
@@ -844,6 +846,41 @@ def mirror(
 
 
 @main.command()
+@click.argument("stream")
+@_store_option()
+@_container_option
+@click.option(
+    "--confirm",
+    metavar="STREAM",
+    help="The stream's name again, to delete it without a prompt (in scripts).",
+)
+def delete(stream: str, target: str | None, container: str, confirm: str | None) -> None:
+    """Delete STREAM for good: its log and every consumer group's checkpoint on it. Asks for the
+    stream's name first (or takes it from --confirm); refused while a writer holds the stream."""
+    fmt.check_stream_name(stream)
+    store = _existing_store(target, container)
+    if stream not in store.streams():
+        raise click.ClickException(f"stream {stream!r} does not exist in {store}; nothing was deleted")
+    status = store.reader(stream).status()
+    if confirm is None:
+        if not sys.stdin.isatty():
+            raise click.UsageError(f"deleting a stream is for good: give --confirm {stream} to delete it")
+        click.echo(
+            f"This deletes stream {stream} in {store} for good: position {status.position}, last append "
+            f"{iso_time(status.last_append) if status.last_append else '-'}, and every consumer group's "
+            "checkpoint on it.",
+            err=True,
+        )
+        confirm = click.prompt(
+            "Type the stream's name to delete it", err=True, default="", show_default=False
+        )
+    if confirm != stream:
+        raise click.ClickException(f"{confirm!r} is not {stream!r}: nothing was deleted")
+    store.delete_stream(stream)
+    click.echo(f"deleted stream {stream} (it was at position {status.position})")
+
+
+@main.command()
 @_store_option(default=".vault-demo")
 @_container_option
 def demo(target: str, container: str) -> None:
@@ -933,6 +970,12 @@ def demo(target: str, container: str) -> None:
     "for its lease: for a server that is its streams' only writer, restarted after a crash.",
 )
 @click.option(
+    "--without-key",
+    is_flag=True,
+    help="Serve on an address other than loopback with no API key: anyone who can reach it can "
+    "publish and read. Refused without this flag.",
+)
+@click.option(
     "--max-bodies",
     "max_bodies_mib",
     default=64,
@@ -949,14 +992,29 @@ def serve(
     wait_seconds: float,
     lease_seconds: int,
     takeover: bool,
+    without_key: bool,
     max_bodies_mib: int,
 ) -> None:
-    """Serve the HTTP API on this machine, with one in-process writer per stream."""
+    """Serve the HTTP API on this machine, with one in-process writer per stream. Each request is
+    logged on stderr in one line (never its query string, which may hold a key)."""
+    import ipaddress
     import socket
 
     import uvicorn
 
     from .server import create_app
+
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not api_key and not without_key:
+        raise click.UsageError(
+            f"--host {host} without an API key would let anyone who can reach this machine publish: "
+            "give --api-key (or VAULT_API_KEY), or --without-key if that is what you want"
+        )
+    if api_key and without_key:
+        raise click.UsageError("--api-key and --without-key contradict: give one of them")
 
     try:  # a port in use is one line here, not uvicorn's log
         socket.create_server((host, port), reuse_port=False).close()
@@ -976,6 +1034,8 @@ def serve(
     )
     # The store as it prints itself: a connection string's key or a SAS never reaches the output.
     click.echo(f"Message Vault on http://{host}:{port}/api (store: {store})", err=True)
+    if not loopback and not api_key:
+        click.echo(f"no API key: anyone who can reach {host}:{port} can publish and read", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

@@ -180,7 +180,17 @@ class VaultClient:
         except _Retry as exhausted:
             response = exhausted.response
         if response.status >= 400:
-            raise _rejected(response)
+            rejected = _rejected(response)
+            if isinstance(rejected, Unauthorized) and http.FUNCTION_KEY_HEADER in headers:
+                # Azure Functions answers a wrong key as it does a missing one: we know we sent one.
+                raise Unauthorized(
+                    response.status,
+                    {
+                        "title": "The key was not accepted",
+                        "detail": f"the vault at {self._base} does not take the API key sent",
+                    },
+                )
+            raise rejected
         return response
 
     def close(self) -> None:

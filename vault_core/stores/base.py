@@ -163,6 +163,26 @@ class Store(abc.ABC):
             raise TypeError("takeover must be a bool")
         return StreamWriter(stream, self.open_log(stream, lease_seconds=lease_seconds, takeover=takeover))
 
+    def delete_stream(self, stream: str) -> None:
+        """Remove the stream for good: every consumer group's checkpoint on it, then its log.
+        StoreNotFound if there is no such stream; StreamBusyError while a writer holds it (stop
+        that writer first). A stream made again under the name starts empty, and is read from
+        its start by every group."""
+        from ..errors import StoreNotFound
+
+        check_stream_name(stream)
+        if stream not in self.streams():
+            raise StoreNotFound(f"stream {stream!r} does not exist in {self}")
+        log = self.open_log(stream, lease_seconds=15)  # no writer can append meanwhile
+        try:
+            for group in self.consumer_groups():
+                with self.checkpoints(group) as checkpoints:
+                    checkpoints.forget(stream)
+        except BaseException:
+            log.close()
+            raise
+        log.discard()
+
     def reader(self, stream: str) -> StreamReader:
         from ..reader import StreamReader
 

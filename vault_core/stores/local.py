@@ -368,6 +368,12 @@ class FileCheckpoints(Checkpoints):
             if json.loads(path.read_bytes())["owner"] == owner:
                 path.unlink()
 
+    def _forget(self, stream: str) -> None:
+        with self._locked():
+            for path in (self.folder / f"{stream}.json", self.folder / f"{stream}{OWNER_SUFFIX}"):
+                with disk_errors(path, "delete"):
+                    path.unlink(missing_ok=True)
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """The group's lock (threads and processes take turns), its folder made first."""

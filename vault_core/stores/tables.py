@@ -227,6 +227,10 @@ class TableCheckpoints(Checkpoints):
         except (ResourceNotFoundError, HttpResponseError):  # gone, or taken over meanwhile
             return
 
+    def _forget(self, stream: str) -> None:
+        for partition in (self._partition, self._owners):
+            self._table.delete_entity(partition, stream)  # a missing entity is no error
+
     def close(self) -> None:
         self._table.close()
 
