@@ -12,6 +12,14 @@ blob=${AZURITE_PORT:-10000}
 queue=$((blob + 1))
 table=$((blob + 2))
 location=${AZURITE_LOCATION:-.azurite}
+# A port in use is said before anything is printed, rather than as Azurite's EADDRINUSE after.
+for port in "$blob" "$queue" "$table"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "port $port on 127.0.0.1 is in use (Azurite takes $blob to $table): is an Azurite running" \
+            "already? Pick other ports with AZURITE_PORT, e.g. AZURITE_PORT=20000 scripts/azurite.sh" >&2
+        exit 1
+    fi
+done
 mkdir -p "$location"
 if [ "$blob" = 10000 ]; then
     connection="UseDevelopmentStorage=true"
