@@ -5,9 +5,11 @@ environment, options that contradict are refused, and mistakes are named rather 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 
+import httpx
 import pytest
 
 import vault_core
@@ -167,3 +169,16 @@ def test_serve_on_the_network_without_a_key_is_refused_unless_asked_for(tmp_path
     assert refused.returncode == 2
     assert "would let anyone who can reach this machine publish" in refused.stderr.decode()
     assert "--without-key" in refused.stderr.decode()
+
+
+def test_serve_logs_each_request_in_one_line_without_its_query_string(tmp_path):
+    server = Served(str(tmp_path / "v"), None, "--api-key", "sekrit-key", log=tmp_path / "serve.log")
+    try:
+        out(vault("publish", "s", "-", "--url", server.url, "--key", "sekrit-key", input=lines_of(ROWS[:2])))
+        httpx.get(f"{server.url}/api/streams?code=sekrit-key")
+    finally:
+        server.stop()
+    logged = (tmp_path / "serve.log").read_text()
+    assert "sekrit-key" not in logged
+    assert re.search(r"127\.0\.0\.1 POST /api/streams/s 200 [\d.]+ ms\n", logged), logged
+    assert re.search(r"127\.0\.0\.1 GET /api/streams 200 [\d.]+ ms\n", logged), logged

@@ -935,6 +935,14 @@ def demo(target: str, container: str) -> None:
     page = reader.read(first, max_messages=1)
     click.echo(f"\nreading one message from offset {first}: {page.messages[0].key}")
     click.echo(f"the next read continues at {page.next_position}")
+    shown = target if "://" not in str(store) else "$VAULT_STORE"  # a connection string is not shown
+    click.echo(
+        "\nwhat to try next:\n"
+        f"  .venv/bin/vault read {stream} --store {shown}        # the stream, in the terminal\n"
+        f"  .venv/bin/vault serve --store {shown}                # the HTTP API, and the console at "
+        "http://127.0.0.1:7071/\n"
+        "  README.md: the vault command, the library, the HTTP API and the Function App"
+    )
 
 
 @main.command()
@@ -1036,6 +1044,12 @@ def serve(
     click.echo(f"Message Vault on http://{host}:{port}/api (store: {store})", err=True)
     if not loopback and not api_key:
         click.echo(f"no API key: anyone who can reach {host}:{port} can publish and read", err=True)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    served = logging.getLogger("vault.serve")
+    served.addHandler(handler)
+    served.setLevel(logging.INFO)
+    served.propagate = False
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

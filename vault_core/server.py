@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -19,7 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import http_models as http
 from . import openapi
@@ -38,6 +39,7 @@ from .stores.base import Store
 from .writer import AppendResult
 
 log = logging.getLogger("vault.serve")
+requests = logging.getLogger("vault.serve.requests")  # one line per request
 FINISHED_KEPT = 10_000  # outcomes of 202-answered appends kept for their status location
 BODY_BUDGET = 64 * 1024 * 1024  # request bodies held at once (four of the largest)
 
@@ -161,7 +163,7 @@ def create_app(
     )
     publish_prefix = f"{prefix}/streams/"
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if scope["type"] == "http" and scope["method"] == "POST" and path.startswith(publish_prefix):
             stream = path[len(publish_prefix) :]
@@ -169,6 +171,27 @@ def create_app(
                 await _answer(send, scope, lambda: publish(stream, scope, receive))
                 return
         await routes(scope, receive, send)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        """Each request logged in one line once answered: who, what, the status, how long. The
+        path only: its query string may carry the key (?code=)."""
+        if scope["type"] != "http":
+            await handle(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 0
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await handle(scope, receive, sending)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            took = (time.perf_counter() - started) * 1000
+            requests.info("%s %s %s %d %.1f ms", client[0], scope["method"], scope["path"], status, took)
 
     return app
 
