@@ -17,6 +17,7 @@ from tests.support.served import Served
 from vault_core import Message
 from vault_core import http_models as http
 from vault_core.client import KeyReused, NotFound, PayloadTooLarge, Unauthorized, VaultClient
+from vault_core.lines import to_json
 
 _names = itertools.count()
 
@@ -122,26 +123,30 @@ MALFORMED = [
     (http.JSON, b'{"messages": []}', 400, "empty"),
     (http.JSON, b'{"messages": {}}', 400, "messages"),
     (http.JSON, b'{"messages": "x"}', 400, "messages"),
-    (http.JSON, b'{"messages": [1]}', 400, "messages.0"),
-    (http.JSON, b'{"messages": [{}]}', 400, "key"),
-    (http.JSON, b'{"messages": [{"key": "k"}]}', 400, "value"),
-    (http.JSON, b'{"messages": [{"value": "AA=="}]}', 400, "key"),
-    (http.JSON, b'{"messages": [{"key": 5, "value": "AA=="}]}', 400, "key"),
-    (http.JSON, b'{"messages": [{"key": "k", "value": 5}]}', 400, "base64"),
-    (http.JSON, b'{"messages": [{"key": "k", "value": "!!!!"}]}', 400, "base64"),
-    (http.JSON, b'{"messages": [{"key": "k", "value": "AAA"}]}', 400, "base64"),
-    (http.JSON, b'{"messages": [{"key": "k", "value": "AA==", "extra": 1}]}', 400, "extra"),
-    (http.JSON, b'{"messages": [{"key": "k", "value": "AA=="}], "more": 1}', 400, "more"),
+    (http.JSON, b'{"messages": [1]}', 400, "message 0: expected an object"),
+    (http.JSON, b'{"messages": [{}]}', 400, "neither"),
+    (http.JSON, b'{"messages": [{"key": "k"}]}', 400, "value_b64"),
+    (http.JSON, b'{"messages": [{"key": "k", "value": "a", "value_b64": "AA=="}]}', 400, "not both"),
+    (http.JSON, b'{"messages": [{"key": 5, "value": "x"}]}', 400, "key"),
+    (http.JSON, b'{"messages": [{"key": "k", "value": 5}]}', 400, "text"),
+    (http.JSON, b'{"messages": [{"key": "k", "value": null}]}', 400, "text"),
+    (http.JSON, b'{"messages": [{"key": "k", "value": "\\ud800"}]}', 400, "JSON"),
+    (http.JSON, b'{"messages": [{"key": "k", "value_b64": 5}]}', 400, "base64"),
+    (http.JSON, b'{"messages": [{"key": "k", "value_b64": "!!!!"}]}', 400, "base64"),
+    (http.JSON, b'{"messages": [{"key": "k", "value_b64": "AAA"}]}', 400, "base64"),
+    (http.JSON, b'{"messages": [{"key": "k", "value": "x", "extra": 1}]}', 400, "extra"),
+    (http.JSON, b'{"messages": [{"key": "k", "value": "x"}], "more": 1}', 400, "more"),
     (http.JSON, b'{"msgs": []}', 400, "messages"),
     (http.JSON, b"\xff\xfe", 400, "JSON"),
     (http.JSON, json.dumps({"messages": [{"key": "k" * 256, "value": ""}]}).encode(), 413, "255"),
     (http.JSON, json.dumps({"messages": [{"key": "é" * 128, "value": ""}]}).encode(), 413, "255"),
     (
         http.JSON,
-        json.dumps({"messages": [{"key": "k", "value": b64(bytes(2**20 + 1))}]}).encode(),
+        json.dumps({"messages": [{"key": "k", "value_b64": b64(bytes(2**20 + 1))}]}).encode(),
         413,
         "value",
     ),
+    (http.JSON, json.dumps({"messages": [{"key": "k", "value": "é" * 2**19 + "x"}]}).encode(), 413, "value"),
     (http.JSON, json.dumps({"messages": [{"key": "k", "value": ""}] * 10_001}).encode(), 413, "10000"),
     ("text/plain", b"hello", 415, "text/plain"),
     ("", b"hello", 415, "(none)"),
@@ -178,6 +183,80 @@ def test_malformed_requests_get_a_problem_and_change_nothing(served, stream):
     assert served.store().reader(stream).position() == position
     assert [m.key for m in served.store().reader(stream).replay()] == ["first"]
     assert len(MALFORMED) + len(bad_requests) >= 30
+
+
+def messages_body(*messages: dict) -> bytes:
+    return json.dumps({"messages": list(messages)}).encode()
+
+
+def test_a_json_value_is_text_stored_as_its_utf8_bytes_and_value_b64_holds_bytes(served, stream):
+    response = post(
+        served,
+        stream,
+        messages_body(
+            {"key": "k", "value": "test"},
+            {"key": "é", "value": "crème \u2603"},
+            {"key": "raw", "value_b64": "/wD+"},
+            {"value": ""},  # the key may be left out
+            {"key": "e", "value_b64": ""},
+            {"key": "looks-like-base64", "value": "AA=="},  # text all the same
+        ),
+    )
+    assert response.status_code == 200, response.text
+    assert [(m.key, m.value) for m in served.store().reader(stream).replay()] == [
+        ("k", b"test"),
+        ("é", "crème \u2603".encode()),
+        ("raw", b"\xff\x00\xfe"),
+        ("", b""),
+        ("e", b""),
+        ("looks-like-base64", b"AA=="),
+    ]
+
+
+def test_the_client_sends_text_as_value_and_other_bytes_as_value_b64(served, stream):
+    messages = [Message("k", b"test"), Message("raw", b"\xff\x00\xfe")]
+    assert json.loads(http.encode_json(messages)) == {
+        "messages": [{"key": "k", "value": "test"}, {"key": "raw", "value_b64": "/wD+"}]
+    }
+    with VaultClient(served.url, binary=False) as client:
+        client.publish(stream, messages)
+    assert [(m.key, m.value) for m in served.store().reader(stream).replay()] == messages
+
+
+def test_what_a_read_prints_can_be_posted_back_its_offset_and_timestamp_ignored(served, stream):
+    source = [Message("order-created", b'{"order": 7}'), Message("order-paid", b"\xff\x00\xfe")]
+    assert post(served, stream, json_body(*source)).status_code == 200
+    printed = [json.loads(to_json(m)) for m in served.store().reader(stream).replay()]
+    assert {"offset", "timestamp"} <= printed[0].keys() and "value_b64" in printed[1]
+    copy = f"{stream}-copy"
+    response = post(served, copy, messages_body(*printed))
+    assert response.status_code == 200, response.text
+    assert [(m.key, m.value) for m in served.store().reader(copy).replay()] == source
+
+
+@pytest.mark.parametrize(
+    ("message", "detail"),
+    [
+        (
+            {"key": "k", "value": "a", "value_b64": "YQ=="},
+            "message 1: give exactly one of value (text) and value_b64",
+        ),
+        (
+            {"key": "k"},
+            "message 1: give exactly one of value (text) and value_b64 (base64); this message has neither",
+        ),
+        ({"key": "k", "value": "a", "partition": 2}, "message 1: unknown field(s) ['partition']"),
+        ({"key": "k", "value_b64": "YQ="}, "message 1: value_b64 is not valid base64"),
+        ({"key": "k", "value_b64": "YQ==YQ=="}, "message 1: value_b64 is not valid base64"),
+    ],
+)
+def test_a_json_message_that_is_not_the_one_shape_is_a_400_naming_it_and_appends_nothing(
+    served, stream, message, detail
+):
+    response = post(served, stream, messages_body({"key": "fine", "value": "ok"}, message))
+    assert response.status_code == 400 and response.headers["content-type"] == http.PROBLEM_JSON
+    assert response.json()["detail"].startswith(detail), response.json()
+    assert stream not in served.store().streams()
 
 
 def test_bodies_over_16_mib_are_refused(served, stream):

@@ -12,17 +12,19 @@ Every error is an RFC 9457 problem (`application/problem+json`).
 
 from __future__ import annotations
 
-import base64
+import copy
 import json
-import re
 import struct
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, ValidationError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from . import format as fmt
+from . import lines
 from .errors import InvalidStreamName, MessageTooLarge
 
 API_PREFIX = "/api"
@@ -36,43 +38,76 @@ BINARY_RECORD = struct.Struct("<BI")
 IDEMPOTENCY_KEY = "Idempotency-Key"
 FUNCTION_KEY_HEADER = "x-functions-key"  # where Azure Functions reads a function key; vault serve its API key
 PROBLEM_BASE = "https://message-vault.dev/problems/"
-# A JSON value: standard base64 with its padding, nothing else. The validator checks this pattern
-# itself (Python's decoder lets stray padding through), so the OpenAPI document's pattern is
-# exactly what is accepted.
-BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 MAX_VALUE_BASE64_CHARS = 4 * -(-fmt.MAX_VALUE_BYTES // 3)
+# A message of a JSON body: the one shape of lines.message_from_json, which validates it (as it
+# does each line `vault publish` reads), so that the two cannot differ; this is its JSON Schema.
+MESSAGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": (
+        "A message: its key, and its value as text (value) or as bytes in base64 (value_b64), "
+        "exactly one of the two. The offset and timestamp of a message read back (`vault read "
+        "--json`) are accepted and ignored, so what a read prints can be published as it is."
+    ),
+    "properties": {
+        # JSON Schema counts characters; the limits are bytes in UTF-8, which a key or a text
+        # value within its character limit can still be over (413).
+        "key": {
+            "type": "string",
+            "maxLength": fmt.MAX_KEY_BYTES,
+            "default": "",
+            "description": f"at most {fmt.MAX_KEY_BYTES} bytes in UTF-8; empty if left out",
+        },
+        "value": {
+            "type": "string",
+            "maxLength": fmt.MAX_VALUE_BYTES,
+            "description": (
+                f"the value as text, stored as its UTF-8 bytes (at most {fmt.MAX_VALUE_BYTES}); "
+                "a value that is not text goes in value_b64"
+            ),
+        },
+        "value_b64": {
+            "type": "string",
+            "contentEncoding": "base64",
+            "pattern": f"^{lines.BASE64.pattern}$",
+            "maxLength": MAX_VALUE_BASE64_CHARS,
+            "description": (
+                "the value's bytes in standard base64, padded with =, at most "
+                f"{fmt.MAX_VALUE_BYTES} bytes decoded: for a value that is not UTF-8 text"
+            ),
+        },
+        "offset": {"description": "ignored: where a read found the message"},
+        "timestamp": {"description": "ignored: when the message read was appended"},
+    },
+    "additionalProperties": False,
+    "oneOf": [{"required": ["value"]}, {"required": ["value_b64"]}],
+}
 
 
-def _strict_base64(value: object) -> bytes:
-    if not isinstance(value, str):
-        raise ValueError("must be a base64 string")
-    if not BASE64.fullmatch(value):
-        raise ValueError("is not valid base64 (the standard alphabet, padded with =)")
-    return base64.b64decode(value)
+def _message_in(fields: object) -> fmt.Message:
+    try:
+        return lines.message_from_json(fields)
+    except lines.BadMessage as error:
+        raise PydanticCustomError("message", str(error)) from None
 
 
-class MessageIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _MessageShape:
+    """What makes pydantic validate a message with lines.message_from_json and describe it as
+    MESSAGE_SCHEMA (a component of its own, MessageIn, in the OpenAPI document)."""
 
-    # JSON Schema counts characters; the limit is bytes in UTF-8, which a key of at most
-    # MAX_KEY_BYTES characters can still be over (413).
-    key: Annotated[
-        str,
-        Field(max_length=fmt.MAX_KEY_BYTES, description=f"at most {fmt.MAX_KEY_BYTES} bytes in UTF-8"),
-    ]
-    value: Annotated[
-        bytes,
-        BeforeValidator(_strict_base64),
-        WithJsonSchema(
-            {
-                "type": "string",
-                "contentEncoding": "base64",
-                "pattern": f"^{BASE64.pattern}$",
-                "maxLength": MAX_VALUE_BASE64_CHARS,
-                "description": f"the value's bytes in base64, at most {fmt.MAX_VALUE_BYTES} bytes decoded",
-            }
-        ),
-    ]
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            _message_in, ref="MessageIn", json_schema_input_schema=core_schema.any_schema()
+        )
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        reference = handler(schema)
+        handler.resolve_ref_schema(reference).update(copy.deepcopy(MESSAGE_SCHEMA))
+        return reference
+
+
+MessageIn = Annotated[fmt.Message, _MessageShape()]
 
 
 class PublishRequest(BaseModel):
@@ -231,17 +266,19 @@ def parse_batch(content_type: str | None, body: bytes) -> list[fmt.Message]:
 
 
 def _parse_json(body: bytes) -> list[fmt.Message]:
+    """The messages of a JSON body; each is validated by lines.message_from_json (through
+    MessageIn), the limits on keys and values are then parse_batch's."""
     try:
         request = PublishRequest.model_validate_json(body)
     except ValidationError as error:
         first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
         if first["type"] == "json_invalid":
             raise bad_request(f"the body is not valid JSON: {first['msg']}") from None
-        if first["type"] == "string_too_long" and where.endswith("key"):
-            raise too_large(f"{where}: keys are at most {fmt.MAX_KEY_BYTES} characters") from None
+        if first["type"] == "message":  # lines.message_from_json's own words
+            raise bad_request(f"message {first['loc'][-1]}: {first['msg']}") from None
+        where = ".".join(str(part) for part in first["loc"]) or "body"
         raise bad_request(f"{where}: {first['msg']}") from None
-    return [fmt.Message(m.key, m.value) for m in request.messages]
+    return request.messages
 
 
 def _parse_binary(body: bytes) -> list[fmt.Message]:
@@ -299,9 +336,9 @@ def encode_binary(messages: Sequence[tuple[str, bytes]]) -> bytes:
 
 
 def encode_json(messages: list[fmt.Message]) -> bytes:
-    """A batch as the JSON body."""
-    body = {"messages": [{"key": key, "value": base64.b64encode(value).decode()} for key, value in messages]}
-    return json.dumps(body, separators=(",", ":")).encode()
+    """A batch as the JSON body: each value as text when it is UTF-8, else as value_b64."""
+    body = {"messages": [lines.message_json(key, value) for key, value in messages]}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def batch_location(stream: str, token: str) -> str:

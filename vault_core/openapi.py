@@ -16,7 +16,8 @@ from . import http_models as http
 
 OPENAPI_VERSION = "3.1.0"
 # The version of the HTTP contract (not of the package): raised when it changes incompatibly.
-API_VERSION = "1"
+# 2: a JSON message's value is text, its bytes in base64 go in value_b64 (value was base64 in 1).
+API_VERSION = "2"
 
 _SCHEMAS = "#/components/schemas/"
 _REQUEST_MODELS = (http.PublishRequest,)
@@ -196,7 +197,9 @@ def _publish() -> dict[str, Any]:
         "summary": "Append a batch of messages to the stream, atomically",
         "description": (
             f"The body is JSON or the binary batch encoding (`{http.BINARY_BATCH}`), at most "
-            f"{http.MAX_BODY_BYTES} bytes; a body declared larger is refused before it is read. The "
+            f"{http.MAX_BODY_BYTES} bytes; a body declared larger is refused before it is read. In "
+            "JSON each message is the shape `vault publish` reads and `vault read --json` prints: "
+            "its value as text in `value`, or as bytes in base64 in `value_b64`, exactly one. The "
             "answer is 200 once the batch is committed, or 202 with a Location if it is not within "
             "the host's wait. A refused request appends nothing."
         ),

@@ -118,6 +118,20 @@ def test_a_post_goes_through_orchestration_and_entity_to_committed_bytes(app):
     assert record is not None and record.status == "Completed"
 
 
+def test_a_json_value_is_text_and_value_b64_bytes_and_a_read_s_offset_and_timestamp_are_ignored(app):
+    body = json.dumps(
+        {
+            "messages": [
+                {"key": "k", "value": "test"},
+                {"key": "raw", "value_b64": "/wD+", "offset": 7, "timestamp": "2026-01-01T00:00:00.000Z"},
+            ]
+        }
+    ).encode()
+    response = post(app, "json-shape", body, **{"Idempotency-Key": "shape-1"})
+    assert response.status_code == 200, response.text
+    assert contents(app.store, "json-shape") == [("k", b"test"), ("raw", b"\xff\x00\xfe")]
+
+
 def test_large_batches_are_staged_never_sent_through_durable_and_deleted_once_committed(app):
     messages = [Message(f"k{i}", bytes([i]) * 100_000) for i in range(20)]  # 2 MB
     spilled = app.hub.spilled
@@ -194,7 +208,9 @@ def test_instance_ids_are_valid_durable_instance_ids_on_their_entitys_partition(
         ("Bad_Name", http.JSON, b'{"messages": [{"key": "k", "value": ""}]}', 400),
         ("s", http.JSON, b"{", 400),
         ("s", http.JSON, b'{"messages": []}', 400),
-        ("s", http.JSON, b'{"messages": [{"key": "k", "value": "!!"}]}', 400),
+        ("s", http.JSON, b'{"messages": [{"key": "k", "value_b64": "!!"}]}', 400),
+        ("s", http.JSON, b'{"messages": [{"key": "k", "value": "a", "value_b64": "YQ=="}]}', 400),
+        ("s", http.JSON, b'{"messages": [{"key": "k", "value": "a", "partition": 2}]}', 400),
         ("s", "text/plain", b"x", 415),
         ("s", http.BINARY_BATCH, http.BINARY_RECORD.pack(1, 2**20 + 1) + b"k" + bytes(2**20 + 1), 413),
     ],
