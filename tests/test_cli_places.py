@@ -182,3 +182,18 @@ def test_serve_logs_each_request_in_one_line_without_its_query_string(tmp_path):
     assert "sekrit-key" not in logged
     assert re.search(r"127\.0\.0\.1 POST /api/streams/s 200 [\d.]+ ms\n", logged), logged
     assert re.search(r"127\.0\.0\.1 GET /api/streams 200 [\d.]+ ms\n", logged), logged
+
+
+def test_options_that_contradict_are_refused_naming_both(local_store):
+    here = ["--store", str(local_store.root)]
+    out(vault("publish", "s", "-", *here, input=lines_of(ROWS[:2])))
+    for args, says in [
+        (["streams", *here, "--key", "k"], "--key is the HTTP API's key, and --store reads no API"),
+        (["mirror", "s", "--to", str(local_store.root), *here], "is the store the stream is read from"),
+        (["read", "s", *here, "--from", "0", "--from-time", "2026-01-01T00:00:00Z"], "--from or --from-time"),
+        (["read", "s", *here, "--exclusive"], "give --group too"),
+    ]:
+        result = vault(*args)
+        assert result.returncode == 2 and says in result.stderr.decode(), (args, result.stderr)
+    # The key in the environment, for the commands that use it, is no contradiction.
+    assert vault("streams", *here, env={"VAULT_API_KEY": "k"}).returncode == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -70,6 +71,14 @@ def _explain(error: Exception) -> str:
     if isinstance(error, HttpResponseError):
         return f"storage answered {error.status_code}: {error.message}"
     if isinstance(error, urllib3.exceptions.HTTPError):
+        where = re.search(r"host='([^']+)', port=(\d+)", str(error))
+        reason = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(error))
+        if where:
+            why = reason[1] if reason else error
+            return (
+                f"cannot reach the vault's HTTP API at {where[1]}:{where[2]} ({why}): is it running "
+                "there (vault serve, func start)? Check --url"
+            )
         return f"cannot reach the vault's HTTP API: {error}"
     return f"{type(error).__name__}: {error}"
 
@@ -123,10 +132,16 @@ def _stream_to_read(command: Any) -> Any:
 
 def _one_place(target: str | None, url: str | None) -> tuple[str | None, str | None]:
     """--store and --url, of which one says where: an option given on the command line wins over
-    one from the environment (VAULT_STORE), and two given on the command line are refused."""
+    one from the environment (VAULT_STORE), and two given on the command line are refused. So is
+    a --key given without the --url it is for."""
+    context = click.get_current_context()
+    explicit = click.core.ParameterSource.COMMANDLINE
+    if not url and context.params.get("key") and context.get_parameter_source("key") is explicit:
+        raise click.UsageError(
+            "--key is the HTTP API's key, and --store reads no API: give --url too, or no --key"
+        )
     if target and url:
-        source = click.get_current_context().get_parameter_source("target")
-        if source is not click.core.ParameterSource.COMMANDLINE:
+        if context.get_parameter_source("target") is not explicit:
             return None, url
         raise click.UsageError("--store and --url name two places: give one of them")
     return target, url
@@ -827,6 +842,8 @@ def mirror(
     copy only what is new. Read the copy at disk speed with `vault read STREAM --store PATH`."""
     from .local_copy import mirror as mirror_stream
 
+    if target and not url and os.path.realpath(target) == os.path.realpath(path):
+        raise click.UsageError(f"--to {path} is the store the stream is read from: copy it to another folder")
     reader = _reader(stream, target, container, url, key)
     with _progress(f"mirroring {stream}", reader.position()) as update:
         result = mirror_stream(reader, path, progress=update)
