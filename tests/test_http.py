@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 
 import httpx
 import pytest
@@ -91,8 +92,10 @@ def test_idempotency_key_retries_append_nothing(served, stream):
 
 def test_listing_health_and_unknown_streams(served, stream):
     post(served, stream, json_body(("k", b"v")))
-    listed = httpx.get(f"{served.url}/api/streams").json()["streams"]
-    assert {"stream": stream, "position": served.store().reader(stream).position()} in listed
+    listed = {s["stream"]: s for s in httpx.get(f"{served.url}/api/streams").json()["streams"]}
+    status = served.store().reader(stream).status()
+    assert listed[stream]["position"] == status.position
+    assert datetime.fromisoformat(listed[stream]["last_append"]) == status.last_append
     assert httpx.get(f"{served.url}/api/health").status_code == 200
     missing = httpx.get(f"{served.url}/api/streams/never-written")
     assert missing.status_code == 404 and missing.json()["status"] == 404

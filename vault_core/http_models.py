@@ -143,6 +143,7 @@ class StreamInfo(BaseModel):
 class StreamSummary(BaseModel):
     stream: str
     position: int
+    last_append: datetime | None = None  # when its last batch was committed; None if never
 
 
 class StreamList(BaseModel):

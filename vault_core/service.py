@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from . import consumer
+from . import format as fmt
 from . import http_models as http
 from .errors import BatchIdConflict, FencedError, MessageTooLarge, StreamBusyError, VaultError
 from .format import PreparedBatch
@@ -88,11 +89,13 @@ def describe_stream(store: Store, stream: str) -> http.StreamInfo:
 
 
 def summarize_streams(store: Store) -> http.StreamList:
-    """GET /api/streams: every stream with its position."""
+    """GET /api/streams: every stream with its position and last append time."""
     summaries = []
     for name in store.streams():
         with store.reader(name) as reader:
-            summaries.append(http.StreamSummary(stream=name, position=reader.position()))
+            commit = reader.commit_record()
+        last = fmt.from_ms(commit.timestamp_ms) if commit.position else None
+        summaries.append(http.StreamSummary(stream=name, position=commit.position, last_append=last))
     return http.StreamList(streams=summaries)
 
 
