@@ -362,3 +362,25 @@ def test_publish_is_a_library_call_that_resumes_by_content(tmp_path, via):
         if served:
             served.stop()
     assert stored(store, "lib") == ROWS[:300]
+
+
+@pytest.mark.parametrize("via", ["store", "url"])
+def test_a_publish_killed_mid_run_and_resumed_with_another_batch_size_stores_each_line_once(tmp_path, via):
+    with publishing(tmp_path, via) as (args, store, _):
+        process = subprocess.Popen(
+            [VAULT, *args], stderr=subprocess.DEVNULL, env={**os.environ, "VAULT_STORE": ""}
+        )
+        deadline = time.monotonic() + 60
+        while not ("events" in store.streams() and store.reader("events").position() > 20_000):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)  # no progress record written on the way out
+        process.wait(30)
+        held = len(stored(store, "events"))
+        assert 0 < held < len(ROWS)
+        resumed = json_lines(vault(*[a if a != "5" else "64" for a in args], "--json"))[0]
+        # What was in is skipped (and the batch in flight, which the server may have committed since).
+        assert held <= resumed["skipped"] <= held + 5 and resumed["skipped"] + resumed["messages"] == len(
+            ROWS
+        )
+    assert stored(store, "events") == ROWS
