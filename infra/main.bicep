@@ -59,6 +59,11 @@ param leaseSeconds int = 60
 @minValue(1)
 param purgeAfterHours int = 24
 
+@description('How long the read URLs that GET /api/streams/{stream} hands out last, in seconds (VAULT_READ_URL_SECONDS); a user delegation SAS lasts 7 days at most. vault_core.open_reader given a stream\'s API URL renews them as they expire.')
+@minValue(1)
+@maxValue(604800)
+param readUrlSeconds int = 3600
+
 @description('Flex Consumption: the most instances each group of functions (HTTP, Durable, the purge timer) scales out to. Some regions still require at least 40.')
 @minValue(1)
 @maxValue(1000)
@@ -394,6 +399,10 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'VAULT_PURGE_AFTER_HOURS'
           value: string(purgeAfterHours)
+        }
+        {
+          name: 'VAULT_READ_URL_SECONDS'
+          value: string(readUrlSeconds)
         }
         {
           // The Functions host refuses a larger body (with a 500) before it buffers it: the API's

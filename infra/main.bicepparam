@@ -11,6 +11,7 @@ param taskHubName = 'vault'
 param waitSeconds = 30
 param leaseSeconds = 60
 param purgeAfterHours = 24
+param readUrlSeconds = 3600
 param maximumInstanceCount = 100
 param instanceMemoryMB = 2048
 param softDeleteRetentionDays = 7

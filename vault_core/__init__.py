@@ -22,6 +22,7 @@ from .errors import (
     InvalidStreamName,
     MessageTooLarge,
     OwnershipLost,
+    ReadUrlExpired,
     StoreAccessDenied,
     StoreError,
     StoreFull,
@@ -60,6 +61,7 @@ __all__ = [
     "PublishRefused",
     "PublishResult",
     "ReadResult",
+    "ReadUrlExpired",
     "Store",
     "StoreAccessDenied",
     "StoreError",
@@ -81,8 +83,14 @@ __all__ = [
 ]
 
 
-def open_reader(read_url: str, *, credential: Any = None) -> StreamReader:
-    """A reader for the one stream behind a read URL from `Store.read_url` (a SAS URL or a
-    file:// URL); nothing else is needed. A plain blob URL works with an Azure `credential`."""
-    stream, source = open_source(read_url, credential=credential)
+def open_reader(url: str, *, credential: Any = None, key: str | None = None) -> StreamReader:
+    """A reader for one stream, given either
+    - a read URL from `Store.read_url` (a SAS URL or a file:// URL; a plain blob URL works with an
+      Azure `credential`), which reads as long as the URL lasts: once storage refuses it,
+      `ReadUrlExpired`; or
+    - the stream's address on the HTTP API, http(s)://HOST[:PORT]/api/streams/NAME (`key`: the API
+      key, if the vault has one), which asks the API for the read URL and renews it before it
+      expires, so that replay, follow and consumers read for as long as the process runs.
+      `vault_core.client.NotFound` if the API knows no such stream, `Unauthorized` for the key."""
+    stream, source = open_source(url, credential=credential, key=key)
     return StreamReader(stream, source)

@@ -38,6 +38,12 @@ class StoreAccessDenied(StoreError):
     """The operating system or the storage service refused access to the store."""
 
 
+class ReadUrlExpired(StoreAccessDenied):
+    """Storage refused a stream's read URL (a SAS URL): it expired, or may have (storage answers
+    an expired SAS as it does any refused one). `GET /api/streams/{stream}` gives a fresh one, and
+    `vault_core.open_reader` given the stream's API URL renews it as it goes."""
+
+
 class CorruptDataError(VaultError):
     """Stored bytes failed their checksum or structure check; `position` says where."""
 

@@ -26,6 +26,8 @@ Settings (app settings, or local.settings.json when run with Core Tools):
     VAULT_WAIT_SECONDS        how long a POST waits for its commit before answering 202 (30)
     VAULT_LEASE_SECONDS       the writers' blob lease (15-60, default 60)
     VAULT_PURGE_AFTER_HOURS   finished appends' orchestration history is purged after (24)
+    VAULT_READ_URL_SECONDS    how long the read URLs of GET /api/streams/{stream} last (3600,
+                              at most 7 days)
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from .service import (
     describe_stream,
     pending_answer,
     problem_for,
+    read_url_lifetime,
     serve_log,
     summarize_streams,
 )
@@ -236,7 +239,9 @@ async def batch_status(req: func.HttpRequest, client: df.DurableOrchestrationCli
 
 def stream_info(req: func.HttpRequest) -> func.HttpResponse:
     try:
-        return json_response(describe_stream(store(), http.check_stream(req.route_params.get("stream", ""))))
+        stream = http.check_stream(req.route_params.get("stream", ""))
+        lifetime = read_url_lifetime(setting("VAULT_READ_URL_SECONDS"))
+        return json_response(describe_stream(store(), stream, lifetime=lifetime))
     except Exception as error:
         return problem_response(error)
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
 import time
 import uuid
 from collections import OrderedDict
@@ -32,6 +33,7 @@ from .service import (
     describe_stream,
     pending_answer,
     problem_for,
+    read_url_lifetime,
     serve_log,
     summarize_streams,
 )
@@ -52,13 +54,20 @@ def create_app(
     lease_seconds: int = 60,
     takeover: bool = False,
     body_budget: int = BODY_BUDGET,
+    read_url_seconds: int | None = None,
 ) -> ASGIApp:
     """The ASGI app. `wait_seconds`: how long a POST waits for its commit before answering 202.
     `lease_seconds`, `takeover`: how the writers hold their streams (see `Store.writer`).
     `body_budget`: the request bodies held at once, in bytes; past it a POST is answered 503.
+    `read_url_seconds`: how long the read URLs of GET /api/streams/{stream} last; by default
+    VAULT_READ_URL_SECONDS (3600 when unset; InvalidSetting, a ValueError, if it is no number of
+    seconds).
 
     A publish, the hot path, is handled on plain ASGI (no router, request or response objects:
     they cost as much as the append); everything else goes through Starlette."""
+    read_urls_last = read_url_lifetime(
+        os.environ.get("VAULT_READ_URL_SECONDS") if read_url_seconds is None else read_url_seconds
+    )
     writers = Writers(store, lease_seconds=lease_seconds, takeover=takeover)
     bodies = _BodyBudget(body_budget)
     finished: OrderedDict[tuple[str, str], asyncio.Task[AppendResult]] = OrderedDict()
@@ -121,7 +130,7 @@ def create_app(
     async def stream_info(request: Request) -> Response:
         authorize(request.headers, request.query_params.get("code"))
         stream = http.check_stream(request.path_params["stream"])
-        return _json(await asyncio.to_thread(describe_stream, store, stream))
+        return _json(await asyncio.to_thread(describe_stream, store, stream, lifetime=read_urls_last))
 
     async def list_streams(request: Request) -> Response:
         authorize(request.headers, request.query_params.get("code"))

@@ -19,7 +19,8 @@ from .stores.base import Store
 from .writer import AppendResult, StreamWriter
 
 log = logging.getLogger("vault.service")
-READ_URL_LIFETIME = timedelta(hours=1)
+READ_URL_LIFETIME = timedelta(hours=1)  # VAULT_READ_URL_SECONDS when it is not set
+MAX_READ_URL_LIFETIME = timedelta(days=7)  # what a user delegation SAS may last at most
 CONSOLE = Path(__file__).resolve().parent / "console"  # the browser console's static files
 
 
@@ -74,8 +75,28 @@ class Writers:
             writer.close()
 
 
-def describe_stream(store: Store, stream: str) -> http.StreamInfo:
-    """GET /api/streams/{stream}: the position and a read-only URL; 404 for an unknown stream."""
+class InvalidSetting(VaultError, ValueError):
+    """A host's setting (an environment variable, an app setting) has a value it cannot use."""
+
+
+def read_url_lifetime(seconds: str | int | None) -> timedelta:
+    """How long the read URLs a host hands out last: the VAULT_READ_URL_SECONDS setting as both
+    hosts take it, a whole number of seconds (3600 when unset or empty), at most 7 days (a longer
+    one is cut to 7 days: a user delegation SAS lasts no longer)."""
+    if seconds is None or seconds == "":
+        return READ_URL_LIFETIME
+    text = str(seconds).strip()
+    if isinstance(seconds, bool) or not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise InvalidSetting(
+            f"VAULT_READ_URL_SECONDS must be a whole number of seconds above 0 (how long a read URL "
+            f"lasts; 3600 when unset, at most {int(MAX_READ_URL_LIFETIME.total_seconds())}), got {seconds!r}"
+        )
+    return min(timedelta(seconds=int(text)), MAX_READ_URL_LIFETIME)
+
+
+def describe_stream(store: Store, stream: str, *, lifetime: timedelta = READ_URL_LIFETIME) -> http.StreamInfo:
+    """GET /api/streams/{stream}: the position and a read-only URL lasting `lifetime`; 404 for an
+    unknown stream."""
     if stream not in store.streams():
         raise http.ProblemError(404, "not-found", "Unknown stream", f"stream {stream!r} does not exist")
     with store.reader(stream) as reader:
@@ -83,8 +104,8 @@ def describe_stream(store: Store, stream: str) -> http.StreamInfo:
     return http.StreamInfo(
         stream=stream,
         position=position,
-        read_url=store.read_url(stream, expires_in=READ_URL_LIFETIME),
-        expires_on=datetime.now(UTC) + READ_URL_LIFETIME,
+        read_url=store.read_url(stream, expires_in=lifetime),
+        expires_on=datetime.now(UTC) + lifetime,
     )
 
 

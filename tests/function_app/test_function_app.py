@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -54,7 +55,8 @@ def app(azurite):
     """The app on two instances (lease, visibility and drain times scaled down tenfold)."""
     container = f"app-{next(_containers)}"
     with DurableHost(
-        app_settings(azurite, container, VAULT_PURGE_AFTER_HOURS="0"), settings=scaled(0.1)
+        app_settings(azurite, container, VAULT_PURGE_AFTER_HOURS="0", VAULT_READ_URL_SECONDS="120"),
+        settings=scaled(0.1),
     ) as host:
         host.store = vault_core.open_store(azurite.connection_string, container=container)
         host.staging = vault_core.open_store(azurite.connection_string, container=f"{container}-staging")
@@ -369,6 +371,17 @@ def test_stream_info_lists_and_health(app):
     [summary] = [s for s in listed if s["stream"] == "info"]
     assert summary["position"] == info.json()["position"] and summary["last_append"].startswith("20")
     assert httpx.get(f"{app.url}/health", timeout=30).status_code == 200
+
+
+def test_read_urls_last_vault_read_url_seconds_and_a_reader_asks_the_api_url_for_them(app):
+    post(app, "short-lived", http.encode_json([Message("k", b"v")]))
+    before = datetime.now(UTC)
+    info = httpx.get(f"{app.url}/streams/short-lived", timeout=30).json()
+    expiry = datetime.fromisoformat(parse_qs(urlsplit(info["read_url"]).query)["se"][0])
+    assert before + timedelta(seconds=110) <= expiry <= before + timedelta(seconds=121)  # not an hour
+    assert abs(datetime.fromisoformat(info["expires_on"]) - expiry) < timedelta(seconds=5)
+    with vault_core.open_reader(f"{app.url}/streams/short-lived") as reader:
+        assert [m.key for m in reader.replay()] == ["k"]
 
 
 def test_the_producer_client_against_the_function_app(app):

@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import re
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from .base import LogSource, LogWriter, Store
 
-__all__ = ["LogSource", "LogWriter", "Store", "open_source", "open_store"]
+__all__ = ["LogSource", "LogWriter", "Store", "is_api_url", "open_source", "open_store"]
 
 DEFAULT_CONTAINER = "vault"
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+API_STREAM_PATH = re.compile(r"(?P<base>(?:/[^/]+)*?)/api/streams/(?P<stream>[^/]+)/?")
 _CONNECTION_KEYS = ("usedevelopmentstorage=", "accountname=", "blobendpoint=", "sharedaccesssignature=")
 
 
@@ -49,17 +51,38 @@ def open_store(
     return LocalStore(target)
 
 
-def open_source(read_url: str, *, credential: Any = None) -> tuple[str, LogSource]:
-    """The stream name and log behind a read URL from `Store.read_url`."""
-    if not isinstance(read_url, str):
-        raise TypeError(f"read URL must be a string, got {type(read_url).__name__}")
-    scheme = read_url.split(":", 1)[0].lower()
+def open_source(url: str, *, credential: Any = None, key: str | None = None) -> tuple[str, LogSource]:
+    """The stream name and log behind a read URL from `Store.read_url` (a SAS or file:// URL; a
+    plain blob URL with an Azure `credential`), or behind a stream's API URL (`is_api_url`; `key`:
+    the API key), whose read URLs it asks the API for and renews as they expire."""
+    if not isinstance(url, str):
+        raise TypeError(f"read URL must be a string, got {type(url).__name__}")
+    if credential is None and is_api_url(url):
+        from .renewing import RenewingSource
+
+        source = RenewingSource(url, key=key)
+        return source.stream, source
+    if key is not None:
+        raise ValueError(
+            "key= is the HTTP API's key, for a stream's API URL (http(s)://HOST/api/streams/NAME); "
+            "a read URL needs none"
+        )
+    scheme = url.split(":", 1)[0].lower()
     if scheme == "file":
         from .local import source_from_url
 
-        return source_from_url(read_url)
+        return source_from_url(url)
     if scheme in ("https", "http"):
         from .blob import source_from_url as blob_source_from_url
 
-        return blob_source_from_url(read_url, credential=credential)
-    raise ValueError(f"unsupported read URL {read_url!r}: expected file://, https:// or http://")
+        return blob_source_from_url(url, credential=credential)
+    raise ValueError(f"unsupported read URL {url!r}: expected file://, https:// or http://")
+
+
+def is_api_url(url: str) -> bool:
+    """Whether `url` is a stream's address on the vault's HTTP API, http(s)://HOST[:PORT]/api/
+    streams/NAME, rather than a read URL: file://, or a blob URL (a SAS carries sig=)."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or "sig" in parse_qs(parts.query):
+        return False
+    return API_STREAM_PATH.fullmatch(parts.path) is not None

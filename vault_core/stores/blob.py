@@ -36,7 +36,7 @@ from azure.storage.blob import (
 )
 
 from ..checkpoints import check_group_name
-from ..errors import FencedError, StoreNotFound, StreamBusyError
+from ..errors import FencedError, ReadUrlExpired, StoreNotFound, StreamBusyError
 from ..format import check_stream_name
 from .base import Buffer, LogSource, LogWriter, Store
 
@@ -265,6 +265,45 @@ class BlobSource:
         self._blob.close()
 
 
+class ReadUrlSource(BlobSource):
+    """A stream's blob read through its SAS read URL, which storage refuses (403) once it expired:
+    that is a ReadUrlExpired saying how to get a fresh one, not the SDK's "failed to
+    authenticate"."""
+
+    def __init__(self, blob: BlobClient, stream: str, expiry: datetime | None) -> None:
+        super().__init__(blob)
+        self._stream = stream
+        self._expiry = expiry
+
+    def read(self, start: int, length: int) -> bytes:
+        try:
+            return super().read(start, length)
+        except HttpResponseError as error:
+            self._raise_if_refused(error)
+            raise
+
+    def size(self) -> int:
+        try:
+            return super().size()
+        except HttpResponseError as error:
+            self._raise_if_refused(error)
+            raise
+
+    def _raise_if_refused(self, error: HttpResponseError) -> None:
+        if error.status_code != 403:
+            return
+        where = urlsplit(self._blob.url)._replace(query="").geturl()  # never the SAS
+        if self._expiry is not None and datetime.now(UTC) >= self._expiry:
+            what = f"expired at {self._expiry:%Y-%m-%dT%H:%M:%SZ} (storage refused it: 403)"
+        else:
+            what = "was refused by storage (403): it may have expired"
+        raise ReadUrlExpired(
+            f"the read URL of stream {self._stream!r} ({where}) {what}. GET /api/streams/{self._stream} "
+            "gives a fresh one; vault_core.open_reader given the stream's API URL (http(s)://HOST/api/"
+            f"streams/{self._stream}) renews it as it expires"
+        ) from None
+
+
 class BlobLog:
     """A stream's page blob, leased for writing."""
 
@@ -445,4 +484,19 @@ def source_from_url(url: str, *, credential: Any = None) -> tuple[str, LogSource
     stream, _, leaf = blob.blob_name.rpartition("/")
     if leaf != LOG_BLOB:
         raise ValueError(f"not a stream read URL: {url!r} (expected .../<stream>/{LOG_BLOB})")
-    return check_stream_name(stream), BlobSource(blob)
+    check_stream_name(stream)
+    if credential is not None:  # a refusal is then the identity's (its role), not an expiry
+        return stream, BlobSource(blob)
+    return stream, ReadUrlSource(blob, stream, sas_expiry(url))
+
+
+def sas_expiry(url: str) -> datetime | None:
+    """When a SAS URL expires: its signed expiry (`se=`), or None if it has none."""
+    signed = parse_qs(urlsplit(url).query).get("se")
+    if not signed:
+        return None
+    try:
+        expiry = datetime.fromisoformat(signed[0])
+    except ValueError:
+        return None
+    return expiry if expiry.tzinfo else expiry.replace(tzinfo=UTC)
