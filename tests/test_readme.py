@@ -77,6 +77,23 @@ def test_the_readmes_emulator_command_prints_the_connection_string_it_shows(tmp_
         assert printed == shown
 
 
+def test_the_emulator_on_a_busy_port_says_which_and_how_to_pick_another(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [str(ROOT / "scripts" / "azurite.sh")],
+            cwd=ROOT,
+            env={**os.environ, "AZURITE_PORT": str(port - 2), "AZURITE_LOCATION": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1 and result.stdout == ""  # no connection string to a dead emulator
+    assert f"port {port} on 127.0.0.1 is in use" in result.stderr and "AZURITE_PORT" in result.stderr
+
+
 def wait_for_port(port: int) -> None:
     deadline = time.monotonic() + 30
     while True:
@@ -108,6 +125,12 @@ def test_demo_runs_on_the_embedded_store(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "nothing appended" in result.stdout
     assert result.stdout.count("order-paid") == 3  # three batches replayed, the retry not appended
+    # It ends with what to try next, which runs as printed.
+    suggested = re.search(r"what to try next:\n  (\.venv/bin/vault read .*?)  +#", result.stdout)
+    assert suggested, result.stdout
+    command = suggested[1].strip().replace(".venv/bin/vault", str(Path(sys.executable).parent / "vault"))
+    read = subprocess.run(command.split(), capture_output=True, text=True, timeout=60)
+    assert read.returncode == 0 and read.stdout.count("order-paid") == 3, read.stderr
 
 
 def test_cli_examples_run(tmp_path):
@@ -135,3 +158,46 @@ def test_cli_examples_run(tmp_path):
         ("order-created", '{"order": 7}', None),
         ("order-paid", None, "/wD+"),
     ]
+    store = vault_core.open_store(tmp_path / "data")
+    assert [(m.key, m.value) for m in store.reader("orders-copy").replay()] == [
+        (m.key, m.value) for m in store.reader("orders").replay()
+    ]
+    # Then the HTTP API's section: `vault serve` on ./data, and its commands beside it, in order.
+    text = (ROOT / "README.md").read_text()
+    http_section = text[text.index("## The HTTP API") :]
+    served = re.search(r"```sh\n(.*?)```", http_section, re.S).group(1)
+    assert served.startswith(".venv/bin/vault serve --store ./data --port 7071")
+    beside = re.search(r"While it runs.*?```sh\n(.*?)```", http_section, re.S).group(1)
+    server = Served(str(tmp_path / "data"), None)
+    try:
+        result = subprocess.run(
+            ["bash", "-e", "-x", "-c", beside.replace("127.0.0.1:7071", f"127.0.0.1:{server.port}")],
+            cwd=tmp_path,
+            env={**os.environ, "VAULT_STORE": "./data"},  # still exported, as the section before left it
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stderr
+    assert "nothing to publish: all 2 messages of orders.jsonl are in orders already" in result.stdout
+    assert result.stdout.count("order-") == 2  # and the two read back
+    # Run in the checkout, the examples leave nothing that git would pick up.
+    left = [entry.name + ("/" if entry.is_dir() else "") for entry in tmp_path.iterdir()]
+    for name in left:
+        ignored = subprocess.run(["git", "check-ignore", "--no-index", "-q", name], cwd=ROOT)
+        assert ignored.returncode == 0, f"{name}, which the README's examples leave, is not in .gitignore"
+
+
+def test_the_layout_and_contributing_name_only_what_the_repository_has():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    readme = (ROOT / "README.md").read_text()
+    texts = [
+        readme[readme.index("## Layout") : readme.index("## Changes")],
+        (ROOT / "CONTRIBUTING.md").read_text(),
+    ]
+    for text in texts:
+        for path in set(re.findall(r"`([\w./-]+\.(?:py|js|sh|md|json|bicep|bicepparam|c|txt))`", text)):
+            assert any(name == path or name.endswith("/" + path) for name in tracked), path
+    assert (ROOT / "LICENSE").read_text().startswith("BSD 3-Clause License")

@@ -200,7 +200,8 @@ def create_app(
         finally:
             client = scope.get("client") or ("-", 0)
             took = (time.perf_counter() - started) * 1000
-            requests.info("%s %s %s %d %.1f ms", client[0], scope["method"], scope["path"], status, took)
+            answered = status or "-"  # nothing was sent: the client went away
+            requests.info("%s %s %s %s %.1f ms", client[0], scope["method"], scope["path"], answered, took)
 
     return app
 
