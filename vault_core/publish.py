@@ -30,7 +30,7 @@ from typing import IO, Any, NamedTuple
 
 from . import format as fmt
 from .errors import CorruptDataError, VaultError
-from .lines import BadLine, parse_lines
+from .lines import BadLine, parse_line
 from .reader import StreamReader
 from .stores.base import Store, read_batch
 
@@ -138,36 +138,31 @@ def publish(
         raise ValueError(f"batch_size must be 1 to {fmt.MAX_BATCH_MESSAGES}, got {batch_size!r}")
     with _Input.of(source, name) as input_:
         salt = os.urandom(16).hex() if again else ""
-        total, lineage = input_.check(salt)
-        if total == 0:
-            raise BadInput(f"no messages in {input_.name}: nothing to publish")
+        lineage = input_.lineage(salt)
         destination = _Destination.to(stream, store, url, key, lineage, state_dir)
         try:
-            known = destination.known()
-            done, since = (
-                (0, None) if again else _already_in(stream, input_, salt, lineage, known, destination)
-            )
+            reader = None if again else destination.reader()
+            known = [] if reader is None else destination.known()
+            with contextlib.closing(reader) if reader else contextlib.nullcontext():
+                total, claims = _scan(input_, salt, lineage, reader, known)
+                already = (
+                    _Resume()
+                    if reader is None
+                    else _already_in(stream, reader, input_, lineage, claims, known)
+                )
             return _append(
-                stream,
-                input_,
-                salt,
-                lineage,
-                total,
-                batch_size,
-                (done, since),
-                destination,
-                progress,
-                should_stop,
+                stream, input_, salt, lineage, total, batch_size, already, destination, progress, should_stop
             )
         finally:
             destination.close()
 
 
 class _Input:
-    """The input, which can be read again from its start: the messages, numbered from 1."""
+    """The input, which can be read again from its start or from a resume point: the messages,
+    each with the resume point after it (a byte offset in a file, an index in a list)."""
 
     def __init__(
-        self, name: str, messages: Callable[[], Iterator[fmt.Message]], file: IO[bytes] | None
+        self, name: str, messages: Callable[[int], Iterator[tuple[fmt.Message, int]]], file: IO[bytes] | None
     ) -> None:
         self.name = name
         self._messages = messages
@@ -177,28 +172,28 @@ class _Input:
     def of(cls, source: Source, name: str | None) -> _Input:
         if isinstance(source, str | os.PathLike):
             file = open(source, "rb")  # noqa: SIM115 - closed by __exit__
-            return cls(name or os.fspath(source), lambda: _rewound(file), file)
+            return cls(name or os.fspath(source), lambda start: _lines_of(file, start), file)
         if hasattr(source, "read") and hasattr(source, "seek"):
             lines: IO[bytes] = source  # type: ignore[assignment]
-            return cls(name or str(getattr(lines, "name", "the input")), lambda: _rewound(lines), None)
+            named = name or str(getattr(lines, "name", "the input"))
+            return cls(named, lambda start: _lines_of(lines, start), None)
         if isinstance(source, Iterable):
             messages = [_as_message(m, n) for n, m in enumerate(source, 1)]
-            return cls(name or "the messages", lambda: iter(messages), None)
+            return cls(name or "the messages", lambda start: _items_of(messages, start), None)
         raise TypeError(f"source must be a path, a binary file or messages, got {type(source).__name__}")
 
-    def messages(self, after: int = 0) -> Iterator[fmt.Message]:
-        return islice(self._messages(), after, None)
-
-    def check(self, salt: str) -> tuple[int, str]:
-        """The number of messages, and the lineage: BadInput at the first line that is wrong."""
-        count, lineage = 0, ""
+    def messages(self, start: int = 0) -> Iterator[tuple[fmt.Message, int]]:
+        """The messages from resume point `start`; BadInput at a line that is no message."""
         try:
-            for count, message in enumerate(self.messages(), 1):
-                if count == 1:
-                    lineage = next(_chained(iter([message]), salt))[1][:LINEAGE_HEX]
+            yield from self._messages(start)
         except BadLine as error:
             raise BadInput(f"{self.name}, {error}; nothing was published") from None
-        return count, lineage
+
+    def lineage(self, salt: str) -> str:
+        """What names the input: the hash of its first message (BadInput if there is none)."""
+        for message, _ in self.messages():
+            return _extend(hashlib.sha256(salt.encode()), message)[:LINEAGE_HEX]
+        raise BadInput(f"no messages in {self.name}: nothing to publish")
 
     def __enter__(self) -> _Input:
         return self
@@ -208,9 +203,19 @@ class _Input:
             self._file.close()
 
 
-def _rewound(file: IO[bytes]) -> Iterator[fmt.Message]:
-    file.seek(0)
-    return parse_lines(file)
+def _lines_of(file: IO[bytes], start: int) -> Iterator[tuple[fmt.Message, int]]:
+    file.seek(start)
+    at = start
+    for number, line in enumerate(file, 1):  # numbered from the start of the file (start 0)
+        at += len(line)
+        message = parse_line(line, number)
+        if message is not None:
+            yield message, at
+
+
+def _items_of(messages: list[fmt.Message], start: int) -> Iterator[tuple[fmt.Message, int]]:
+    for index in range(start, len(messages)):
+        yield messages[index], index + 1
 
 
 def _as_message(message: object, number: int) -> fmt.Message:
@@ -221,15 +226,13 @@ def _as_message(message: object, number: int) -> fmt.Message:
     raise TypeError(f"message {number} must be a Message (key, value), got {type(message).__name__}")
 
 
-def _chained(messages: Iterator[fmt.Message], salt: str) -> Iterator[tuple[fmt.Message, str]]:
-    """Each message with the hash of the input up to it (the chain its batch id carries)."""
-    running = hashlib.sha256(salt.encode())
-    for key, value in messages:
-        encoded = key.encode()
-        running.update(_SIZES.pack(len(encoded), len(value)))
-        running.update(encoded)
-        running.update(value)
-        yield fmt.Message(key, value), running.copy().hexdigest()[:CHAIN_HEX]
+def _extend(running: Any, message: fmt.Message) -> str:
+    """Add a message to the running hash of the input; the chain up to it, as batch ids carry it."""
+    encoded = message.key.encode()
+    running.update(_SIZES.pack(len(encoded), len(message.value)))
+    running.update(encoded)
+    running.update(message.value)
+    return str(running.copy().hexdigest()[:CHAIN_HEX])
 
 
 def batch_id(lineage: str, count: int, chain: str) -> str:
@@ -243,43 +246,64 @@ class _Point(NamedTuple):
     position: int  # where the batch starts in the stream
 
 
+@dataclass
+class _Resume:
+    """Where a publish goes on from: after the input's first `done` messages, held by the batch
+    `since`; with the running hash and the input's resume point there when the scan kept them."""
+
+    done: int = 0
+    since: _Point | None = None
+    running: Any = None
+    at: int = 0
+
+
+def _scan(
+    input_: _Input, salt: str, lineage: str, reader: StreamReader | None, known: list[_Point]
+) -> tuple[int, list[_Resume]]:
+    """Check every message of the input (BadInput at the first that is wrong) and count them; and
+    where the stream is there to look in, collect the claims that a prefix of the input is in it:
+    a batch id the stream remembers, a point of the progress record whose chain matches."""
+    remembered = {} if reader is None else dict(fmt.ring_entries(reader.commit_record().ring))
+    recorded = {point.upto: point for point in known}
+    running = hashlib.sha256(salt.encode())
+    claims: list[_Resume] = []
+    count = 0
+    for count, (message, at) in enumerate(input_.messages(), 1):
+        if reader is None:
+            continue  # a new stream: nothing to recognise
+        chain = _extend(running, message)
+        start = remembered.get(fmt.batch_id_hash(batch_id(lineage, count, chain).encode()))
+        point = recorded.get(count)
+        if start is None and point is not None and point.chain == chain:
+            start = point.position
+        if start is not None:
+            claims.append(_Resume(count, _Point(count, chain, start), running.copy(), at))
+    return count, claims
+
+
 def _already_in(
     stream: str,
+    reader: StreamReader,
     input_: _Input,
-    salt: str,
     lineage: str,
+    claims: list[_Resume],
     known: list[_Point],
-    destination: _Destination,
-) -> tuple[int, _Point | None]:
-    """How many of the input's first messages are in the stream, and the batch that holds the last
-    of them. Each claim (a batch id the stream remembers, a point of the progress record) counts
-    only if the stream holds, where it says, a batch with exactly that id."""
-    reader = destination.reader()
-    if reader is None:
-        return 0, None
-    with reader:
-        commit = reader.commit_record()
-        remembered = {id_hash: start for id_hash, start in fmt.ring_entries(commit.ring)}
-        recorded = {point.upto: point for point in known}
-        claims: list[_Point] = []
-        for count, (_message, chain) in enumerate(_chained(input_.messages(), salt), 1):
-            start = remembered.get(fmt.batch_id_hash(batch_id(lineage, count, chain).encode()))
-            if start is not None:
-                claims.append(_Point(count, chain, start))
-            point = recorded.get(count)
-            if point is not None and point.chain == chain:
-                claims.append(point)
-        end = commit.position
-        since = next((c for c in sorted(claims, reverse=True) if _holds(reader, lineage, c, end)), None)
-        done = since.upto if since else 0
-        beyond = [point for point in known if point.upto > done]
-        if beyond and (since is not None or _holds(reader, lineage, known[0], end)):
-            # The record knows of more of this lineage than the input matches: read what was
-            # published after `since` and compare it with the input, message by message.
-            start = known[0].position if since is None else since.position
-            until = min(end, max(point.position for point in beyond) + 1)
-            done, since = _compare(stream, reader, input_, lineage, (done, since), start, until)
-        return done, since
+) -> _Resume:
+    """The longest prefix of the input that is in the stream. A claim counts only if the stream
+    holds, where it says, a batch with exactly that id; if the progress record knows of more of
+    this lineage than that, what was published after it is compared with the input."""
+    end = reader.position()
+    found = next(
+        (c for c in reversed(claims) if c.since and _holds(reader, lineage, c.since, end)), _Resume()
+    )
+    beyond = [point for point in known if point.upto > found.done]
+    if beyond and (found.since is not None or _holds(reader, lineage, known[0], end)):
+        start = known[0].position if found.since is None else found.since.position
+        until = min(end, max(point.position for point in beyond) + 1)
+        done, since = _compare(stream, reader, input_, lineage, (found.done, found.since), start, until)
+        if done != found.done:
+            return _Resume(done, since)  # the running hash there is worked out again
+    return found
 
 
 def _holds(reader: StreamReader, lineage: str, point: _Point, end: int) -> bool:
@@ -305,7 +329,7 @@ def _compare(
     messages with the input after its first `done`: PublishRefused at the first that differs;
     else how far they agree."""
     done, since = already
-    expected = input_.messages(done)
+    expected = (message for message, _ in islice(input_.messages(), done, None))
     for header, messages in reader.headed_batches(start):
         if header.position >= until:
             break
@@ -352,25 +376,20 @@ def _append(
     lineage: str,
     total: int,
     batch_size: int,
-    already: tuple[int, _Point | None],
+    already: _Resume,
     destination: _Destination,
     progress: Callable[[PublishProgress], None] | None,
     should_stop: Callable[[], bool] | None,
 ) -> PublishResult:
-    """Append the input after its first `done` messages (`since`: the batch that holds the last
-    of them), recording progress as it goes."""
-    done, since = already
+    """Append the input after its first `already.done` messages, recording progress as it goes."""
+    done, since = already.done, already.since
     report = progress or (lambda _: None)
-    created = destination.created
     first = last = position = None
     held, batches, sending = done, 0, 0
     points = destination.known()
     report(PublishProgress(held, 0, total))
-    chained = _chained(input_.messages(), salt)
-    for _ in islice(chained, done):
-        pass
     try:
-        for batch, chain in _batches(chained, batch_size):
+        for batch, chain in _batches(_chained(input_, salt, already), batch_size):
             if should_stop is not None and should_stop():
                 break
             sending = len(batch)
@@ -403,8 +422,21 @@ def _append(
     if since is not None and batches:
         destination.remember(points, since, input_.name)
     return PublishResult(
-        stream, total, done, held - done, batches, first, last, position, created, held == total
+        stream, total, done, held - done, batches, first, last, position, destination.created, held == total
     )
+
+
+def _chained(input_: _Input, salt: str, already: _Resume) -> Iterator[tuple[fmt.Message, str]]:
+    """The messages after the first `already.done`, each with the chain up to it: from the resume
+    point the scan kept, or worked out again from the start."""
+    if already.running is not None:
+        running, messages = already.running, input_.messages(already.at)
+    else:
+        running, messages = hashlib.sha256(salt.encode()), input_.messages()
+        for message, _ in islice(messages, already.done):
+            _extend(running, message)
+    for message, _ in messages:
+        yield message, _extend(running, message)
 
 
 def _batches(
