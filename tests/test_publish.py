@@ -5,6 +5,7 @@ read-only disk is a message that says what to do, and the retry completes the st
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -18,10 +19,12 @@ from pathlib import Path
 import pytest
 
 import vault_core
+from tests.support.azurite import Azurite
 from tests.support.served import Served
 from tests.test_cli import VAULT, json_lines, lines_of, vault
 from vault_core.client import VaultClient
 
+_containers = itertools.count()
 ROWS = [(f"key-{i % 7}", f"event {i} ".encode() * (1 + i % 4)) for i in range(6000)]
 
 
@@ -50,20 +53,26 @@ def interrupt(
 
 
 @contextlib.contextmanager
-def publishing(tmp_path: Path, via: str) -> Iterator[tuple[list[str], vault_core.Store, Served | None]]:
-    """The arguments of `vault publish events <ROWS as a file>` in batches of 5, to a store or
-    through a `vault serve` on it; the store; the server, if any."""
+def publishing(
+    tmp_path: Path, via: str, azurite: Azurite | None = None
+) -> Iterator[tuple[list[str], vault_core.Store, Served | None]]:
+    """The arguments of `vault publish events <ROWS as a file>` in batches of 5, to a store
+    ("store"; "azurite": a container of its own there) or through a `vault serve` on a local
+    store ("url"); the store; the server, if any."""
     source = tmp_path / "events.jsonl"
     source.write_text(lines_of(ROWS))
     root = tmp_path / "vault"
     served = Served(str(root), "vault") if via == "url" else None
-    where = ["--url", served.url] if served else ["--store", str(root)]
+    if via == "azurite":
+        assert azurite is not None
+        container = f"publish-{next(_containers)}"
+        store = vault_core.open_store(azurite.connection_string, container=container)
+        where = ["--store", azurite.connection_string, "--container", container]
+    else:
+        store = vault_core.open_store(root)
+        where = ["--url", served.url] if served else ["--store", str(root)]
     try:
-        yield (
-            ["publish", "events", str(source), "--batch-size", "5", *where],
-            vault_core.open_store(root),
-            served,
-        )
+        yield (["publish", "events", str(source), "--batch-size", "5", *where], store, served)
     finally:
         if served:
             served.stop()
@@ -274,11 +283,12 @@ def test_ctrl_c_twice_stops_at_once_and_the_rerun_still_stores_each_line_once(tm
     assert stored(store, "events") == ROWS
 
 
-@pytest.mark.parametrize("via", ["store", "url"])
-def test_a_file_that_grew_publishes_only_its_new_lines_whatever_the_batch_size(tmp_path, via):
+@pytest.mark.parametrize("via", ["store", "url", "azurite"])
+def test_a_file_that_grew_publishes_only_its_new_lines_whatever_the_batch_size(tmp_path, via, request):
     """2,500 lines published, 2,500 more appended to the file, published again with another batch
     size: the stream holds each of the 5,000 once."""
-    with publishing(tmp_path, via) as (args, store, _):
+    azurite = request.getfixturevalue("azurite") if via == "azurite" else None
+    with publishing(tmp_path, via, azurite) as (args, store, _):
         source = Path(args[2])
         source.write_text(lines_of(ROWS[:2500]))
         assert vault(*args).returncode == 0
@@ -294,9 +304,10 @@ def test_a_file_that_grew_publishes_only_its_new_lines_whatever_the_batch_size(t
         assert len(stored(store, "events")) == 5000
 
 
-@pytest.mark.parametrize("via", ["store", "url"])
-def test_an_input_whose_published_part_changed_is_refused_and_again_publishes_it_anew(tmp_path, via):
-    with publishing(tmp_path, via) as (args, store, _):
+@pytest.mark.parametrize("via", ["store", "url", "azurite"])
+def test_an_input_whose_published_part_changed_is_refused_and_again_publishes_it_anew(tmp_path, via, request):
+    azurite = request.getfixturevalue("azurite") if via == "azurite" else None
+    with publishing(tmp_path, via, azurite) as (args, store, _):
         source = Path(args[2])
         rows = ROWS[:1000]
         source.write_text(lines_of(rows))
