@@ -15,7 +15,7 @@ from pathlib import Path
 
 import vault_core
 from tests.support import ROOT
-from tests.support.azurite import free_port, stop_process
+from tests.support.azurite import busy_port, free_port, stop_process
 from tests.support.served import Served
 
 
@@ -78,10 +78,7 @@ def test_the_readmes_emulator_command_prints_the_connection_string_it_shows(tmp_
 
 
 def test_the_emulator_on_a_busy_port_says_which_and_how_to_pick_another(tmp_path):
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with busy_port() as port:
         result = subprocess.run(
             [str(ROOT / "scripts" / "azurite.sh")],
             cwd=ROOT,

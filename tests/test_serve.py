@@ -17,7 +17,7 @@ import httpx
 
 import vault_core
 from tests.support import ROOT
-from tests.support.azurite import KEY, free_port
+from tests.support.azurite import KEY, busy_port, free_port
 from tests.support.served import Served
 from vault_core import Message
 from vault_core import format as fmt
@@ -200,10 +200,7 @@ def test_settings_from_the_environment_and_no_secret_in_the_output(azurite, tmp_
 
 
 def test_a_port_in_use_is_one_line_and_exit_1(tmp_path):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with busy_port() as port:
         done = subprocess.run(
             [sys.executable, "-m", "vault_core.cli", "serve", "--store", str(tmp_path), "--port", str(port)],
             cwd=ROOT,
