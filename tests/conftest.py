@@ -85,6 +85,12 @@ def local_store(tmp_path) -> vault_core.Store:
     return vault_core.open_store(tmp_path / "vault")
 
 
+@pytest.fixture
+def memory_store() -> vault_core.Store:
+    """A store in this process's memory, of its own."""
+    return vault_core.open_store("memory:")
+
+
 @pytest.fixture(params=["local", "azurite"])
 def store(request) -> vault_core.Store:
     """Each store backend in turn: the conformance suite runs unchanged against both."""

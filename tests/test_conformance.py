@@ -1,4 +1,5 @@
-"""The behaviour every store backend must have. Each test runs against the local store and Azurite."""
+"""The behaviour every store backend must have. Each test runs against the local store, Azurite and
+the in-memory store."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ from tests.support.streams import contents
 from vault_core import Message
 
 MiB = 1024 * 1024
+
+
+@pytest.fixture(params=["local", "azurite", "memory"])
+def store(request) -> vault_core.Store:
+    """Each store backend in turn (the suite's `store`, with the in-memory one too)."""
+    return request.getfixturevalue(f"{request.param}_store")
 
 
 def batch(n: int, tag: str = "m", size: int = 10) -> list[Message]:

@@ -58,3 +58,18 @@ def test_a_local_read_url_names_the_stream(tmp_path):
     assert url.startswith("file://") and Path(url[len("file://") :]) == tmp_path.resolve() / "orders" / "log"
     reader = vault_core.open_reader(url)
     assert reader.stream == "orders" and reader.position() == 0
+
+
+def test_memory_stores_are_private_unless_named_and_read_urls_work_in_this_process():
+    first, second = vault_core.open_store("memory:"), vault_core.open_store("memory:")
+    with first.writer("s") as writer:
+        writer.append([vault_core.Message("k", b"v")])
+    assert first.streams() == ["s"] and second.streams() == []
+    named = vault_core.open_store("memory:shared-by-name")
+    with named.writer("t") as writer:
+        writer.append([vault_core.Message("k", b"named")])
+    assert vault_core.open_store("memory:shared-by-name").streams() == ["t"]
+    assert [m.value for m in vault_core.open_reader(first.read_url("s")).replay()] == [b"v"]
+    assert [m.value for m in vault_core.open_reader(named.read_url("t")).replay()] == [b"named"]
+    with pytest.raises(ValueError, match="no memory store 'elsewhere' in this process"):
+        vault_core.open_reader("memory:elsewhere/s")

@@ -183,6 +183,12 @@ def _store(target: str | None, container: str) -> Store:
     cannot be reached is one quick line rather than retries."""
     if not target:
         raise click.UsageError("say where the streams are: --store TARGET (or set VAULT_STORE)")
+    if target.strip().lower().startswith("memory:"):
+        raise click.BadParameter(
+            f"{target} keeps streams in the memory of the process that opens it, and this command's "
+            "is gone when it ends: give a directory, a connection string or an account URL",
+            param_hint="--store / VAULT_STORE",
+        )
     try:
         if target.lower().startswith(("https://", "http://")):
             store = open_store(target, container=container, credential=_azure_login())

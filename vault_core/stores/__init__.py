@@ -23,9 +23,14 @@ def open_store(
     """A local directory path -> the embedded store; an Azure Storage connection string
     ("UseDevelopmentStorage=true" for the emulator) or an account URL ("https://<account>.blob.
     core.windows.net[/<container>]", with `credential`, by default DefaultAzureCredential) ->
-    page blobs in `container`."""
+    page blobs in `container`; "memory:" (a new store) or "memory:NAME" (this process's store of
+    that name) -> streams in memory."""
     if isinstance(target, str):
         lowered = target.strip().lower()
+        if lowered.startswith("memory:"):
+            from .memory import memory_store
+
+            return memory_store(target.strip())
         if lowered.startswith(("https://", "http://")):
             from .blob import BlobStore
 
@@ -41,8 +46,9 @@ def open_store(
             raise ValueError(
                 f"store target {target.split('?', 1)[0][:80]!r} looks like a URL, but {scheme[1]}: is not a "
                 "kind of store: give a directory (./data), an Azure Storage connection string "
-                "(UseDevelopmentStorage=true for Azurite), or an account URL (https://ACCOUNT.blob.core."
-                "windows.net); a directory whose name has a colon is written ./NAME"
+                "(UseDevelopmentStorage=true for Azurite), an account URL (https://ACCOUNT.blob.core."
+                "windows.net) or memory: (in this process); a directory whose name has a colon is "
+                "written ./NAME"
             )
     elif not isinstance(target, os.PathLike):
         raise TypeError(f"store target must be a path or a string, got {type(target).__name__}")
@@ -72,11 +78,15 @@ def open_source(url: str, *, credential: Any = None, key: str | None = None) -> 
         from .local import source_from_url
 
         return source_from_url(url)
+    if scheme == "memory":
+        from .memory import source_from_url as memory_source_from_url
+
+        return memory_source_from_url(url)
     if scheme in ("https", "http"):
         from .blob import source_from_url as blob_source_from_url
 
         return blob_source_from_url(url, credential=credential)
-    raise ValueError(f"unsupported read URL {url!r}: expected file://, https:// or http://")
+    raise ValueError(f"unsupported read URL {url!r}: expected file://, https://, http:// or memory:")
 
 
 def is_api_url(url: str) -> bool:
