@@ -1,6 +1,9 @@
 """Message Vault on Azure Functions: the table of contents. Each function delegates to
 vault_core.function_host; the `stream_writer` entity is the only code in the app that appends."""
 
+from collections.abc import Generator
+from typing import Any
+
 import azure.durable_functions as df
 import azure.functions as func
 
@@ -65,7 +68,7 @@ def openapi(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.orchestration_trigger(context_name="context")
-def append_batch(context: df.DurableOrchestrationContext):
+def append_batch(context: df.DurableOrchestrationContext) -> Generator[Any, Any, dict[str, Any]]:
     """Calls the stream's entity, retrying with durable timers while the problem may pass; its
     instance id is the stream and the Idempotency-Key."""
     return host.append_orchestration(context)

@@ -42,7 +42,7 @@ import mimetypes
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -458,7 +458,7 @@ def _stage(name: str, batch: bytes) -> str:
 # --- the orchestration ---------------------------------------------------------------------------
 
 
-def append_orchestration(context: df.DurableOrchestrationContext):
+def append_orchestration(context: df.DurableOrchestrationContext) -> Generator[Any, Any, dict[str, Any]]:
     """Calls the stream's entity, and again after a durable timer while the answer is a problem
     that may pass. Durable replays repeat the calls' results, never the appends."""
     payload = context.get_input(expected_type=dict)
@@ -471,6 +471,7 @@ def append_orchestration(context: df.DurableOrchestrationContext):
         if not result.get("retry") or delay is None:
             return result
         yield context.create_timer(context.current_utc_datetime + timedelta(seconds=delay))
+    raise AssertionError("unreachable: the last delay is None, where the loop returns")
 
 
 # --- the entity ----------------------------------------------------------------------------------

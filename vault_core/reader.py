@@ -12,7 +12,7 @@ from queue import Empty, Full, Queue
 from typing import NamedTuple, TypeVar
 
 from . import format as fmt
-from .errors import InvalidPosition
+from .errors import CorruptDataError, InvalidPosition
 from .stores.base import LogSource, read_batch, read_commit_record
 
 # A replay's first request is small, so decoding starts early; each next one doubles up to the last.
@@ -265,7 +265,7 @@ class StreamReader:
                 data, at = self._source.read(fmt.data_at(position), header.length), 0
             fmt.verify_batch(self.stream, data, at, header)
             fmt.decode_checked(self.stream, data, at, header)
-        except fmt.CorruptDataError:
+        except CorruptDataError:
             return None
         return header
 
@@ -281,10 +281,10 @@ class StreamReader:
             for buffer, at, header in frames:
                 messages += len(fmt.decode_checked(self.stream, buffer, at, header))
                 if header.timestamp_ms < last_timestamp:
-                    raise fmt.CorruptDataError(self.stream, header.position, "timestamp goes back in time")
+                    raise CorruptDataError(self.stream, header.position, "timestamp goes back in time")
                 id_hash = ring.pop(header.position, None)
                 if id_hash is not None and id_hash != fmt.batch_id_hash(header.batch_id):
-                    raise fmt.CorruptDataError(
+                    raise CorruptDataError(
                         self.stream, header.position, "the commit's batch-id ring names another batch id"
                     )
                 last_timestamp = header.timestamp_ms
@@ -292,11 +292,11 @@ class StreamReader:
             if progress is not None:
                 progress(frames[-1][2].end)
         if ring:
-            raise fmt.CorruptDataError(
+            raise CorruptDataError(
                 self.stream, min(ring), "the commit's batch-id ring names a position where no batch starts"
             )
         if commit.position and commit.timestamp_ms != last_timestamp:
-            raise fmt.CorruptDataError(self.stream, 0, "the commit's time is not the last batch's time")
+            raise CorruptDataError(self.stream, 0, "the commit's time is not the last batch's time")
         return VerifyReport(self.stream, commit.position, batches, messages)
 
     def chunks(self, start: int, end: int) -> Generator[list[Frame], None, None]:
@@ -360,7 +360,7 @@ class StreamReader:
         head = self._source.read(fmt.data_at(start), fmt.BATCH_HEADER.size)
         try:
             batch = fmt.decode_batch_header(self.stream, head, 0, start)
-        except fmt.CorruptDataError:
+        except CorruptDataError:
             raise not_a_boundary from None
         if not start + batch.records_at <= position < batch.end:
             raise not_a_boundary
@@ -382,7 +382,7 @@ class StreamReader:
             frames: list[Frame] = []
             try:
                 pending, position = self._frame_chunk(data, pending, position, end, frames)
-            except fmt.CorruptDataError:
+            except CorruptDataError:
                 if frames:  # what comes before the damage is still good
                     yield frames
                 raise
@@ -391,7 +391,7 @@ class StreamReader:
             if len(data) < length:  # the log ends here: `position` starts the batch it cut short
                 raise fmt.log_cut_short(self.stream, position)
         if position != end:  # fewer bytes than a batch header left below the committed position
-            raise fmt.CorruptDataError(
+            raise CorruptDataError(
                 self.stream, position, f"batch header runs past the committed position {end}"
             )
 
@@ -438,7 +438,7 @@ class StreamReader:
         as soon as the header is read, before waiting for bytes past the committed position."""
         header = fmt.decode_batch_header(self.stream, buffer, at, position)
         if header.end > end:
-            raise fmt.CorruptDataError(self.stream, position, f"batch runs past the committed position {end}")
+            raise CorruptDataError(self.stream, position, f"batch runs past the committed position {end}")
         return header
 
     def close(self) -> None:

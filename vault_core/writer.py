@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from . import format as fmt
-from .errors import BatchIdConflict, FencedError, VaultError
+from .errors import BatchIdConflict, CorruptDataError, FencedError, VaultError
 from .stores.base import LogWriter, read_batch, read_commit_slots
 
 # A group commit takes queued batches until its write reaches this size; the rest wait their turn.
@@ -66,11 +66,11 @@ class StreamWriter:
         at = fmt.data_at(commit.position)
         if commit.position and self._log.size() < at:
             # Appending after a hole would bury the loss under new commits.
-            raise fmt.CorruptDataError(self.stream, commit.position, "log is shorter than committed")
+            raise CorruptDataError(self.stream, commit.position, "log is shorter than committed")
         tail_length = at % fmt.PAGE
         self._tail = self._log.read(at - tail_length, tail_length) if tail_length else b""
         if len(self._tail) != tail_length:
-            raise fmt.CorruptDataError(self.stream, commit.position, "log is shorter than committed")
+            raise CorruptDataError(self.stream, commit.position, "log is shorter than committed")
         self._in_doubt = False
 
     @property
