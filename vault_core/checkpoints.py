@@ -15,6 +15,7 @@ import time
 from datetime import UTC, datetime
 from typing import NamedTuple
 
+from .errors import check_int
 from .format import check_stream_name
 
 MAX_POSITION = 2**63 - 1  # a table stores it as Edm.Int64
@@ -41,11 +42,10 @@ def check_group_name(name: object) -> str:
 
 
 def _check_position(position: object) -> int:
-    if isinstance(position, bool) or not isinstance(position, int):
-        raise TypeError(f"checkpoint position must be an int, got {type(position).__name__}")
-    if not 0 <= position <= MAX_POSITION:
-        raise ValueError(f"checkpoint position must be 0 to 2**63 - 1, got {position}")
-    return position
+    checked = check_int("checkpoint position", position)
+    if not 0 <= checked <= MAX_POSITION:
+        raise ValueError(f"checkpoint position must be 0 to 2**63 - 1, got {checked}")
+    return checked
 
 
 class Checkpoints(abc.ABC):

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NamedTuple
 
 from .checkpoints import Checkpoint, Checkpoints
-from .errors import InvalidPosition, OwnershipLost
+from .errors import InvalidPosition, OwnershipLost, check_int
 from .reader import ReadResult, StreamReader
 
 if TYPE_CHECKING:
@@ -40,9 +40,7 @@ class Consumer:
         exclusive: bool = False,
         lease_seconds: float = 30.0,
     ) -> None:
-        if isinstance(start, bool) or not isinstance(start, int):
-            raise TypeError(f"start must be an int, got {type(start).__name__}")
-        if start < 0:
+        if check_int("start", start) < 0:
             raise ValueError(f"start must not be negative, got {start}")
         if not 1 <= lease_seconds <= 3600:
             raise ValueError(f"lease_seconds must be 1 to 3600, got {lease_seconds}")

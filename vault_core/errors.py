@@ -102,3 +102,11 @@ class CheckpointConflict(VaultError):
         self.stream = stream
         self.current = current
         self.expected = expected
+
+
+def check_int(name: str, value: object) -> int:
+    """`value`, if it is an int (a bool is not one, though Python says so); else TypeError naming
+    the argument. Every public call that takes a count or a position checks it so."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return value

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from . import format as fmt
-from .errors import CorruptDataError, VaultError
+from .errors import CorruptDataError, VaultError, check_int
 from .lines import BadLine, parse_line
 from .reader import StreamReader
 from .stores.base import Store, read_batch
@@ -130,11 +130,7 @@ def publish(
     fmt.check_stream_name(stream)
     if (store is None) == (url is None):
         raise ValueError("publish to a store or to an HTTP API url: give exactly one")
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, int)
-        or not 1 <= batch_size <= fmt.MAX_BATCH_MESSAGES
-    ):
+    if not 1 <= check_int("batch_size", batch_size) <= fmt.MAX_BATCH_MESSAGES:
         raise ValueError(f"batch_size must be 1 to {fmt.MAX_BATCH_MESSAGES}, got {batch_size!r}")
     with _Input.of(source, name) as input_:
         salt = os.urandom(16).hex() if again else ""

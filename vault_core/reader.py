@@ -12,7 +12,7 @@ from queue import Empty, Full, Queue
 from typing import NamedTuple, TypeVar
 
 from . import format as fmt
-from .errors import CorruptDataError, InvalidPosition
+from .errors import CorruptDataError, InvalidPosition, check_int
 from .stores.base import LogSource, read_batch, read_commit_record
 
 # A replay's first request is small, so decoding starts early; each next one doubles up to the last.
@@ -334,9 +334,7 @@ class StreamReader:
     def _locate(self, position: int, end: int) -> int:
         """The start of the batch holding `position`; InvalidPosition unless it is 0, the end, a
         batch start or a record offset (checked fully once the batch is decoded)."""
-        if isinstance(position, bool) or not isinstance(position, int):
-            raise TypeError(f"position must be an int, got {type(position).__name__}")
-        if not 0 <= position <= end:
+        if not 0 <= check_int("position", position) <= end:
             raise InvalidPosition(
                 f"position {position} is outside stream {self.stream!r} (0 to {end}): read from an offset "
                 "or position the vault returned"
@@ -522,7 +520,5 @@ def _in_background(groups: Generator[list[T], None, None]) -> Generator[list[T],
 
 
 def _check_limit(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
+    if check_int(name, value) < 1:
         raise ValueError(f"{name} must be at least 1, got {value}")

@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from .. import format as fmt
+from ..errors import check_int
 from ..format import check_stream_name
 
 if TYPE_CHECKING:
@@ -155,9 +156,7 @@ class Store(abc.ABC):
         from ..writer import StreamWriter
 
         check_stream_name(stream)
-        if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, int):
-            raise TypeError("lease_seconds must be an int")
-        if not 15 <= lease_seconds <= 60:
+        if not 15 <= check_int("lease_seconds", lease_seconds) <= 60:
             raise ValueError(f"lease_seconds must be 15 to 60, got {lease_seconds}")
         if not isinstance(takeover, bool):
             raise TypeError("takeover must be a bool")
