@@ -28,6 +28,7 @@ from . import format as fmt
 from .errors import CorruptDataError, StreamBusyError, UnknownFormatVersion, VaultError
 from .lines import iso_time, to_json, to_text
 from .stores import Store, open_source
+from .stores.base import log_exists
 
 
 class _Group(click.Group):
@@ -255,9 +256,10 @@ def _reader(
         named, source = open_source(url, credential=None if signed else _azure_login())
         if named != stream:
             raise click.UsageError(f"--url is the read URL of stream {named!r}, not of {stream!r}")
-        if source.size() == 0 and wait_for_it:
+        exists = log_exists(source)
+        if not exists and wait_for_it:
             click.echo(missing, err=True)
-        elif source.size() == 0:
+        elif not exists:
             where = url.split("?", 1)[0]  # not the SAS
             raise click.ClickException(
                 f"no stream at {where}: check the URL (GET /api/streams/{stream} gives a fresh one)"
@@ -287,7 +289,7 @@ def _reader(
             "address or the stream's read URL"
         )
     store = _existing_store(target, container)
-    if stream not in store.streams():
+    if not store.has_stream(stream):
         if not wait_for_it:
             raise click.ClickException(
                 f"stream {stream!r} does not exist in {store}; `vault streams` lists the streams there"
@@ -882,7 +884,7 @@ def delete(stream: str, target: str | None, container: str, confirm: str | None)
     stream's name first (or takes it from --confirm); refused while a writer holds the stream."""
     fmt.check_stream_name(stream)
     store = _existing_store(target, container)
-    if stream not in store.streams():
+    if not store.has_stream(stream):
         raise click.ClickException(f"stream {stream!r} does not exist in {store}; nothing was deleted")
     status = store.reader(stream).status()
     if confirm is None:

@@ -518,7 +518,7 @@ class _ToStore(_Destination):
         super().__init__(stream, lineage)
         self._store = store
         self._writer: Any = None
-        self.created = stream not in store.streams()
+        self.created = not store.has_stream(stream)
         self._record = f"_publish/{stream}/{lineage}.json"
 
     def reader(self) -> StreamReader | None:

@@ -97,7 +97,7 @@ def read_url_lifetime(seconds: str | int | None) -> timedelta:
 def describe_stream(store: Store, stream: str, *, lifetime: timedelta = READ_URL_LIFETIME) -> http.StreamInfo:
     """GET /api/streams/{stream}: the position and a read-only URL lasting `lifetime`; 404 for an
     unknown stream."""
-    if stream not in store.streams():
+    if not store.has_stream(stream):
         raise http.ProblemError(404, "not-found", "Unknown stream", f"stream {stream!r} does not exist")
     with store.reader(stream) as reader:
         position = reader.position()
@@ -136,8 +136,8 @@ def serve_log(
     at a time (what a browser reading the log needs where the store has no read URL of its own)."""
     source = store.open_source(stream)
     try:
-        # The size is needed anyway, and a stream's log is never empty: no listing of every
-        # stream on each of the many ranged reads a page makes.
+        # The size is needed anyway, and a stream's log is never empty (stores.base.log_exists):
+        # no listing of every stream on each of the many ranged reads a page makes.
         size = source.size()
         if size == 0:
             raise http.ProblemError(404, "not-found", "Unknown stream", f"stream {stream!r} does not exist")

@@ -73,6 +73,11 @@ class LogWriter(LogSource, Protocol):
 # --- what the reader, the writer and mirror read from any log -----------------------------------
 
 
+def log_exists(log: LogSource) -> bool:
+    """The one answer to "does this stream exist?": its log is there, and not empty."""
+    return log.size() > 0
+
+
 def read_commit_slots(log: LogSource) -> bytes:
     """Both commit slots as stored (empty if the log does not exist)."""
     return log.read(0, 2 * fmt.SLOT_SIZE)
@@ -162,6 +167,15 @@ class Store(abc.ABC):
             raise TypeError("takeover must be a bool")
         return StreamWriter(stream, self.open_log(stream, lease_seconds=lease_seconds, takeover=takeover))
 
+    def has_stream(self, stream: str) -> bool:
+        """Whether the stream exists: its log does, and a log is never empty (a new stream whose
+        first append was refused is removed). One request, however many streams there are."""
+        source = self.open_source(check_stream_name(stream))
+        try:
+            return log_exists(source)
+        finally:
+            source.close()
+
     def delete_stream(self, stream: str) -> None:
         """Remove the stream for good: every consumer group's checkpoint on it, then its log.
         StoreNotFound if there is no such stream; StreamBusyError while a writer holds it (stop
@@ -169,8 +183,7 @@ class Store(abc.ABC):
         its start by every group."""
         from ..errors import StoreNotFound
 
-        check_stream_name(stream)
-        if stream not in self.streams():
+        if not self.has_stream(stream):
             raise StoreNotFound(f"stream {stream!r} does not exist in {self}")
         log = self.open_log(stream, lease_seconds=15)  # no writer can append meanwhile
         try:
