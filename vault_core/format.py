@@ -42,6 +42,13 @@ MAX_BATCH_ID_BYTES = 128
 BATCH_MAGIC = b"MVB\xff"
 # magic, crc, version, flags, id length, reserved, length, position, timestamp ms, count, reserved
 BATCH_HEADER = struct.Struct("<4sIBBBBIQQII")
+# Where in a batch header the fields are that are read or filled in alone (docs/format.md).
+BATCH_CRC_AT = 4  # u32: CRC32C of the batch from BATCH_CHECKED_FROM to its end
+BATCH_CHECKED_FROM = 8  # the checksum covers everything after itself
+BATCH_ID_LENGTH_AT = 10  # u8: the batch id's length; the id follows the header
+BATCH_PLACE_AT = 16  # u64 position, then u64 timestamp ms: filled in when the batch is placed
+BATCH_CRC = struct.Struct("<I")
+BATCH_PLACE = struct.Struct("<QQ")
 # back-pointer to the batch start, value length, key length
 RECORD_HEADER = struct.Struct("<IIB")
 # The 4th byte of a record's back-pointer is below 0x80 (batches are far smaller than 2 GiB), so
@@ -57,6 +64,9 @@ SLOT_SIZE = 33 * PAGE  # a 64-byte header and 1024 ring entries, rounded up to w
 COMMIT_SLOTS = (0, SLOT_SIZE)
 assert COMMIT_HEADER_SIZE + RING_CAPACITY * RING_ENTRY.size <= SLOT_SIZE
 assert 2 * SLOT_SIZE <= DATA_START
+# The named offsets are those of BATCH_HEADER's fields.
+assert (struct.calcsize("<4s"), struct.calcsize("<4sI")) == (BATCH_CRC_AT, BATCH_CHECKED_FROM)
+assert (struct.calcsize("<4sIBB"), struct.calcsize("<4sIBBBBI")) == (BATCH_ID_LENGTH_AT, BATCH_PLACE_AT)
 
 
 def _compiled() -> ModuleType | None:
@@ -234,14 +244,14 @@ def prepare_batch(messages: object, batch_id: bytes = b"") -> PreparedBatch:
 
 def prepared_batch_id(batch: PreparedBatch) -> bytes:
     """The batch id a prepared batch was encoded with (b"" for none)."""
-    return bytes(batch.buffer[BATCH_HEADER.size : BATCH_HEADER.size + batch.buffer[10]])
+    return bytes(batch.buffer[BATCH_HEADER.size : BATCH_HEADER.size + batch.buffer[BATCH_ID_LENGTH_AT]])
 
 
 def seal_batch(batch: PreparedBatch, *, position: int, timestamp_ms: int) -> list[int]:
     """Place a prepared batch at `position`: fill in its header and checksum. Returns the
     stream offsets of its messages."""
-    struct.pack_into("<QQ", batch.buffer, 16, position, timestamp_ms)
-    struct.pack_into("<I", batch.buffer, 4, crc32c(memoryview(batch.buffer)[8:]))
+    BATCH_PLACE.pack_into(batch.buffer, BATCH_PLACE_AT, position, timestamp_ms)
+    BATCH_CRC.pack_into(batch.buffer, BATCH_CRC_AT, crc32c(memoryview(batch.buffer)[BATCH_CHECKED_FROM:]))
     return list(map(position.__add__, batch.offsets))
 
 
@@ -279,8 +289,8 @@ def log_cut_short(stream: str, position: int) -> CorruptDataError:
 
 
 def verify_batch(stream: str, buffer: bytes, at: int, header: BatchHeader) -> None:
-    (stored,) = struct.unpack_from("<I", buffer, at + 4)
-    if crc32c(memoryview(buffer)[at + 8 : at + header.length]) != stored:
+    (stored,) = BATCH_CRC.unpack_from(buffer, at + BATCH_CRC_AT)
+    if crc32c(memoryview(buffer)[at + BATCH_CHECKED_FROM : at + header.length]) != stored:
         raise CorruptDataError(
             stream,
             header.position,
