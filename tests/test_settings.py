@@ -17,7 +17,7 @@ from tests.support import ROOT
 APP_CODE = [ROOT / "function_app.py", *sorted((ROOT / "vault_core").rglob("*.py"))]
 # What the app never imports: the command line, and publishing an input (which keeps its progress
 # in the user's state folder, $XDG_STATE_HOME, when it publishes through the HTTP API).
-CLI_ONLY = {ROOT / "vault_core" / "cli.py", ROOT / "vault_core" / "publish.py"}
+CLI_ONLY = {*(ROOT / "vault_core" / "cli").glob("*.py"), ROOT / "vault_core" / "publish.py"}
 DIAGNOSTIC = {"VAULT_PURE_PYTHON"}
 
 

@@ -1,0 +1,5 @@
+"""`python -m vault_core.cli`: the `vault` command."""
+
+from . import main
+
+main()
