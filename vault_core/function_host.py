@@ -279,7 +279,7 @@ def console(req: func.HttpRequest) -> func.HttpResponse:
     path = req.route_params.get("path") or "index.html"
     file = (CONSOLE / path).resolve()
     if not file.is_relative_to(CONSOLE) or not file.is_file():
-        return problem_response(http.ProblemError(404, "not-found", "Not found", f"no console file {path!r}"))
+        return problem_response(http.not_found(f"no console file {path!r}"))
     media_type = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
     return func.HttpResponse(file.read_bytes(), mimetype=media_type, headers={"Cache-Control": "no-cache"})
 
@@ -400,13 +400,11 @@ async def _status(
 
 
 def _not_started(why: str) -> http.ProblemError:
-    return http.ProblemError(
-        503,
+    return http.unavailable(
         "append-not-started",
         "The append was not started",
         f"the vault could not start the append: {why}; nothing was appended, "
         "send the batch again with the same Idempotency-Key",
-        **{"Retry-After": "2"},
     )
 
 
@@ -686,13 +684,11 @@ def _problem(error: BaseException, *, retry: bool | None = None) -> dict[str, An
     retry = _may_pass(error) if retry is None else retry
     problem = problem_for(error)
     if retry:
-        problem = http.ProblemError(
-            503,
+        problem = http.unavailable(
             "stream-unavailable",
             "The stream is unavailable",
             f"the append could not be committed yet ({type(error).__name__}: {error}); "
             "retry with the same Idempotency-Key",
-            **{"Retry-After": "2"},
         )
     return {
         "problem": problem.problem.model_dump(),

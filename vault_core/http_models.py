@@ -202,6 +202,20 @@ def too_large(detail: str) -> ProblemError:
     return ProblemError(413, "too-large", "The request is over a limit", detail)
 
 
+def not_found(detail: str) -> ProblemError:
+    """No such route or file."""
+    return ProblemError(404, "not-found", "Not found", detail)
+
+
+def unknown_stream(stream: str) -> ProblemError:
+    return ProblemError(404, "not-found", "Unknown stream", f"stream {stream!r} does not exist")
+
+
+def unavailable(slug: str, title: str, detail: str, *, retry_after: int = 2) -> ProblemError:
+    """A 503 that may pass: the client tries again after `retry_after` seconds (Retry-After)."""
+    return ProblemError(503, slug, title, detail, **{"Retry-After": str(retry_after)})
+
+
 def check_stream(stream: str) -> str:
     try:
         return fmt.check_stream_name(stream)

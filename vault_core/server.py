@@ -272,13 +272,12 @@ class _BodyBudget:
 
     def take(self, size: int) -> Callable[[], None]:
         if self.held and self.held + size > self.limit:
-            raise http.ProblemError(
-                503,
+            raise http.unavailable(
                 "server-busy",
                 "The server is busy",
                 f"{self.held:,} bytes of requests are being appended (the limit is {self.limit:,}); "
                 "retry shortly",
-                **{"Retry-After": "1"},
+                retry_after=1,
             )
         self.held += size
         released = False
@@ -308,9 +307,7 @@ async def _problem_response(request: Request, error: Exception) -> Response:
 
 
 async def _not_found(request: Request, error: Exception) -> Response:
-    return await _problem_response(
-        request, http.ProblemError(404, "not-found", "Not found", f"no route for {request.url.path}")
-    )
+    return await _problem_response(request, http.not_found(f"no route for {request.url.path}"))
 
 
 async def _not_allowed(request: Request, error: Exception) -> Response:

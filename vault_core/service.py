@@ -98,7 +98,7 @@ def describe_stream(store: Store, stream: str, *, lifetime: timedelta = READ_URL
     """GET /api/streams/{stream}: the position and a read-only URL lasting `lifetime`; 404 for an
     unknown stream."""
     if not store.has_stream(stream):
-        raise http.ProblemError(404, "not-found", "Unknown stream", f"stream {stream!r} does not exist")
+        raise http.unknown_stream(stream)
     with store.reader(stream) as reader:
         position = reader.position()
     return http.StreamInfo(
@@ -140,7 +140,7 @@ def serve_log(
         # no listing of every stream on each of the many ranged reads a page makes.
         size = source.size()
         if size == 0:
-            raise http.ProblemError(404, "not-found", "Unknown stream", f"stream {stream!r} does not exist")
+            raise http.unknown_stream(stream)
         wanted = None if range_header is None else _byte_range(range_header, size)
         start, end = (0, size - 1) if wanted is None else wanted
         data = source.read(start, end - start + 1) if end >= start and not head else b""
@@ -201,9 +201,7 @@ def problem_for(error: BaseException) -> http.ProblemError:
     if isinstance(error, MessageTooLarge):
         return http.too_large(str(error))
     if isinstance(error, StreamBusyError):
-        return http.ProblemError(
-            503, "stream-busy", "The stream has another writer", str(error), **{"Retry-After": "2"}
-        )
+        return http.unavailable("stream-busy", "The stream has another writer", str(error))
     log.exception("request failed", exc_info=error)
     detail = "the vault could not complete the request; it is safe to retry with the same Idempotency-Key"
     if isinstance(error, VaultError):
