@@ -224,10 +224,15 @@ def check_stream(stream: str) -> str:
 
 
 def check_idempotency_key(value: str | None) -> str | None:
+    """The Idempotency-Key, which is the batch's id, checked as every batch id is; 400 if not one."""
     if value is None:
         return None
-    if not fmt.BATCH_ID.fullmatch(value):  # the key is the batch's id
-        raise bad_request(f"{IDEMPOTENCY_KEY} {value[:140]!r} is invalid: use 1-128 letters, digits and ._:-")
+    try:
+        fmt.check_batch_id(value)
+    except ValueError:
+        raise bad_request(
+            f"{IDEMPOTENCY_KEY} {value[:140]!r} is invalid: use 1-128 letters, digits and ._:-"
+        ) from None
     return value
 
 
