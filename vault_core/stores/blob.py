@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import parse_qs, urlparse, urlsplit
 
@@ -70,11 +69,15 @@ class BlobStore(Store):
         self._service = service
         self._container: ContainerClient = service.get_container_client(container)
         self.container = container
+
         # How checkpoints() reaches the account's Table service: by default the blob service's
         # URL and credential; a store made from a connection string uses that instead.
-        self._table_client: Callable[[], TableClient] = lambda: _tables().client_for(
-            service.url, service.credential
-        )
+        def by_url() -> TableClient:
+            from .tables import client_for  # the Table service's SDK, imported when first needed
+
+            return client_for(service.url, service.credential)
+
+        self._table_client: Callable[[], TableClient] = by_url
 
     def __repr__(self) -> str:
         return f"BlobStore({str(self)!r})"
@@ -87,7 +90,13 @@ class BlobStore(Store):
     def from_connection_string(cls, connection_string: str, *, container: str) -> BlobStore:
         service = BlobServiceClient.from_connection_string(connection_string, **client_options())
         store = cls(service, container)
-        store._table_client = lambda: _tables().client_from(connection_string)
+
+        def by_connection_string() -> TableClient:
+            from .tables import client_from
+
+            return client_from(connection_string)
+
+        store._table_client = by_connection_string
         return store
 
     @classmethod
@@ -211,24 +220,21 @@ class BlobStore(Store):
             self._container.get_blob_client(name).delete_blob()
 
     def consumer_groups(self) -> list[str]:
+        from .tables import TableCheckpoints
+
         with self._table_client() as table:
-            return _tables().TableCheckpoints.groups(table, self.container)
+            return TableCheckpoints.groups(table, self.container)
 
     def checkpoints(self, group: str) -> Checkpoints:
         """Entities of the table `vaultcheckpoints` in this store's account, keyed by container and
         group (see `tables.table_url` for where that table is when the store was opened by URL)."""
+        from .tables import TableCheckpoints
+
         check_group_name(group)  # before making a client
-        return _tables().TableCheckpoints(self._table_client(), self.container, group)
+        return TableCheckpoints(self._table_client(), self.container, group)
 
     def close(self) -> None:
         self._service.close()
-
-
-def _tables() -> ModuleType:
-    """The Table-service backend of checkpoints, imported when first needed."""
-    from . import tables
-
-    return tables
 
 
 def _create_page_blob(blob: BlobClient) -> bool:
