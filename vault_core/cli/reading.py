@@ -168,6 +168,13 @@ def _print_batches(
                     return
     except KeyboardInterrupt:  # how a follow ends
         return
+    finally:
+        # Stop the read-ahead thread now, while threads still run: left to the garbage collector,
+        # a generator caught in the interrupt's reference cycle is closed at interpreter exit,
+        # where joining its (daemon) thread never returns.
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
 
 
 @click.command()
