@@ -138,7 +138,8 @@ def publish(
         destination = _Destination.to(stream, store, url, key, lineage, state_dir)
         try:
             reader = None if again else destination.reader()
-            known = [] if reader is None else destination.known()
+            recorded = destination.known()  # read once: for recognising, then for recording
+            known = [] if reader is None else recorded
             with contextlib.closing(reader) if reader else contextlib.nullcontext():
                 total, claims = _scan(input_, salt, lineage, reader, known)
                 already = (
@@ -147,7 +148,17 @@ def publish(
                     else _already_in(stream, reader, input_, lineage, claims, known)
                 )
             return _append(
-                stream, input_, salt, lineage, total, batch_size, already, destination, progress, should_stop
+                stream,
+                input_,
+                salt,
+                lineage,
+                total,
+                batch_size,
+                already,
+                destination,
+                recorded,
+                progress,
+                should_stop,
             )
         finally:
             destination.close()
@@ -374,15 +385,16 @@ def _append(
     batch_size: int,
     already: _Resume,
     destination: _Destination,
+    points: list[_Point],
     progress: Callable[[PublishProgress], None] | None,
     should_stop: Callable[[], bool] | None,
 ) -> PublishResult:
-    """Append the input after its first `already.done` messages, recording progress as it goes."""
+    """Append the input after its first `already.done` messages, recording progress as it goes
+    (`points`: the progress record as read at the start)."""
     done, since = already.done, already.since
     report = progress or (lambda _: None)
     first = last = position = None
     held, batches, sending = done, 0, 0
-    points = destination.known()
     report(PublishProgress(held, 0, total))
     try:
         for batch, chain in _batches(_chained(input_, salt, already), batch_size):
