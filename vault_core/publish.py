@@ -15,7 +15,6 @@ has changed since is refused (PublishRefused), naming the first line that differ
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import json
@@ -30,7 +29,7 @@ from typing import IO, Any, NamedTuple
 
 from . import format as fmt
 from .errors import CorruptDataError, VaultError, check_int
-from .lines import BadLine, parse_line
+from .lines import BadLine, message_json, parse_line
 from .reader import StreamReader
 from .stores.base import Store, read_batch
 
@@ -367,12 +366,7 @@ def _compare(
 
 def _shown(message: fmt.Message | fmt.StoredMessage) -> str:
     """A message as a short line of JSON, for an error."""
-    fields: dict[str, str] = {"key": message.key}
-    try:
-        fields["value"] = message.value.decode()
-    except UnicodeDecodeError:
-        fields["value_b64"] = base64.b64encode(message.value).decode()
-    text = json.dumps(fields, ensure_ascii=False)
+    text = json.dumps(message_json(message.key, message.value), ensure_ascii=False)
     return text if len(text) <= 120 else text[:117] + "..."
 
 
