@@ -35,7 +35,7 @@ from report import as_markdown, as_text
 
 import vault_core
 from vault_core import format as fmt
-from vault_core.reader import REPLAY_CHUNK
+from vault_core.framing import REPLAY_CHUNK
 
 # The Azure SDK is imported only where it is used: this process should be small when it starts
 # the replay-memory child (see replay_memory).

@@ -28,7 +28,7 @@ from report import as_text
 import vault_core
 from vault_core import format as fmt
 from vault_core import mirror
-from vault_core.reader import REPLAY_CHUNK
+from vault_core.framing import REPLAY_CHUNK
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

@@ -306,8 +306,8 @@ def test_property_round_trip(store, batches, data):
 @pytest.mark.parametrize(("first", "largest"), [(7, 64), (100, 1000), (4096, 4096)])
 def test_replay_across_any_chunk_boundary(store, monkeypatch, first, largest):
     """Batches that straddle chunks, headers cut in two, batches bigger than a chunk."""
-    monkeypatch.setattr(vault_core.reader, "FIRST_CHUNK", first)
-    monkeypatch.setattr(vault_core.reader, "REPLAY_CHUNK", largest)
+    monkeypatch.setattr(vault_core.framing, "FIRST_CHUNK", first)
+    monkeypatch.setattr(vault_core.framing, "REPLAY_CHUNK", largest)
     sizes = [1, 40, 3, 700, 2, 5000, 1, 13]
     with store.writer("s") as writer:
         for n, size in enumerate(sizes):

@@ -18,7 +18,7 @@ import vault_core
 from tests.support import ROOT
 from tests.support.crash_writer import batch_messages
 from tests.support.damage import cut_log, flip_byte, log_blob
-from vault_core import Message
+from vault_core import Message, framing, seek
 from vault_core import format as fmt
 from vault_core import reader as reader_module
 from vault_core.stores.local import LocalStore
@@ -461,10 +461,10 @@ def test_a_log_cut_short_is_reported_at_the_first_batch_not_wholly_in_it(store, 
         for first, largest in [
             (7, 64),
             (4096, 4096),
-            (reader_module.FIRST_CHUNK, reader_module.REPLAY_CHUNK),
+            (framing.FIRST_CHUNK, framing.REPLAY_CHUNK),
         ]:
-            monkeypatch.setattr(reader_module, "FIRST_CHUNK", first)
-            monkeypatch.setattr(reader_module, "REPLAY_CHUNK", largest)
+            monkeypatch.setattr(framing, "FIRST_CHUNK", first)
+            monkeypatch.setattr(framing, "REPLAY_CHUNK", largest)
             assert _read_until_damage(reader.replay) == (before, damaged_at), (cut, first, largest)
             assert _read_until_damage(in_batches) == (before, damaged_at), (cut, first, largest)
         for slack in [reader_module.READ_SLACK, 16]:
@@ -490,12 +490,12 @@ def test_a_log_cut_short_is_reported_at_the_first_batch_not_wholly_in_it(store, 
         assert damage.value.position == starts[-1]
 
 
-@pytest.mark.parametrize("span", [reader_module.SEEK_SPAN, 4096])
+@pytest.mark.parametrize("span", [seek.SEEK_SPAN, 4096])
 def test_seek_time_on_a_log_cut_short_answers_only_from_whole_batches(store, monkeypatch, span):
     """A time whose first message lies in a batch wholly in the log is found as usual; one at or
     past the first batch not wholly in it is that batch's damage, at its start."""
-    monkeypatch.setattr(reader_module, "SEEK_SPAN", span)
-    monkeypatch.setattr(reader_module, "SEEK_PROBE", min(span, reader_module.SEEK_PROBE))
+    monkeypatch.setattr(seek, "SEEK_SPAN", span)
+    monkeypatch.setattr(seek, "SEEK_PROBE", min(span, seek.SEEK_PROBE))
     results, starts = _batches_to_cut(store)
     reader = store.reader("s")
     times = [page.messages[0].timestamp_ms for page in reader.batches()]

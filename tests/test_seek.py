@@ -12,7 +12,7 @@ import pytest
 import vault_core
 from tests.support.sources import CountingSource
 from vault_core import format as fmt
-from vault_core import reader as reader_module
+from vault_core import seek
 
 
 def _stream_with_many_timestamps(store: vault_core.Store) -> list[vault_core.StoredMessage]:
@@ -27,10 +27,10 @@ def _stream_with_many_timestamps(store: vault_core.Store) -> list[vault_core.Sto
     return list(store.reader("orders").replay())
 
 
-@pytest.mark.parametrize("span", [reader_module.SEEK_SPAN, 4096])
+@pytest.mark.parametrize("span", [seek.SEEK_SPAN, 4096])
 def test_seek_time_finds_the_first_message_at_or_after_a_time(store, monkeypatch, span):
-    monkeypatch.setattr(reader_module, "SEEK_SPAN", span)
-    monkeypatch.setattr(reader_module, "SEEK_PROBE", min(span, reader_module.SEEK_PROBE))
+    monkeypatch.setattr(seek, "SEEK_SPAN", span)
+    monkeypatch.setattr(seek, "SEEK_PROBE", min(span, seek.SEEK_PROBE))
     messages = _stream_with_many_timestamps(store)
     reader = store.reader("orders")
     end = reader.position()
@@ -46,7 +46,7 @@ def test_seek_time_finds_the_first_message_at_or_after_a_time(store, monkeypatch
 
 
 def test_seek_time_reads_a_small_part_of_a_long_stream(local_store, monkeypatch):
-    monkeypatch.setattr(reader_module, "SEEK_SPAN", 64 * 1024)
+    monkeypatch.setattr(seek, "SEEK_SPAN", 64 * 1024)
     with local_store.writer("orders") as writer:
         for i in range(2000):
             writer.append([vault_core.Message("k", os.urandom(4000))])

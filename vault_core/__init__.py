@@ -34,8 +34,9 @@ from .errors import (
 from .format import Message, StoredMessage
 from .local_copy import MirrorResult, mirror
 from .publish import BadInput, PublishIncomplete, PublishProgress, PublishRefused, PublishResult, publish
-from .reader import ReadResult, StreamReader, StreamStatus, VerifyReport
+from .reader import ReadResult, StreamReader, StreamStatus
 from .stores import Store, open_source, open_store
+from .verification import VerifyReport
 from .writer import AppendResult, Batch, StreamWriter
 
 __all__ = [

@@ -16,8 +16,9 @@ from typing import NamedTuple
 
 from . import format as fmt
 from .errors import VaultError
+from .framing import LogFrames
 from .reader import StreamReader
-from .stores.base import Buffer, LogWriter, read_commit_record, read_commit_slots
+from .stores.base import Buffer, LogWriter
 
 # Bytes compared at each end of the copy to tell that it is a copy of this stream.
 IDENTITY_PROBE = 4096
@@ -36,7 +37,7 @@ def mirror(
     """Bring the copy of `reader`'s stream in the embedded store at `to` up to the stream's
     committed position. `progress(position)` is called after each chunk. StreamBusyError if
     another mirror (or a writer) holds the copy."""
-    slots = read_commit_slots(reader.log)
+    slots = LogFrames(reader.stream, reader.log).commit_slots()
     if not slots:
         raise VaultError(f"stream {reader.stream!r} does not exist: there is nothing to mirror")
     from .stores.local import LocalStore  # not at import time: it needs fcntl
@@ -44,7 +45,7 @@ def mirror(
     target = fmt.decode_commit_record(reader.stream, slots)
     log = LocalStore(to).open_log(reader.stream, lease_seconds=60)
     try:
-        copy = read_commit_record(reader.stream, log)
+        copy = LogFrames(reader.stream, log).commit_record()
         _check_same_stream(reader, log, copy.position, target.position, to)
         committed = copy
         for frames in reader.chunks(copy.position, target.position):

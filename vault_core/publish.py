@@ -29,9 +29,10 @@ from typing import IO, Any, NamedTuple
 
 from . import format as fmt
 from .errors import CorruptDataError, VaultError, check_int
+from .framing import LogFrames
 from .lines import BadLine, message_json, parse_line
 from .reader import StreamReader
-from .stores.base import Store, read_batch
+from .stores.base import Store
 
 # A publish sends at most this many key and value bytes per batch (the HTTP API takes 16 MiB).
 PUBLISH_BATCH_BYTES = 8 * 1024 * 1024
@@ -316,7 +317,7 @@ def _holds(reader: StreamReader, lineage: str, point: _Point, end: int) -> bool:
     if not 0 <= point.position < end:
         return False
     try:
-        _, header = read_batch(reader.stream, reader.log, point.position)
+        _, header = LogFrames(reader.stream, reader.log).batch(point.position)
     except CorruptDataError:
         return False
     return header.batch_id == batch_id(lineage, point.upto, point.chain).encode()

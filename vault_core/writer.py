@@ -8,7 +8,8 @@ from typing import NamedTuple
 
 from . import format as fmt
 from .errors import BatchIdConflict, CorruptDataError, FencedError, VaultError
-from .stores.base import LogWriter, read_batch, read_commit_slots
+from .framing import LogFrames
+from .stores.base import LogWriter
 
 # A group commit takes queued batches until its write reaches this size; the rest wait their turn.
 GROUP_BYTES = 16 * 1024 * 1024
@@ -38,6 +39,7 @@ class StreamWriter:
     def __init__(self, stream: str, log: LogWriter) -> None:
         self.stream = stream
         self._log = log
+        self._frames = LogFrames(stream, log)
         self._lock = threading.Lock()  # held by the thread leading a group commit
         self._queue_lock = threading.Lock()
         self._queue: list[_Append] = []
@@ -51,7 +53,7 @@ class StreamWriter:
             raise
 
     def _load(self) -> None:
-        slots = read_commit_slots(self._log)
+        slots = self._frames.commit_slots()
         if not slots.strip(b"\0"):
             # A new log: commit "empty" into slot A first, so that a torn first real commit (into
             # slot B) leaves a valid slot behind rather than two unreadable ones.
@@ -220,7 +222,7 @@ class StreamWriter:
 
     def _stored(self, batch_id: bytes) -> tuple[AppendResult, list[fmt.StoredMessage]] | None:
         for start in self._batch_starts.get(fmt.batch_id_hash(batch_id), ()):
-            buffer, header = read_batch(self.stream, self._log, start)
+            buffer, header = self._frames.batch(start)
             if header.batch_id != batch_id:  # a hash collision: a different id
                 continue
             stored = fmt.decode_records(self.stream, buffer, 0, header)
@@ -231,7 +233,7 @@ class StreamWriter:
         """The result of an earlier batch with this id, if it is still remembered; BatchIdConflict
         if its records are not the same (records do not depend on where a batch lies)."""
         for start in self._batch_starts.get(fmt.batch_id_hash(batch_id), ()):
-            buffer, header = read_batch(self.stream, self._log, start)
+            buffer, header = self._frames.batch(start)
             if header.batch_id != batch_id:  # a hash collision: a different id
                 continue
             if not _same_records(memoryview(buffer)[: header.length], batch.buffer):

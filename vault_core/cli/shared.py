@@ -17,8 +17,8 @@ import click
 from .. import StreamReader, open_reader, open_store
 from .. import format as fmt
 from ..errors import StreamBusyError, VaultError
+from ..framing import LogFrames
 from ..stores import Store, open_source
-from ..stores.base import log_exists
 
 
 class VaultGroup(click.Group):
@@ -238,7 +238,7 @@ def reader_for(
         named, source = open_source(url, credential=None if signed else azure_login())
         if named != stream:
             raise click.UsageError(f"--url is the read URL of stream {named!r}, not of {stream!r}")
-        exists = log_exists(source)
+        exists = LogFrames(stream, source).exists()
         if not exists and wait_for_it:
             click.echo(missing, err=True)
         elif not exists:

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
-from .. import format as fmt
 from ..errors import check_int
 from ..format import check_stream_name
 
@@ -68,38 +67,6 @@ class LogWriter(LogSource, Protocol):
     def close(self) -> None:
         """Give up ownership."""
         ...
-
-
-# --- what the reader, the writer and mirror read from any log -----------------------------------
-
-
-def log_exists(log: LogSource) -> bool:
-    """The one answer to "does this stream exist?": its log is there, and not empty."""
-    return log.size() > 0
-
-
-def read_commit_slots(log: LogSource) -> bytes:
-    """Both commit slots as stored (empty if the log does not exist)."""
-    return log.read(0, 2 * fmt.SLOT_SIZE)
-
-
-def read_commit_record(stream: str, log: LogSource) -> fmt.CommitRecord:
-    """The log's current commit record: the newer valid slot (the empty record for a new log)."""
-    return fmt.decode_commit_record(stream, read_commit_slots(log))
-
-
-def read_batch(stream: str, log: LogSource, position: int) -> tuple[bytes, fmt.BatchHeader]:
-    """The verified batch that starts at `position`, alone in its buffer."""
-    head = log.read(fmt.data_at(position), fmt.BATCH_HEADER.size)
-    if len(head) < fmt.BATCH_HEADER.size:
-        raise fmt.log_cut_short(stream, position)
-    header = fmt.decode_batch_header(stream, head, 0, position)
-    buffer = log.read(fmt.data_at(position), header.length)
-    if len(buffer) < header.length:
-        raise fmt.log_cut_short(stream, position)
-    header = fmt.decode_batch_header(stream, buffer, 0, position)
-    fmt.verify_batch(stream, buffer, 0, header)
-    return buffer, header
 
 
 class Store(abc.ABC):
@@ -170,9 +137,11 @@ class Store(abc.ABC):
     def has_stream(self, stream: str) -> bool:
         """Whether the stream exists: its log does, and a log is never empty (a new stream whose
         first append was refused is removed). One request, however many streams there are."""
+        from ..framing import LogFrames
+
         source = self.open_source(check_stream_name(stream))
         try:
-            return log_exists(source)
+            return LogFrames(stream, source).exists()
         finally:
             source.close()
 
