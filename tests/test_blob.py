@@ -50,7 +50,7 @@ def test_open_store_accepts_a_path_style_account_url(azurite):
     store = vault_core.open_store(
         f"{azurite.blob_endpoint}/url-style", credential=AzureNamedKeyCredential(ACCOUNT, KEY)
     )
-    assert store.container == "url-style"
+    assert store.backend.container == "url-style"
     with store.writer("s") as writer:
         writer.append([Message("k", b"v")])
     assert [m.key for m in store.reader("s").replay()] == ["k"]
@@ -61,13 +61,13 @@ def is_commit(request) -> bool:
     return bool(request.method == "PUT" and "comp=page" in request.url and request.headers.get("If-Match"))
 
 
-def store_losing(azurite, container: str, error: Exception) -> tuple[BlobStore, LosingTransport]:
+def store_losing(azurite, container: str, error: Exception) -> tuple[vault_core.Store, LosingTransport]:
     """A blob store whose next commit, once armed, lands and then fails with `error`."""
     transport = LosingTransport(error, is_commit)
     service = BlobServiceClient.from_connection_string(
         azurite.connection_string, transport=transport, **client_options()
     )
-    return BlobStore(service, container), transport
+    return vault_core.Store(BlobStore(service, container)), transport
 
 
 def test_a_commit_retried_after_its_response_was_lost_counts_once(azurite):

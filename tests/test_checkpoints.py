@@ -143,7 +143,7 @@ def test_two_containers_of_one_account_keep_their_own_checkpoints(azurite):
 def test_the_checkpoint_folder_is_not_a_stream(local_store):
     append_batches(local_store, "orders", [1], "m")
     local_store.checkpoints("billing").save("orders", 1, expected=None)
-    assert (local_store.root / "_checkpoints" / "billing" / "orders.json").is_file()
+    assert (local_store.backend.root / "_checkpoints" / "billing" / "orders.json").is_file()
     assert local_store.streams() == ["orders"]
 
 
@@ -184,8 +184,8 @@ def test_bad_input_raises_and_writes_nothing(store):
             checkpoints.save("orders", 1, expected="etag")  # type: ignore[arg-type]
         assert checkpoints.get("orders") is None
     assert store.streams() == []
-    if isinstance(store, LocalStore):
-        assert not (store.root / "_checkpoints").exists()
+    if isinstance(store.backend, LocalStore):
+        assert not (store.backend.root / "_checkpoints").exists()
 
 
 # Two consumers of one group
@@ -238,7 +238,7 @@ def test_two_processes_of_one_group_race_on_a_local_store(local_store):
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(2, timeout=WAIT), context.Queue()
     processes = [
-        context.Process(target=_race_in_process, args=(str(local_store.root), barrier, results))
+        context.Process(target=_race_in_process, args=(str(local_store.backend.root), barrier, results))
         for _ in range(2)
     ]
     for process in processes:
@@ -433,8 +433,8 @@ def test_a_save_retried_after_its_response_was_lost_is_no_conflict(azurite):
 
 
 def test_checkpoints_of_a_blob_store_live_in_one_table_keyed_by_container_and_group(azurite):
-    with BlobStore.from_connection_string(azurite.connection_string, container="keyed") as store:
-        store.checkpoints("billing").save("orders", 7, expected=None)
+    with BlobStore.from_connection_string(azurite.connection_string, container="keyed") as backend:
+        backend.checkpoints("billing").save("orders", 7, expected=None)
     with TableClient.from_connection_string(azurite.connection_string, table_name=TABLE_NAME) as table:
         entity = table.get_entity("keyed|billing", "orders")
     assert entity["position"].value == 7
@@ -539,13 +539,13 @@ def test_exclusive_consumers_in_processes_one_killed_hand_over_without_reading_t
 def test_groups_tell_each_groups_lag_in_bytes_and_time(store):
     offsets = append_batches(store, "orders", [2, 2], "o")
     append_batches(store, "audit", [1], "a")
-    assert vault_core.groups(store) == []
+    assert vault_core.group_lags(store) == []
     ends = batch_ends(store, "orders")
     with store.checkpoints("billing") as billing, store.checkpoints("search") as search:
         billing.save("orders", ends[0], expected=None)
         billing.save("audit", store.reader("audit").position(), expected=None)
         search.save("orders", ends[1], expected=None)
-    lags = vault_core.groups(store)
+    lags = vault_core.group_lags(store)
     assert store.consumer_groups() == ["billing", "search"]
     position = store.reader("orders").position()
     assert [(g.group, g.stream, g.checkpoint, g.position, g.lag_bytes) for g in lags] == [
@@ -556,4 +556,4 @@ def test_groups_tell_each_groups_lag_in_bytes_and_time(store):
     unread = next(m for m in store.reader("orders").replay() if m.offset == offsets[2])
     assert lags[1].oldest_unread == unread.timestamp and lags[1].behind() > 0
     assert lags[0].oldest_unread is None and lags[0].behind() == 0
-    assert [g.stream for g in vault_core.groups(store, "search")] == ["orders"]
+    assert [g.stream for g in vault_core.group_lags(store, "search")] == ["orders"]

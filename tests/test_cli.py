@@ -47,14 +47,14 @@ def json_lines(result: subprocess.CompletedProcess) -> list[dict]:
 
 def store_args(store: vault_core.Store, connection_string: str = "") -> list[str]:
     """The command-line options that address `store` (on Azurite, through `connection_string`)."""
-    if isinstance(store, LocalStore):
-        return ["--store", str(store.root)]
-    return ["--store", connection_string, "--container", store.container]
+    if isinstance(store.backend, LocalStore):
+        return ["--store", str(store.backend.root)]
+    return ["--store", connection_string, "--container", store.backend.container]
 
 
 @pytest.fixture
 def where(store: vault_core.Store, request: pytest.FixtureRequest) -> list[str]:
-    if isinstance(store, LocalStore):
+    if isinstance(store.backend, LocalStore):
         return store_args(store)
     return store_args(store, request.getfixturevalue("azurite").connection_string)
 
@@ -143,7 +143,7 @@ def test_a_bad_input_line_is_named_and_nothing_is_published(local_store, line, c
 def test_publish_through_the_http_api(azurite, azurite_store):
     from tests.support.served import Served
 
-    served = Served(azurite.connection_string, azurite_store.container)
+    served = Served(azurite.connection_string, azurite_store.backend.container)
     try:
         summary = json_lines(
             vault("publish", "orders", "--url", served.url, "--json", input=lines_of(MESSAGES[:1200]))

@@ -65,21 +65,21 @@ def test_a_wrong_api_key_is_said_to_be_not_accepted_and_a_missing_one_to_be_requ
 
 
 def test_an_explicit_option_beats_the_environment_and_two_explicit_places_are_refused(local_store, tmp_path):
-    served = Served(str(local_store.root), None)
+    served = Served(str(local_store.backend.root), None)
     try:
         env = {"VAULT_STORE": str(tmp_path / "elsewhere")}
         published = vault("publish", "s", "-", "--url", served.url, input=lines_of(ROWS), env=env)
         assert published.returncode == 0, published.stderr.decode()
         assert len(list(local_store.reader("s").replay())) == len(ROWS)
         assert not (tmp_path / "elsewhere").exists()
-        both = vault("read", "s", "--store", str(local_store.root), "--url", served.url)
+        both = vault("read", "s", "--store", str(local_store.backend.root), "--url", served.url)
         assert both.returncode == 2 and "--store and --url name two places" in both.stderr.decode()
     finally:
         served.stop()
 
 
 def test_from_with_a_group_that_has_a_checkpoint_is_refused(local_store):
-    here = ["--store", str(local_store.root)]
+    here = ["--store", str(local_store.backend.root)]
     out(vault("publish", "s", "-", *here, input=lines_of(ROWS)))
     offset = list(local_store.reader("s").replay())[10].offset
     first = json_lines(
@@ -151,7 +151,7 @@ def test_delete_asks_for_the_name_and_takes_the_groups_checkpoints_with_it(store
 
 def test_tail_waits_for_a_stream_that_does_not_exist_yet(local_store):
     local_store.writer("other").close()  # the store exists; stream s does not
-    here = ["--store", str(local_store.root)]
+    here = ["--store", str(local_store.backend.root)]
     process = subprocess.Popen(
         [VAULT, "tail", "s", *here, "--poll", "0.1", "--json"],
         stdout=subprocess.PIPE,
@@ -190,11 +190,14 @@ def test_serve_logs_each_request_in_one_line_without_its_query_string(tmp_path):
 
 
 def test_options_that_contradict_are_refused_naming_both(local_store):
-    here = ["--store", str(local_store.root)]
+    here = ["--store", str(local_store.backend.root)]
     out(vault("publish", "s", "-", *here, input=lines_of(ROWS[:2])))
     for args, says in [
         (["streams", *here, "--key", "k"], "--key is the HTTP API's key, and --store reads no API"),
-        (["mirror", "s", "--to", str(local_store.root), *here], "is the store the stream is read from"),
+        (
+            ["mirror", "s", "--to", str(local_store.backend.root), *here],
+            "is the store the stream is read from",
+        ),
         (["read", "s", *here, "--from", "0", "--from-time", "2026-01-01T00:00:00Z"], "--from or --from-time"),
         (["read", "s", *here, "--exclusive"], "give --group too"),
     ]:

@@ -475,21 +475,21 @@ def test_a_new_stream_whose_first_append_is_refused_is_not_left_behind(store):
 
 
 def test_objects_beside_the_streams(store):
-    store.put_object("staged/a/b", b"one")
-    store.put_object("staged/a/b", b"two")  # replaced
-    assert store.get_object("staged/a/b") == b"two"
-    store.delete_object("staged/a/b")
-    store.delete_object("staged/a/b")  # nothing to delete is fine
+    store.write_file("staged/a/b", b"one")
+    store.write_file("staged/a/b", b"two")  # replaced
+    assert store.read_file("staged/a/b") == b"two"
+    store.delete_file("staged/a/b")
+    store.delete_file("staged/a/b")  # nothing to delete is fine
     with pytest.raises(FileNotFoundError):
-        store.get_object("staged/a/b")
+        store.read_file("staged/a/b")
     assert store.streams() == []  # objects are not streams
 
 
 def test_local_streams_are_private_to_their_owner(local_store):
     with local_store.writer("s") as writer:
         writer.append(batch(1))
-    local_store.put_object("x/y", b"z")
-    root = local_store.root
+    local_store.write_file("x/y", b"z")
+    root = local_store.backend.root
     for path in (root, root / "s", root / "_objects", root / "_objects" / "x"):
         assert path.stat().st_mode & 0o777 == 0o700, path
     for path in (root / "s" / "log", root / "_objects" / "x" / "y"):

@@ -316,7 +316,7 @@ def test_a_message_appended_while_the_tail_is_open_appears(browser, vault):
 
 def test_the_groups_view_shows_each_groups_lag(browser, vault):
     page = open_view(browser, vault, "#/groups")
-    [lag] = vault_core.groups(vault.store(), "billing")
+    [lag] = vault_core.group_lags(vault.store(), "billing")
     row = page.locator("#groups tr[data-group='billing'][data-stream='orders']")
     assert int(row.get_attribute("data-lag")) == lag.lag_bytes > 0
     screenshot(page, "groups")
@@ -354,7 +354,7 @@ def test_with_an_api_key_the_page_asks_for_it_and_keeps_it_out_of_urls(browser, 
 
 def test_the_log_route_serves_byte_ranges_read_only(vault):
     store = vault.store()
-    log = (store.root / "orders" / "log").read_bytes()
+    log = (store.backend.root / "orders" / "log").read_bytes()
     url = f"{vault.url}/api/streams/orders/log"
     part = httpx.get(url, headers={"Range": "bytes=65536-65599"})
     assert (part.status_code, part.content) == (206, log[65536:65600])
@@ -365,7 +365,7 @@ def test_the_log_route_serves_byte_ranges_read_only(vault):
     assert (ignored.status_code, ignored.content) == (200, log)
     assert httpx.get(f"{vault.url}/api/streams/nowhere/log").status_code == 404
     assert httpx.post(url, content=b"x").status_code in (404, 405)
-    assert (store.root / "orders" / "log").read_bytes() == log
+    assert (store.backend.root / "orders" / "log").read_bytes() == log
 
 
 def test_the_vendored_packages_are_the_locked_ones():

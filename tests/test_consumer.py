@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from vault_core import CheckpointConflict, Consumer, Message, groups
+from vault_core import CheckpointConflict, Consumer, Message, group_lags
 
 
 def fill(store, batches: int = 4, size: int = 5) -> None:
@@ -34,7 +34,7 @@ def test_a_group_resumes_after_the_last_batch_it_handled(memory_store):
         again = Consumer(memory_store.reader("s"), checkpoints)
         assert keys(again.batches())[0] == "b1-0"  # the unfinished batch comes again
         assert list(Consumer(memory_store.reader("s"), checkpoints).batches()) == []  # all handled
-    [lag] = groups(memory_store, "billing")
+    [lag] = group_lags(memory_store, "billing")
     assert lag.lag_bytes == 0 and lag.checkpoint == memory_store.reader("s").position()
 
 

@@ -25,7 +25,7 @@ def write_streams(store: vault_core.Store, *names: str) -> None:
 
 
 def blob_url(store: vault_core.Store, stream: str, endpoint: str) -> str:
-    return f"{endpoint}/{store.container}/{stream}/log"
+    return f"{endpoint}/{store.backend.container}/{stream}/log"
 
 
 def assert_grants_reading_one_stream(url: str, store: vault_core.Store) -> None:
@@ -44,7 +44,7 @@ def assert_grants_reading_one_stream(url: str, store: vault_core.Store) -> None:
 
 
 def test_a_store_opened_with_a_token_credential_writes_and_reads(entra_store, entra_credential):
-    assert entra_store.container.startswith("entra-")
+    assert entra_store.backend.container.startswith("entra-")
     with entra_store.writer("orders") as writer:
         writer.append([Message("order-created", b"1")], batch_id="b1")
         writer.append([Message("order-paid", b"2"), Message("order-shipped", b"3")], batch_id="b2")
@@ -101,7 +101,7 @@ def test_the_emulator_honours_a_user_delegation_sas_signed_for_the_account(
         assert (key.signed_oid, key.signed_tid) == (entra_credential.object_id, entra_credential.tenant_id)
         sas = generate_blob_sas(
             service.account_name,
-            entra_store.container,
+            entra_store.backend.container,
             "mine/log",
             permission=BlobSasPermissions(read=True),
             start=start,

@@ -346,8 +346,8 @@ def test_bytes_past_the_commit_are_invisible_and_overwritten(store):
     junk_batch = fmt.prepare_batch(batch(5, "junk"))
     fmt.seal_batch(junk_batch, position=position, timestamp_ms=1)
     junk = bytes(junk_batch.buffer) + bytes(-len(junk_batch.buffer) % 512)
-    if isinstance(store, LocalStore):
-        with open(store.root / "s" / "log", "r+b") as f:
+    if isinstance(store.backend, LocalStore):
+        with open(store.backend.root / "s" / "log", "r+b") as f:
             f.seek(fmt.data_at(position))
             f.write(junk)
     else:
@@ -370,8 +370,8 @@ def test_a_copied_stream_reads_the_same_on_the_other_store(local_store, azurite_
     with local_store.writer("s") as writer:
         writer.append(batch(3, "local"))
         writer.append([Message(f"big-{i}", bytes([i]) * 1024 * 1024) for i in range(5)])
-    data = (local_store.root / "s" / "log").read_bytes()
-    azurite_store._container.create_container()
+    data = (local_store.backend.root / "s" / "log").read_bytes()
+    azurite_store.backend._container.create_container()
     blob = log_blob(azurite_store, "s")
     size = len(data) + (-len(data) % 512)
     blob.create_page_blob(size)
@@ -384,8 +384,8 @@ def test_a_copied_stream_reads_the_same_on_the_other_store(local_store, azurite_
     with azurite_store.writer("s") as writer:  # and the copy can be written on
         writer.append(batch(1, "azure"))
     back = blob.download_blob().readall()
-    os.makedirs(local_store.root / "t")
-    (local_store.root / "t" / "log").write_bytes(back)
+    os.makedirs(local_store.backend.root / "t")
+    (local_store.backend.root / "t" / "log").write_bytes(back)
     assert [m.key for m in local_store.reader("t").replay()][-1] == "azure-0"
     assert list(local_store.reader("t").replay())[:-1] == expected
 
@@ -416,7 +416,7 @@ def _cuts(store: vault_core.Store, starts: list[int], end: int) -> list[int]:
         fmt.DATA_START,
         fmt.DATA_START - 100,
     ]
-    if not isinstance(store, LocalStore):
+    if not isinstance(store.backend, LocalStore):
         cuts = sorted({cut - cut % 512 for cut in cuts}, reverse=True)
     return cuts
 

@@ -12,11 +12,12 @@ from vault_core.stores.local import LocalStore
 
 
 def test_targets_choose_the_backend(tmp_path):
-    assert isinstance(vault_core.open_store(tmp_path), LocalStore)
-    assert isinstance(vault_core.open_store(str(tmp_path)), LocalStore)
-    emulator = vault_core.open_store("UseDevelopmentStorage=true")
+    assert isinstance(vault_core.open_store(tmp_path).backend, LocalStore)
+    assert isinstance(vault_core.open_store(str(tmp_path)).backend, LocalStore)
+    emulator = vault_core.open_store("UseDevelopmentStorage=true").backend
     assert isinstance(emulator, BlobStore) and emulator.container == "vault"
-    assert vault_core.open_store("UseDevelopmentStorage=true", container="events").container == "events"
+    events = vault_core.open_store("UseDevelopmentStorage=true", container="events").backend
+    assert isinstance(events, BlobStore) and events.container == "events"
 
 
 @pytest.mark.parametrize(

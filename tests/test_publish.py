@@ -147,7 +147,7 @@ def test_a_progress_record_of_a_stream_made_again_does_not_count(tmp_path):
 
 
 def test_the_same_input_from_stdin_is_the_same_publish_and_again_publishes_anew(local_store):
-    where = ["--store", str(local_store.root)]
+    where = ["--store", str(local_store.backend.root)]
     text = lines_of(ROWS[:30])
     assert vault("publish", "s", "-", *where, input=text).returncode == 0
     repeated = vault("publish", "s", "-", *where, input=text)
@@ -328,7 +328,7 @@ def test_an_input_whose_published_part_changed_is_refused_and_again_publishes_it
 def test_the_beginning_of_a_published_input_is_in_already(local_store, tmp_path):
     source = tmp_path / "events.jsonl"
     source.write_text(lines_of(ROWS[:1000]))
-    where = ["--store", str(local_store.root)]
+    where = ["--store", str(local_store.backend.root)]
     assert vault("publish", "events", str(source), "--batch-size", "7", *where).returncode == 0
     source.write_text(lines_of(ROWS[:500]))  # not a batch boundary of the run before
     shorter = vault("publish", "events", str(source), "--batch-size", "64", *where)
@@ -337,7 +337,7 @@ def test_the_beginning_of_a_published_input_is_in_already(local_store, tmp_path)
 
 
 def test_publish_says_when_it_creates_a_stream_and_names_a_missing_file(local_store, tmp_path):
-    where = ["--store", str(local_store.root)]
+    where = ["--store", str(local_store.backend.root)]
     first = vault("publish", "orders", "-", *where, input=lines_of(ROWS[:3]))
     assert first.returncode == 0 and "to orders (new stream):" in first.stdout.decode()
     second = vault("publish", "orders", "-", *where, input=lines_of(ROWS[3:6]))

@@ -165,7 +165,7 @@ def test_a_read_url_storage_refuses_before_it_is_renewed_is_renewed_and_the_read
     served, stream, monkeypatch
 ):
     """Clocks that differ can make a read URL expire before its renewal is due: the 403 renews it."""
-    from vault_core.stores import renewing
+    from vault_core import sources as renewing
 
     monkeypatch.setattr(renewing, "RENEW_AT", 1000.0)  # no renewal before storage refuses the URL
     with VaultClient(served.url) as client:

@@ -98,7 +98,7 @@ def test_verify_stops_at_a_truncated_log(local_store):
     with local_store.writer("orders") as writer:
         for _ in range(10):
             last = writer.append([vault_core.Message("k", os.urandom(2000))])
-    log = local_store.root / "orders" / "log"
+    log = local_store.backend.root / "orders" / "log"
     os.truncate(log, fmt.data_at(last.position - 1000))
     with pytest.raises(vault_core.CorruptDataError) as damage:
         local_store.reader("orders").verify()

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .checkpoints import Checkpoint, Checkpoints
-from .consumer import Consumer, GroupLag, groups
+from .checkpoints import Checkpoint, CheckpointConflict, Checkpoints
+from .consumer import Consumer, GroupLag, group_lags
 from .errors import (
     BatchIdConflict,
-    CheckpointConflict,
     CorruptDataError,
     FencedError,
     InvalidPosition,
@@ -32,10 +31,11 @@ from .errors import (
     VaultError,
 )
 from .format import Message, StoredMessage
-from .local_copy import MirrorResult, mirror
+from .mirroring import MirrorResult, mirror
 from .publish import BadInput, PublishIncomplete, PublishProgress, PublishRefused, PublishResult, publish
 from .reader import ReadResult, StreamReader, StreamStatus
-from .stores import Store, open_source, open_store
+from .sources import open_source
+from .store import Store, open_store
 from .verification import VerifyReport
 from .writer import AppendResult, Batch, StreamWriter
 
@@ -76,7 +76,7 @@ __all__ = [
     "UnknownFormatVersion",
     "VaultError",
     "VerifyReport",
-    "groups",
+    "group_lags",
     "mirror",
     "open_reader",
     "open_store",

@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from .errors import check_int
+from .errors import VaultError, check_int
 from .format import check_stream_name
 
 MAX_POSITION = 2**63 - 1  # a table stores it as Edm.Int64
@@ -46,6 +46,26 @@ def _check_position(position: object) -> int:
     if not 0 <= checked <= MAX_POSITION:
         raise ValueError(f"checkpoint position must be 0 to 2**63 - 1, got {checked}")
     return checked
+
+
+class CheckpointConflict(VaultError):
+    """A consumer group's checkpoint is not where this consumer last saw it: another consumer of
+    the group moved it. `current` is the checkpoint as stored now (None if there is none)."""
+
+    def __init__(
+        self, group: str, stream: str, current: Checkpoint | None, expected: Checkpoint | None
+    ) -> None:
+        now = "it has none now" if current is None else f"it is now at position {current.position}"
+        was = "none" if expected is None else f"position {expected.position}"
+        super().__init__(
+            f"checkpoint of group {group!r} on stream {stream!r} was moved by another consumer of the "
+            f"group: {now} (this consumer expected {was}). Stop this consumer, or re-read the checkpoint "
+            "and resume from there."
+        )
+        self.group = group
+        self.stream = stream
+        self.current = current
+        self.expected = expected
 
 
 class Checkpoints(abc.ABC):

@@ -2,7 +2,7 @@
 past each batch once the batch is handled. A consumer that dies in between gets that batch again
 (at-least-once); none is ever skipped. A group has one active consumer per stream: with
 `exclusive=True` a consumer claims the stream for the group, and a second one waits for it instead
-of handling the same batches. `groups` tells how far behind each group is."""
+of handling the same batches. `group_lags` tells how far behind each group is."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from .errors import InvalidPosition, OwnershipLost, check_int
 from .reader import ReadResult, StreamReader
 
 if TYPE_CHECKING:
-    from .stores.base import Store
+    from .store import Store
 
 
 class Consumer:
@@ -176,7 +176,7 @@ class GroupLag(NamedTuple):
         return max(0.0, ((now or datetime.now(UTC)) - self.oldest_unread).total_seconds())
 
 
-def groups(store: Store, group: str | None = None) -> list[GroupLag]:
+def group_lags(store: Store, group: str | None = None) -> list[GroupLag]:
     """Every consumer group of the store (or only `group`), with, per stream it reads, its
     checkpoint, the stream's position and how far behind it is, in bytes and in time."""
     lags = []

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .checkpoints import Checkpoint
-
 
 class VaultError(Exception):
     """Base class of every error raised on purpose by vault_core."""
@@ -82,26 +77,6 @@ class BatchIdConflict(VaultError, ValueError):
 class OwnershipLost(VaultError):
     """An exclusive consumer's claim on its stream ran out and another consumer of the group took
     the stream: this one must stop (the group goes on from its checkpoint)."""
-
-
-class CheckpointConflict(VaultError):
-    """A consumer group's checkpoint is not where this consumer last saw it: another consumer of
-    the group moved it. `current` is the checkpoint as stored now (None if there is none)."""
-
-    def __init__(
-        self, group: str, stream: str, current: Checkpoint | None, expected: Checkpoint | None
-    ) -> None:
-        now = "it has none now" if current is None else f"it is now at position {current.position}"
-        was = "none" if expected is None else f"position {expected.position}"
-        super().__init__(
-            f"checkpoint of group {group!r} on stream {stream!r} was moved by another consumer of the "
-            f"group: {now} (this consumer expected {was}). Stop this consumer, or re-read the checkpoint "
-            "and resume from there."
-        )
-        self.group = group
-        self.stream = stream
-        self.current = current
-        self.expected = expected
 
 
 def check_int(name: str, value: object) -> int:

@@ -70,8 +70,7 @@ from .service import (
     serve_log,
     summarize_streams,
 )
-from .stores import open_store
-from .stores.base import Store
+from .store import Store, open_store
 from .writer import AppendResult, Batch
 
 log = logging.getLogger("vault.functions")
@@ -449,7 +448,7 @@ def _from_entity(stream: str, output: dict[str, Any]) -> func.HttpResponse:
 
 
 def _stage(name: str, batch: bytes) -> str:
-    staging().put_object(name, batch)
+    staging().write_file(name, batch)
     return name
 
 
@@ -619,7 +618,7 @@ def _delete_staged(name: str) -> None:
     """Best effort: a staged batch left behind is removed by the staging container's lifecycle
     rule, and an append it stood for is answered from the stream if it comes again."""
     try:
-        staging().delete_object(name)
+        staging().delete_file(name)
     except Exception as error:
         log.warning("could not delete the staged batch %s (%s); it expires", name, type(error).__name__)
 
@@ -632,7 +631,7 @@ def _read(append: _Append) -> None:
         body = (
             base64.b64decode(payload["inline"])
             if "inline" in payload
-            else staging().get_object(payload["staged"])
+            else staging().read_file(payload["staged"])
         )
     except FileNotFoundError:
         return  # staged, committed and deleted before: _missing_staged answers it

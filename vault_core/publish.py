@@ -32,7 +32,7 @@ from .errors import CorruptDataError, VaultError, check_int
 from .framing import LogFrames
 from .lines import BadLine, message_json, parse_line
 from .reader import StreamReader
-from .stores.base import Store
+from .store import Store
 
 # A publish sends at most this many key and value bytes per batch (the HTTP API takes 16 MiB).
 PUBLISH_BATCH_BYTES = 8 * 1024 * 1024
@@ -547,10 +547,10 @@ class _ToStore(_Destination):
         return retrying(self._writer.append, batch, batch_id=batch_id)
 
     def _load(self) -> bytes:
-        return self._store.get_object(self._record)
+        return self._store.read_file(self._record)
 
     def _save(self, data: bytes) -> None:
-        self._store.put_object(self._record, data)
+        self._store.write_file(self._record, data)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -578,7 +578,7 @@ class _ToApi(_Destination):
         self._record = state / "publish" / f"{where}.json"
 
     def reader(self) -> StreamReader | None:
-        from .stores import open_source
+        from .sources import open_source
 
         if self._read_url is None:
             return None

@@ -37,7 +37,7 @@ from .service import (
     serve_log,
     summarize_streams,
 )
-from .stores.base import Store
+from .store import Store
 from .writer import AppendResult
 
 log = logging.getLogger("vault.serve")

@@ -15,7 +15,7 @@ from . import format as fmt
 from . import http_models as http
 from .errors import BatchIdConflict, FencedError, MessageTooLarge, StreamBusyError, VaultError
 from .format import PreparedBatch
-from .stores.base import Store
+from .store import Store
 from .writer import AppendResult, StreamWriter
 
 log = logging.getLogger("vault.service")
@@ -123,7 +123,7 @@ def summarize_streams(store: Store) -> http.StreamList:
 def describe_groups(store: Store) -> http.GroupList:
     """GET /api/groups: every consumer group's lag on each stream it reads."""
     now = datetime.now(UTC)
-    lags = consumer.groups(store)
+    lags = consumer.group_lags(store)
     return http.GroupList(
         groups=[http.GroupLagInfo(**lag._asdict(), behind_seconds=lag.behind(now)) for lag in lags]
     )

@@ -147,7 +147,7 @@ def test_large_batches_are_staged_never_sent_through_durable_and_deleted_once_co
     record = app.record(host_module.instance_id("big", "big-1"))
     assert "inline" not in json.loads(record.input_text) and len(record.input_text) < 1024
     with pytest.raises(FileNotFoundError):  # the staged copy is deleted once committed
-        app.staging.get_object(json.loads(record.input_text)["staged"])
+        app.staging.read_file(json.loads(record.input_text)["staged"])
 
 
 def test_the_largest_inline_batch_stays_under_durables_message_limits(app):
@@ -689,7 +689,7 @@ def payload(stream: str, key: str, messages: list[Message], staged_in=None) -> d
         item["inline"] = base64.b64encode(batch).decode()
     else:
         item["staged"] = f"{stream}/{key}/{digest}"
-        staged_in.put_object(item["staged"], batch)
+        staged_in.write_file(item["staged"], batch)
     return item
 
 
@@ -708,7 +708,7 @@ def test_the_entity_commits_a_batch_of_operations_together_each_with_its_answer(
     assert stored == [(f"m{i}", b"x" * i) for i in range(10)] + [("b", bytes(300_000))]
     assert json.loads(state) == {"appends": 12, "position": entity.store.reader("s").position()}
     with pytest.raises(FileNotFoundError):
-        entity.staging.get_object(ops[12]["staged"])
+        entity.staging.read_file(ops[12]["staged"])
     # The runtime runs the same batch again (its worker died before the checkpoint): the staged
     # batch is gone, the stream's batch ids answer, nothing is appended twice.
     again, _ = entity("s", ops, state)

@@ -11,13 +11,13 @@ from vault_core.stores.local import LocalStore
 
 def log_blob(store: vault_core.Store, stream: str):
     """The page blob that holds `stream`'s log, on a blob store."""
-    return store._container.get_blob_client(f"{stream}/log")
+    return store.backend._container.get_blob_client(f"{stream}/log")
 
 
 def flip_byte(store: vault_core.Store, stream: str, at: int) -> None:
     """Damage the byte at `at` of the log (a file offset: `fmt.data_at(position)` for a position)."""
-    if isinstance(store, LocalStore):
-        with open(store.root / stream / "log", "r+b") as f:
+    if isinstance(store.backend, LocalStore):
+        with open(store.backend.root / stream / "log", "r+b") as f:
             f.seek(at)
             value = f.read(1)[0]
             f.seek(at)
@@ -33,8 +33,8 @@ def flip_byte(store: vault_core.Store, stream: str, at: int) -> None:
 def cut_log(store: vault_core.Store, stream: str, length: int) -> None:
     """Cut the log short to its first `length` bytes, as a lost file tail or a shrunk blob would
     (on a blob store, a whole number of 512-byte pages)."""
-    if isinstance(store, LocalStore):
-        os.truncate(store.root / stream / "log", length)
+    if isinstance(store.backend, LocalStore):
+        os.truncate(store.backend.root / stream / "log", length)
         return
     if length % 512:
         raise ValueError(f"a page blob holds whole 512-byte pages, not {length} bytes")

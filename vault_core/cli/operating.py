@@ -76,8 +76,7 @@ def groups(
     the stream's position, the lag in bytes, and how long ago the first message it has not read
     was appended."""
     from ..checkpoints import check_group_name
-    from ..consumer import GroupLag
-    from ..consumer import groups as group_lags
+    from ..consumer import GroupLag, group_lags
 
     if group is not None:
         check_group_name(group)

@@ -246,7 +246,7 @@ def mirror(
 ) -> None:
     """Copy STREAM into a local store at PATH, byte for byte, checking every batch; run again to
     copy only what is new. Read the copy at disk speed with `vault read STREAM --store PATH`."""
-    from ..local_copy import mirror as mirror_stream
+    from ..mirroring import mirror as mirror_stream
 
     if target and not url and os.path.realpath(target) == os.path.realpath(path):
         raise click.UsageError(f"--to {path} is the store the stream is read from: copy it to another folder")

@@ -18,7 +18,8 @@ from .. import StreamReader, open_reader, open_store
 from .. import format as fmt
 from ..errors import StreamBusyError, VaultError
 from ..framing import LogFrames
-from ..stores import Store, open_source
+from ..sources import open_source
+from ..store import Store
 
 
 class VaultGroup(click.Group):

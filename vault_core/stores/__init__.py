@@ -1,25 +1,24 @@
-"""Where streams live: `open_store` picks the backend from what it is given."""
+"""The backends: where streams' bytes live. `open_backend` picks one from what it is given, and
+`source_from_url` opens the log behind one of a backend's read URLs."""
 
 from __future__ import annotations
 
 import os
 import re
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-from .base import LogSource, LogWriter, Store
+from .base import Backend, LogSource, LogWriter
 
-__all__ = ["LogSource", "LogWriter", "Store", "is_api_url", "open_source", "open_store"]
+__all__ = ["Backend", "LogSource", "LogWriter", "open_backend", "source_from_url"]
 
 DEFAULT_CONTAINER = "vault"
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
-API_STREAM_PATH = re.compile(r"(?P<base>(?:/[^/]+)*?)/api/streams/(?P<stream>[^/]+)/?")
 _CONNECTION_KEYS = ("usedevelopmentstorage=", "accountname=", "blobendpoint=", "sharedaccesssignature=")
 
 
-def open_store(
+def open_backend(
     target: str | os.PathLike[str], *, credential: Any = None, container: str = DEFAULT_CONTAINER
-) -> Store:
+) -> Backend:
     """A local directory path -> the embedded store; an Azure Storage connection string
     ("UseDevelopmentStorage=true" for the emulator) or an account URL ("https://<account>.blob.
     core.windows.net[/<container>]", with `credential`, by default DefaultAzureCredential) ->
@@ -57,27 +56,14 @@ def open_store(
     return LocalStore(target)
 
 
-def open_source(url: str, *, credential: Any = None, key: str | None = None) -> tuple[str, LogSource]:
-    """The stream name and log behind a read URL from `Store.read_url` (a SAS or file:// URL; a
-    plain blob URL with an Azure `credential`), or behind a stream's API URL (`is_api_url`; `key`:
-    the API key), whose read URLs it asks the API for and renews as they expire."""
-    if not isinstance(url, str):
-        raise TypeError(f"read URL must be a string, got {type(url).__name__}")
-    if credential is None and is_api_url(url):
-        from .renewing import RenewingSource
-
-        source = RenewingSource(url, key=key)
-        return source.stream, source
-    if key is not None:
-        raise ValueError(
-            "key= is the HTTP API's key, for a stream's API URL (http(s)://HOST/api/streams/NAME); "
-            "a read URL needs none"
-        )
+def source_from_url(url: str, *, credential: Any = None) -> tuple[str, LogSource]:
+    """The stream name and log behind a read URL from a backend's `read_url` (a SAS or file://
+    URL; a plain blob URL with an Azure `credential`; memory: in this process)."""
     scheme = url.split(":", 1)[0].lower()
     if scheme == "file":
-        from .local import source_from_url
+        from .local import source_from_url as local_source_from_url
 
-        return source_from_url(url)
+        return local_source_from_url(url)
     if scheme == "memory":
         from .memory import source_from_url as memory_source_from_url
 
@@ -87,12 +73,3 @@ def open_source(url: str, *, credential: Any = None, key: str | None = None) -> 
 
         return blob_source_from_url(url, credential=credential)
     raise ValueError(f"unsupported read URL {url!r}: expected file://, https://, http:// or memory:")
-
-
-def is_api_url(url: str) -> bool:
-    """Whether `url` is a stream's address on the vault's HTTP API, http(s)://HOST[:PORT]/api/
-    streams/NAME, rather than a read URL: file://, or a blob URL (a SAS carries sig=)."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or "sig" in parse_qs(parts.query):
-        return False
-    return API_STREAM_PATH.fullmatch(parts.path) is not None

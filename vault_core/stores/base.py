@@ -1,9 +1,10 @@
 """The seam between the vault and a place that keeps bytes.
 
-A backend supplies a `Store` (the namespace of streams) whose logs are plain byte sequences:
+A backend supplies a `Backend` (the namespace of streams) whose logs are plain byte sequences:
 `LogSource` to read one, `LogWriter` to own and write one. The format, the commit protocol and the
-batch ids live in the writer and reader above this seam; a backend only moves bytes, keeps them
-durable, and fences a writer that lost ownership.
+batch ids live in the writer and reader above this seam, and what users hold is a
+`vault_core.Store` over a backend; a backend only moves bytes, keeps them durable, and fences a
+writer that lost ownership.
 """
 
 from __future__ import annotations
@@ -13,13 +14,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
-from ..errors import check_int
-from ..format import check_stream_name
-
 if TYPE_CHECKING:
     from ..checkpoints import Checkpoints
-    from ..reader import StreamReader
-    from ..writer import StreamWriter
 
 
 Buffer: TypeAlias = bytes | bytearray | memoryview  # what a log writes: any bytes, without a copy
@@ -69,9 +65,9 @@ class LogWriter(LogSource, Protocol):
         ...
 
 
-class Store(abc.ABC):
-    """A namespace of streams: a local directory, or a blob container. `str(store)` says where it
-    is without any secret (no account key, no SAS), for messages and logs."""
+class Backend(abc.ABC):
+    """A namespace of streams: a local directory, a blob container, or memory. `str(backend)` says
+    where it is without any secret (no account key, no SAS), for messages and logs."""
 
     @abc.abstractmethod
     def exists(self) -> bool:
@@ -96,16 +92,17 @@ class Store(abc.ABC):
         """A URL granting read access to this one stream and nothing else."""
 
     @abc.abstractmethod
-    def put_object(self, name: str, data: bytes) -> None:
-        """Store a small named object beside the streams (a staged batch, say), replacing any."""
+    def write_file(self, name: str, data: bytes) -> None:
+        """Store a small named file beside the streams (a staged batch, a publish's progress
+        record), replacing any. Its name is a path of stream-like names, never a stream's."""
 
     @abc.abstractmethod
-    def get_object(self, name: str) -> bytes:
-        """A named object's bytes; FileNotFoundError if there is none."""
+    def read_file(self, name: str) -> bytes:
+        """A named file's bytes; FileNotFoundError if there is none."""
 
     @abc.abstractmethod
-    def delete_object(self, name: str) -> None:
-        """Delete a named object; nothing happens if there is none."""
+    def delete_file(self, name: str) -> None:
+        """Delete a named file; nothing happens if there is none."""
 
     @abc.abstractmethod
     def consumer_groups(self) -> list[str]:
@@ -116,64 +113,10 @@ class Store(abc.ABC):
         """Consumer group `group`'s checkpoints on this store's streams: files beside the streams
         on the local store; the account's Table service (table `vaultcheckpoints`) on Azure."""
 
-    def writer(self, stream: str, *, lease_seconds: int = 60, takeover: bool = False) -> StreamWriter:
-        """The stream's single writer; creates the stream. StreamBusyError if it has another.
-
-        `takeover=True` is for a caller that already knows it is the stream's rightful owner (the
-        Function App's durable entity, which the runtime runs in one place at a time): it ends
-        the other writer's ownership at once instead of waiting for it to lapse. The old writer,
-        alive, frozen or mid-write, is fenced: its next write raises FencedError and none of its
-        bytes become visible. On the local store, whose lock the OS frees the moment its holder
-        dies, there is nothing to wait out and `takeover` changes nothing."""
-        from ..writer import StreamWriter
-
-        check_stream_name(stream)
-        if not 15 <= check_int("lease_seconds", lease_seconds) <= 60:
-            raise ValueError(f"lease_seconds must be 15 to 60, got {lease_seconds}")
-        if not isinstance(takeover, bool):
-            raise TypeError("takeover must be a bool")
-        return StreamWriter(stream, self.open_log(stream, lease_seconds=lease_seconds, takeover=takeover))
-
-    def has_stream(self, stream: str) -> bool:
-        """Whether the stream exists: its log does, and a log is never empty (a new stream whose
-        first append was refused is removed). One request, however many streams there are."""
-        from ..framing import LogFrames
-
-        source = self.open_source(check_stream_name(stream))
-        try:
-            return LogFrames(stream, source).exists()
-        finally:
-            source.close()
-
-    def delete_stream(self, stream: str) -> None:
-        """Remove the stream for good: every consumer group's checkpoint on it, then its log.
-        StoreNotFound if there is no such stream; StreamBusyError while a writer holds it (stop
-        that writer first). A stream made again under the name starts empty, and is read from
-        its start by every group."""
-        from ..errors import StoreNotFound
-
-        if not self.has_stream(stream):
-            raise StoreNotFound(f"stream {stream!r} does not exist in {self}")
-        log = self.open_log(stream, lease_seconds=15)  # no writer can append meanwhile
-        try:
-            for group in self.consumer_groups():
-                with self.checkpoints(group) as checkpoints:
-                    checkpoints.forget(stream)
-        except BaseException:
-            log.close()
-            raise
-        log.discard()
-
-    def reader(self, stream: str) -> StreamReader:
-        from ..reader import StreamReader
-
-        check_stream_name(stream)
-        return StreamReader(stream, self.open_source(stream))
-
     def close(self) -> None:  # noqa: B027 - backends with nothing to release keep this
         """Release connections."""
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Backend:
         return self
 
     def __exit__(self, *exc: object) -> None:

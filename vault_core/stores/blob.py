@@ -37,7 +37,7 @@ from azure.storage.blob import (
 from ..checkpoints import check_group_name
 from ..errors import FencedError, ReadUrlExpired, StoreNotFound, StreamBusyError
 from ..format import check_stream_name
-from .base import Buffer, LogSource, LogWriter, Store
+from .base import Backend, Buffer, LogSource, LogWriter
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -59,7 +59,7 @@ def client_options() -> dict[str, Any]:
     return {"retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=4)}
 
 
-class BlobStore(Store):
+class BlobStore(Backend):
     def __init__(self, service: BlobServiceClient, container: str) -> None:
         if not (3 <= len(container) <= 63 and _CONTAINER_NAME.fullmatch(container)):
             raise ValueError(
@@ -200,7 +200,7 @@ class BlobStore(Store):
         )
         return f"{blob.url}?{sas}"
 
-    def put_object(self, name: str, data: bytes) -> None:
+    def write_file(self, name: str, data: bytes) -> None:
         blob = self._container.get_blob_client(name)
         try:
             blob.upload_blob(data, overwrite=True)
@@ -209,13 +209,13 @@ class BlobStore(Store):
                 self._container.create_container()
             blob.upload_blob(data, overwrite=True)
 
-    def get_object(self, name: str) -> bytes:
+    def read_file(self, name: str) -> bytes:
         try:
             return self._container.get_blob_client(name).download_blob().readall()
         except ResourceNotFoundError:
             raise FileNotFoundError(f"no object {name!r} in container {self.container!r}") from None
 
-    def delete_object(self, name: str) -> None:
+    def delete_file(self, name: str) -> None:
         with contextlib.suppress(ResourceNotFoundError):
             self._container.get_blob_client(name).delete_blob()
 

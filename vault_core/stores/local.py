@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from ..checkpoints import GROUP_NAME, Checkpoint, Checkpoints, checkpoint_time
+from ..checkpoints import GROUP_NAME, Checkpoint, CheckpointConflict, Checkpoints, checkpoint_time
 from ..errors import (
-    CheckpointConflict,
     StoreAccessDenied,
     StoreFull,
     StoreNotFound,
@@ -30,7 +29,7 @@ from ..errors import (
     VaultError,
 )
 from ..format import check_stream_name
-from .base import Buffer, LogSource, LogWriter, Store
+from .base import Backend, Buffer, LogSource, LogWriter
 
 LOG_FILE = "log"
 CHECKPOINT_FOLDER = "_checkpoints"  # not a valid stream name, so never listed as a stream
@@ -39,7 +38,7 @@ FOLDER_MODE, FILE_MODE = 0o700, 0o600
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
 
 
-class LocalStore(Store):
+class LocalStore(Backend):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
 
@@ -97,7 +96,7 @@ class LocalStore(Store):
         check_stream_name(stream)
         return (self.root / stream / LOG_FILE).resolve().as_uri()
 
-    def put_object(self, name: str, data: bytes) -> None:
+    def write_file(self, name: str, data: bytes) -> None:
         self._make_root()
         path = self._object_path(name)
         with disk_errors(path, "write"):
@@ -110,12 +109,12 @@ class LocalStore(Store):
                 file.write(data)
             os.replace(partial, path)  # readers see all of it or none
 
-    def get_object(self, name: str) -> bytes:
+    def read_file(self, name: str) -> bytes:
         path = self._object_path(name)
         with disk_errors(path, "read"):
             return path.read_bytes()
 
-    def delete_object(self, name: str) -> None:
+    def delete_file(self, name: str) -> None:
         path = self._object_path(name)
         with disk_errors(path, "delete"):
             path.unlink(missing_ok=True)

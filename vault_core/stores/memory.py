@@ -17,10 +17,10 @@ import weakref
 from collections.abc import Sequence
 from datetime import timedelta
 
-from ..checkpoints import Checkpoint, Checkpoints, checkpoint_time
-from ..errors import CheckpointConflict, FencedError, StreamBusyError
+from ..checkpoints import Checkpoint, CheckpointConflict, Checkpoints, checkpoint_time
+from ..errors import FencedError, StreamBusyError
 from ..format import check_stream_name
-from .base import Buffer, LogSource, LogWriter, Store
+from .base import Backend, Buffer, LogSource, LogWriter
 
 SCHEME = "memory:"
 # The stores named in this process: strongly held, since a name says "the same store again".
@@ -62,7 +62,7 @@ class _Log:
         self.owner: object | None = None
 
 
-class MemoryStore(Store):
+class MemoryStore(Backend):
     def __init__(self, name: str) -> None:
         self.name = name
         self._lock = threading.Lock()  # guards the logs' bytes and owners, and the objects
@@ -102,18 +102,18 @@ class MemoryStore(Store):
         check_stream_name(stream)
         return f"{SCHEME}{self.name}/{stream}"  # good in this process only, for as long as it runs
 
-    def put_object(self, name: str, data: bytes) -> None:
+    def write_file(self, name: str, data: bytes) -> None:
         with self._lock:
             self._objects[name] = bytes(data)
 
-    def get_object(self, name: str) -> bytes:
+    def read_file(self, name: str) -> bytes:
         with self._lock:
             try:
                 return self._objects[name]
             except KeyError:
                 raise FileNotFoundError(f"no object {name!r} in {self}") from None
 
-    def delete_object(self, name: str) -> None:
+    def delete_file(self, name: str) -> None:
         with self._lock:
             self._objects.pop(name, None)
 

@@ -21,8 +21,7 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import EdmType, EntityProperty, TableClient, UpdateMode
 
-from ..checkpoints import Checkpoint, Checkpoints, checkpoint_time
-from ..errors import CheckpointConflict
+from ..checkpoints import Checkpoint, CheckpointConflict, Checkpoints, checkpoint_time
 
 TABLE_NAME = "vaultcheckpoints"
 

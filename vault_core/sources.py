@@ -1,33 +1,62 @@
-"""A stream's log read through its address on the vault's HTTP API, for as long as the process
-runs: the API (`GET /api/streams/{stream}`) hands out a read URL that expires (an hour, or
-VAULT_READ_URL_SECONDS), so this source asks for a fresh one before that and swaps the log it
-reads through. Both URLs name the same bytes, so a swap changes nothing a reader sees: no message
-is missed or read twice."""
+"""A stream's log opened from a URL: a read URL, or the stream's address on the vault's HTTP API.
+
+Through the API address it is read for as long as the process runs: the API
+(`GET /api/streams/{stream}`) hands out a read URL that expires (an hour, or
+VAULT_READ_URL_SECONDS), so `RenewingSource` asks for a fresh one before that and swaps the log
+it reads through. Both URLs name the same bytes, so a swap changes nothing a reader sees: no
+message is missed or read twice."""
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import urllib3
 
-from ..client import VaultClient
-from ..errors import ReadUrlExpired, VaultError
-from ..format import check_stream_name
-from . import API_STREAM_PATH, open_source
-from .base import LogSource
+from .client import VaultClient
+from .errors import ReadUrlExpired, VaultError
+from .format import check_stream_name
+from .stores import LogSource, source_from_url
 
 log = logging.getLogger("vault.read_urls")
 RENEW_AT = 0.8  # of a read URL's life: a fresh one is asked for when less than a fifth is left
 MIN_RENEWAL_SECONDS = 1.0  # however short the life left looks (clocks differ), not more often
 T = TypeVar("T")
+API_STREAM_PATH = re.compile(r"(?P<base>(?:/[^/]+)*?)/api/streams/(?P<stream>[^/]+)/?")
+
+
+def open_source(url: str, *, credential: Any = None, key: str | None = None) -> tuple[str, LogSource]:
+    """The stream name and log behind a read URL from `Store.read_url` (a SAS or file:// URL; a
+    plain blob URL with an Azure `credential`), or behind a stream's API URL (`is_api_url`; `key`:
+    the API key), whose read URLs it asks the API for and renews as they expire."""
+    if not isinstance(url, str):
+        raise TypeError(f"read URL must be a string, got {type(url).__name__}")
+    if credential is None and is_api_url(url):
+        source = RenewingSource(url, key=key)
+        return source.stream, source
+    if key is not None:
+        raise ValueError(
+            "key= is the HTTP API's key, for a stream's API URL (http(s)://HOST/api/streams/NAME); "
+            "a read URL needs none"
+        )
+    return source_from_url(url, credential=credential)
+
+
+def is_api_url(url: str) -> bool:
+    """Whether `url` is a stream's address on the vault's HTTP API, http(s)://HOST[:PORT]/api/
+    streams/NAME, rather than a read URL: file://, or a blob URL (a SAS carries sig=)."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or "sig" in parse_qs(parts.query):
+        return False
+    return API_STREAM_PATH.fullmatch(parts.path) is not None
 
 
 @dataclass
@@ -139,7 +168,7 @@ class RenewingSource:
     def _fetch(self) -> _Grant:
         """A fresh read URL from the API, opened."""
         info = self._client.stream_info(self.stream)
-        named, source = open_source(info.read_url)
+        named, source = source_from_url(info.read_url)
         if named != self.stream:
             source.close()
             raise VaultError(
@@ -147,7 +176,7 @@ class RenewingSource:
             )
         expiry = None
         if info.read_url.lower().startswith(("https://", "http://")):
-            from .blob import sas_expiry
+            from .stores.blob import sas_expiry
 
             expiry = sas_expiry(info.read_url) or info.expires_on  # file:// URLs never expire
         now = time.monotonic()
