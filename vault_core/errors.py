@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class VaultError(Exception):
     """Base class of every error raised on purpose by vault_core."""
@@ -77,6 +79,13 @@ class BatchIdConflict(VaultError, ValueError):
 class OwnershipLost(VaultError):
     """An exclusive consumer's claim on its stream ran out and another consumer of the group took
     the stream: this one must stop (the group goes on from its checkpoint)."""
+
+
+def connection_reason(error: BaseException) -> str | None:
+    """What the OS said in a failed connection's message ("[Errno 111] Connection refused" ->
+    "Connection refused"), for errors that say where they tried and why it failed."""
+    found = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(error))
+    return found[1] if found else None
 
 
 def check_int(name: str, value: object) -> int:

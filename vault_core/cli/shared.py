@@ -16,7 +16,7 @@ import click
 
 from .. import StreamReader, open_reader, open_store
 from .. import format as fmt
-from ..errors import StreamBusyError, VaultError
+from ..errors import StreamBusyError, VaultError, connection_reason
 from ..framing import LogFrames
 from ..sources import open_source
 from ..store import Store
@@ -64,9 +64,8 @@ def _explain(error: Exception) -> str:
         return f"storage answered {error.status_code}: {error.message}"
     if isinstance(error, urllib3.exceptions.HTTPError):
         where = re.search(r"host='([^']+)', port=(\d+)", str(error))
-        reason = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(error))
         if where:
-            why = reason[1] if reason else error
+            why = connection_reason(error) or error
             return (
                 f"cannot reach the vault's HTTP API at {where[1]}:{where[2]} ({why}): is it running "
                 "there (vault serve, func start)? Check --url"

@@ -35,7 +35,7 @@ from azure.storage.blob import (
 )
 
 from ..checkpoints import check_group_name
-from ..errors import FencedError, ReadUrlExpired, StoreNotFound, StreamBusyError
+from ..errors import FencedError, ReadUrlExpired, StoreNotFound, StreamBusyError, connection_reason
 from ..format import check_stream_name
 from .base import Backend, Buffer, LogSource, LogWriter
 
@@ -57,6 +57,12 @@ _CONTAINER_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 def client_options() -> dict[str, Any]:
     """Options for every blob client: quick retries (the SDK default first waits 15 s)."""
     return {"retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=4)}
+
+
+def is_path_style(host: str) -> bool:
+    """Whether a storage endpoint on `host` names the account in its path rather than in its
+    host name: the emulator's (127.0.0.1:10000/<account>), and any at an IP address."""
+    return host in ("localhost", "::1") or host[:1].isdigit()
 
 
 class BlobStore(Backend):
@@ -105,8 +111,7 @@ class BlobStore(Backend):
         http://127.0.0.1:10000/<account>/<container> of the emulator works too)."""
         parsed = urlparse(url)
         segments = [s for s in parsed.path.split("/") if s]
-        path_style = parsed.hostname in ("127.0.0.1", "localhost") or (parsed.hostname or "")[:1].isdigit()
-        account_segments = 1 if path_style else 0
+        account_segments = 1 if is_path_style(parsed.hostname or "") else 0
         if len(segments) > account_segments:
             container = segments[account_segments]
         account_url = f"{parsed.scheme}://{parsed.netloc}" + "".join(
@@ -145,10 +150,9 @@ class BlobStore(Backend):
             return False
         except ServiceRequestError as error:
             host = urlsplit(self._container.url).netloc
-            emulator = host.split(":")[0] in ("127.0.0.1", "localhost", "::1")
-            reason = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(error))
+            emulator = is_path_style(urlsplit(self._container.url).hostname or "")
             raise StoreNotFound(
-                f"cannot reach the storage account at {host} ({reason[1] if reason else 'no answer'}): "
+                f"cannot reach the storage account at {host} ({connection_reason(error) or 'no answer'}): "
                 + (
                     f"is Azurite running at {host}? (scripts/azurite.sh starts it)"
                     if emulator

@@ -22,6 +22,7 @@ from azure.core.exceptions import (
 from azure.data.tables import EdmType, EntityProperty, TableClient, UpdateMode
 
 from ..checkpoints import Checkpoint, CheckpointConflict, Checkpoints, checkpoint_time
+from .blob import is_path_style
 
 TABLE_NAME = "vaultcheckpoints"
 
@@ -39,7 +40,7 @@ def table_url(blob_url: str) -> str:
     (blobs on 10000, tables on 10002); use a connection string with a TableEndpoint otherwise."""
     parsed = urlparse(blob_url)
     host = parsed.hostname or ""
-    if host in ("127.0.0.1", "localhost") or host[:1].isdigit():
+    if is_path_style(host):
         if parsed.port is None:
             raise ValueError(
                 f"cannot tell the Table service URL of {blob_url!r} (no port): open the store with "
