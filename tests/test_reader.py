@@ -43,6 +43,15 @@ def test_a_position_inside_a_record_or_past_the_end_is_refused(filled):
         reader.read(reader.position() + 1)
 
 
+def test_a_replay_ends_where_asked_and_refuses_an_end_that_is_not_a_position(filled):
+    reader, results = filled
+    assert [m.key for m in reader.replay(0, end=results[0].position)] == [f"b0-{i}" for i in range(10)]
+    with pytest.raises(InvalidPosition, match="outside stream"):
+        reader.replay(0, end=reader.position() + 1)
+    with pytest.raises(TypeError, match="end must be an int, got bool"):
+        reader.replay(0, end=True)
+
+
 def test_headed_batches_give_each_batch_with_its_id(filled):
     reader, results = filled
     seen = [(header.batch_id, [m.key for m in messages]) for header, messages in reader.headed_batches()]

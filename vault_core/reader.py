@@ -102,7 +102,7 @@ class StreamReader:
         stays bounded by a few chunks."""
         committed = self.position()
         end = committed if end is None else end
-        if isinstance(end, bool) or not isinstance(end, int) or not 0 <= end <= committed:
+        if not 0 <= check_int("end", end) <= committed:
             raise InvalidPosition(f"end {end} is outside stream {self.stream!r} (0 to {committed})")
         return self._replay(position, end)
 
