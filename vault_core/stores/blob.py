@@ -38,6 +38,7 @@ from ..checkpoints import check_group_name
 from ..errors import FencedError, ReadUrlExpired, StoreNotFound, StreamBusyError, connection_reason
 from ..format import check_stream_name
 from .base import Backend, Buffer, LogSource, LogWriter
+from .endpoints import is_path_style
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -57,12 +58,6 @@ _CONTAINER_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 def client_options() -> dict[str, Any]:
     """Options for every blob client: quick retries (the SDK default first waits 15 s)."""
     return {"retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=4)}
-
-
-def is_path_style(host: str) -> bool:
-    """Whether a storage endpoint on `host` names the account in its path rather than in its
-    host name: the emulator's (127.0.0.1:10000/<account>), and any at an IP address."""
-    return host in ("localhost", "::1") or host[:1].isdigit()
 
 
 class BlobStore(Backend):

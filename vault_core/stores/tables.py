@@ -22,7 +22,7 @@ from azure.core.exceptions import (
 from azure.data.tables import EdmType, EntityProperty, TableClient, UpdateMode
 
 from ..checkpoints import Checkpoint, CheckpointConflict, Checkpoints, checkpoint_time
-from .blob import is_path_style
+from .endpoints import is_path_style
 
 TABLE_NAME = "vaultcheckpoints"
 
