@@ -20,6 +20,9 @@ def test_the_compiled_path_is_built_and_on_unless_turned_off():
     """`pip install` builds it on a machine with a compiler; only VAULT_PURE_PYTHON turns it off."""
     assert fmt.COMPILED is not None
     assert os.environ.get("VAULT_PURE_PYTHON") is None
+    # chosen once, at import: the record path every call takes is the compiled one
+    assert fmt.prepare_batch is not fmt.PYTHON_TWINS["prepare_batch"]
+    assert fmt.decode_records is not fmt.PYTHON_TWINS["decode_records"]
 
 
 def outcome(call: Callable[[], Any]) -> tuple:
@@ -35,12 +38,18 @@ def outcome(call: Callable[[], Any]) -> tuple:
 
 
 def compiled_and_pure(call: Callable[[], Any]) -> tuple[tuple, tuple]:
+    """What `call` gives on the compiled record path, and on the Python one swapped in for it."""
     compiled = outcome(call)
-    saved, fmt.COMPILED = fmt.COMPILED, None
+    chosen = {name: getattr(fmt, name) for name in fmt.PYTHON_TWINS}
+    saved, fmt.COMPILED = fmt.COMPILED, None  # what the transfer codec looks at
+    for name, twin in fmt.PYTHON_TWINS.items():
+        setattr(fmt, name, twin)
     try:
         pure = outcome(call)
     finally:
         fmt.COMPILED = saved
+        for name, function in chosen.items():
+            setattr(fmt, name, function)
     return compiled, pure
 
 

@@ -189,13 +189,9 @@ class PreparedBatch(NamedTuple):
     offsets: list[int]  # where each record starts, from the batch start
 
 
-def prepare_batch(messages: object, batch_id: bytes = b"") -> PreparedBatch:
+def _prepare_in_python(messages: object, batch_id: bytes = b"") -> PreparedBatch:
     """Validate and encode messages as one batch. Raises, before anything is stored, if any
     message is wrong. Needs no lock: the writer seals the batch when its turn comes."""
-    if COMPILED is not None and type(batch_id) is bytes:
-        fast = COMPILED.prepare(messages, batch_id)
-        if fast is not None:
-            return PreparedBatch(*fast)
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise TypeError("messages must be a list of Message(key, value)")
     count = len(messages)
@@ -298,25 +294,13 @@ def verify_batch(stream: str, buffer: bytes, at: int, header: BatchHeader) -> No
         )
 
 
-def decode_records(
+def _decode_in_python(
     stream: str, buffer: bytes, at: int, header: BatchHeader, start: int | None = None
 ) -> list[StoredMessage]:
     """The messages of a verified batch at buffer[at:], from offset `start` (default: all).
     Raises CorruptDataError if the records do not fill the batch exactly."""
     if start is not None:
         return [m for m in decode_checked(stream, buffer, at, header) if m.offset >= start]
-    if COMPILED is not None and type(buffer) is bytes:
-        fast = COMPILED.decode(
-            buffer,
-            at + header.records_at,
-            at + header.length,
-            header.position - at,
-            header.timestamp_ms,
-            header.message_count,
-            StoredMessage,
-        )
-        if fast is not None:
-            return fast
     # The hot loop of every read: per record one unpack, two slices and one tuple, nothing more.
     # (The checksum already vouches for the bytes; decode_checked also checks back-pointers.)
     unpack = RECORD_HEADER.unpack_from
@@ -346,6 +330,42 @@ def decode_records(
     if index != end or len(out) != header.message_count:
         raise CorruptDataError(stream, header.position, "records do not match the batch header")
     return out
+
+
+# The record path, chosen here once: the compiled twins where they were built. They hand anything
+# unusual (a bytearray, a value the C code does not take) to the Python code, so results and errors
+# are the same either way (tests/test_records.py swaps in PYTHON_TWINS to compare).
+PYTHON_TWINS = {"prepare_batch": _prepare_in_python, "decode_records": _decode_in_python}
+if COMPILED is None:
+    prepare_batch = _prepare_in_python
+    decode_records = _decode_in_python
+else:
+    _built = COMPILED
+
+    def prepare_batch(messages: object, batch_id: bytes = b"") -> PreparedBatch:
+        """Validate and encode messages as one batch. Raises, before anything is stored, if any
+        message is wrong. Needs no lock: the writer seals the batch when its turn comes."""
+        fast = _built.prepare(messages, batch_id) if type(batch_id) is bytes else None
+        return _prepare_in_python(messages, batch_id) if fast is None else PreparedBatch(*fast)
+
+    def decode_records(
+        stream: str, buffer: bytes, at: int, header: BatchHeader, start: int | None = None
+    ) -> list[StoredMessage]:
+        """The messages of a verified batch at buffer[at:], from offset `start` (default: all).
+        Raises CorruptDataError if the records do not fill the batch exactly."""
+        if start is None and type(buffer) is bytes:
+            fast: list[StoredMessage] | None = _built.decode(
+                buffer,
+                at + header.records_at,
+                at + header.length,
+                header.position - at,
+                header.timestamp_ms,
+                header.message_count,
+                StoredMessage,
+            )
+            if fast is not None:
+                return fast
+        return _decode_in_python(stream, buffer, at, header, start)
 
 
 def decode_checked(stream: str, buffer: bytes, at: int, header: BatchHeader) -> list[StoredMessage]:
