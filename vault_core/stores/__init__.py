@@ -19,11 +19,7 @@ _CONNECTION_KEYS = ("usedevelopmentstorage=", "accountname=", "blobendpoint=", "
 def open_backend(
     target: str | os.PathLike[str], *, credential: Any = None, container: str = DEFAULT_CONTAINER
 ) -> Backend:
-    """A local directory path -> the embedded store; an Azure Storage connection string
-    ("UseDevelopmentStorage=true" for the emulator) or an account URL ("https://<account>.blob.
-    core.windows.net[/<container>]", with `credential`, by default DefaultAzureCredential) ->
-    page blobs in `container`; "memory:" (a new store) or "memory:NAME" (this process's store of
-    that name) -> streams in memory."""
+    """The backend that `target` names, as `vault_core.open_store` describes (which wraps it)."""
     if isinstance(target, str):
         lowered = target.strip().lower()
         if lowered.startswith("memory:"):
