@@ -1,67 +1,75 @@
 """Message Vault on Azure Functions: the table of contents. Each function delegates to
 vault_core.function_host; the `stream_writer` entity is the only code in the app that appends."""
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
 
 from vault_core import function_host as host
+from vault_core import routes
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 
-@app.route(route="streams/{stream}", methods=["POST"])
+def http_route(route: routes.Route) -> Callable[[Callable[..., Any]], Any]:
+    """An HTTP function at a route of the table that vault serve and the OpenAPI document share:
+    a function key is asked for unless the route is public."""
+    public = {"auth_level": func.AuthLevel.ANONYMOUS} if route.public else {}
+    return app.route(route=route.functions_route, methods=list(route.methods), **public)
+
+
+@http_route(routes.PUBLISH)
 @app.durable_client_input(client_name="client")
 async def publish(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     """Validate a batch, hand it to the stream's entity, answer 200 with its offsets (or 202)."""
     return await host.publish(req, client)
 
 
-@app.route(route="streams/{stream}/batches/{token}", methods=["GET"])
+@http_route(routes.BATCH_STATUS)
 @app.durable_client_input(client_name="client")
 async def batch_status(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     """Where a 202 points: the append's result once committed."""
     return await host.batch_status(req, client)
 
 
-@app.route(route="streams/{stream}", methods=["GET"])
+@http_route(routes.STREAM_INFO)
 def stream_info(req: func.HttpRequest) -> func.HttpResponse:
     """The stream's position and a read-only SAS URL for it."""
     return host.stream_info(req)
 
 
-@app.route(route="streams", methods=["GET"])
+@http_route(routes.LIST_STREAMS)
 def list_streams(req: func.HttpRequest) -> func.HttpResponse:
     """Every stream with its position."""
     return host.list_streams(req)
 
 
-@app.route(route="streams/{stream}/log", methods=["GET", "HEAD"])
+@http_route(routes.STREAM_LOG)
 def stream_log(req: func.HttpRequest) -> func.HttpResponse:
     """The log's bytes by Range, for a store without read URLs of its own (a development directory)."""
     return host.stream_log(req)
 
 
-@app.route(route="groups", methods=["GET"])
+@http_route(routes.LIST_GROUPS)
 def list_groups(req: func.HttpRequest) -> func.HttpResponse:
     """Every consumer group's lag on each stream it reads."""
     return host.list_groups(req)
 
 
-@app.route(route="console/{*path}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@http_route(routes.CONSOLE)
 def console(req: func.HttpRequest) -> func.HttpResponse:
     """The browser console's static files; the page asks for a function key to call the API."""
     return host.console(req)
 
 
-@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@http_route(routes.HEALTH)
 def health(req: func.HttpRequest) -> func.HttpResponse:
     return host.health(req)
 
 
-@app.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@http_route(routes.OPENAPI)
 def openapi(req: func.HttpRequest) -> func.HttpResponse:
     """The HTTP API as an OpenAPI 3.1 document, readable without a key."""
     return host.openapi_document(req)

@@ -18,7 +18,7 @@ from openapi_spec_validator import validate
 from tests.support import ROOT
 from tests.support.served import Served
 from vault_core import http_models as http
-from vault_core import openapi
+from vault_core import openapi, routes
 
 API_KEY = "a-key"
 # What Schemathesis checks each answer for (`schemathesis run --help` explains each).
@@ -59,6 +59,23 @@ def test_the_document_is_valid_openapi_3_1():
     assert document["openapi"].startswith("3.1.")
 
 
+def test_the_document_has_every_route_of_the_table_and_nothing_else():
+    """The route table is the one spelling: each route is in the document at its path, with its
+    methods, its name as the operationId, and no key asked for exactly when it is public."""
+    document = openapi.document()
+    documented = {
+        (path, method): operation
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method != "parameters"
+    }
+    expected = {(route.path, method.lower()): route for route in routes.ROUTES for method in route.methods}
+    assert set(documented) == set(expected)
+    for (path, method), route in expected.items():
+        assert documented[path, method]["operationId"] == route.operation_id(method), path
+        assert (documented[path, method].get("security") == []) == route.public, path
+
+
 def test_schemathesis_finds_every_answer_in_the_document_and_a_refused_publish_appends_nothing(tmp_path):
     """Schemathesis's own command against `vault serve` (with an API key, so that it also sends
     requests without one): a few examples per operation in each phase, one seed. Every publish
@@ -90,7 +107,7 @@ def test_schemathesis_finds_every_answer_in_the_document_and_a_refused_publish_a
         for entry in json.loads(har.read_text())["log"]["entries"]:
             request, response = entry["request"], entry["response"]
             path = unquote(urlsplit(request["url"]).path)
-            stream = path.removeprefix(f"{http.API_PREFIX}/streams/")
+            stream = path.removeprefix(routes.PUBLISH.prefix + "/")
             if request["method"] != "POST" or stream == path or "/" in stream:
                 continue
             status, text = response["status"], response["content"].get("text", "")

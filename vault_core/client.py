@@ -16,6 +16,7 @@ import urllib3
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
 
 from . import http_models as http
+from . import routes
 from .errors import BatchIdConflict, MessageTooLarge, VaultError
 from .format import Message, check_stream_name
 from .writer import AppendResult
@@ -88,7 +89,7 @@ class VaultClient:
         timeout: float = 120.0,
         attempts: int = 6,
     ) -> None:
-        self._base = base_url.rstrip("/").removesuffix(http.API_PREFIX)
+        self._base = base_url.rstrip("/").removesuffix(routes.API_PREFIX)
         self._headers = {http.FUNCTION_KEY_HEADER: key} if key else {}
         # urllib3 keeps the connection alive between calls and costs a fraction of what fuller
         # clients spend per request; retries are ours (below), with the same Idempotency-Key.
@@ -116,7 +117,7 @@ class VaultClient:
         def post() -> urllib3.BaseHTTPResponse:
             return self._send(
                 "POST",
-                f"{http.API_PREFIX}/streams/{stream}",
+                routes.PUBLISH.url(stream=stream),
                 body=body,
                 headers={"content-type": content_type, http.IDEMPOTENCY_KEY: key},
             )
@@ -143,16 +144,14 @@ class VaultClient:
         """The stream's position and a read-only URL (`vault_core.open_reader` reads it)."""
         check_stream_name(stream)
         return http.StreamInfo.model_validate_json(
-            self._send("GET", f"{http.API_PREFIX}/streams/{stream}").data
+            self._send("GET", routes.STREAM_INFO.url(stream=stream)).data
         )
 
     def streams(self) -> list[http.StreamSummary]:
-        return http.StreamList.model_validate_json(
-            self._send("GET", f"{http.API_PREFIX}/streams").data
-        ).streams
+        return http.StreamList.model_validate_json(self._send("GET", routes.LIST_STREAMS.url()).data).streams
 
     def groups(self) -> list[http.GroupLagInfo]:
-        return http.GroupList.model_validate_json(self._send("GET", f"{http.API_PREFIX}/groups").data).groups
+        return http.GroupList.model_validate_json(self._send("GET", routes.LIST_GROUPS.url()).data).groups
 
     def _send(self, method: str, url: str, **options: Any) -> urllib3.BaseHTTPResponse:
         """One request, retried with backoff (honouring Retry-After) on connection errors, 429

@@ -24,10 +24,9 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from . import format as fmt
-from . import lines
+from . import lines, routes
 from .errors import InvalidStreamName, MessageTooLarge
 
-API_PREFIX = "/api"
 MAX_BODY_BYTES = 16 * 1024 * 1024
 JSON = "application/json"
 PROBLEM_JSON = "application/problem+json"
@@ -363,4 +362,4 @@ def encode_json(messages: list[fmt.Message]) -> bytes:
 
 def batch_location(stream: str, token: str) -> str:
     """Where a 202 points: GET it for the append's outcome."""
-    return f"{API_PREFIX}/streams/{stream}/batches/{token}"
+    return routes.BATCH_STATUS.url(stream=stream, token=token)

@@ -13,6 +13,7 @@ from pydantic.json_schema import models_json_schema
 
 from . import format as fmt
 from . import http_models as http
+from . import routes as api
 
 OPENAPI_VERSION = "3.1.0"
 # The version of the HTTP contract (not of the package): raised when it changes incompatibly.
@@ -72,11 +73,11 @@ def _built() -> dict[str, Any]:
             ),
         },
         "paths": {
-            f"{http.API_PREFIX}/streams/{{stream}}": {
+            api.STREAM_INFO.path: {
                 "parameters": [stream],
                 "post": _publish(),
                 "get": {
-                    "operationId": "stream_info",
+                    "operationId": api.STREAM_INFO.name,
                     "summary": "The stream's position and a read-only URL for it",
                     "responses": {
                         "200": _json("The stream", "StreamInfo"),
@@ -87,10 +88,10 @@ def _built() -> dict[str, Any]:
                     },
                 },
             },
-            f"{http.API_PREFIX}/streams/{{stream}}/batches/{{token}}": {
+            api.BATCH_STATUS.path: {
                 "parameters": [stream, {"$ref": "#/components/parameters/token"}],
                 "get": {
-                    "operationId": "batch_status",
+                    "operationId": api.BATCH_STATUS.name,
                     "summary": "Where a 202 points: the append's answer once committed",
                     "responses": {
                         "200": _json("The append is committed", "AppendResponse"),
@@ -109,19 +110,19 @@ def _built() -> dict[str, Any]:
                     },
                 },
             },
-            f"{http.API_PREFIX}/streams/{{stream}}/log": {
+            api.STREAM_LOG.path: {
                 "parameters": [stream],
                 "get": _log("get"),
                 "head": _log("head"),
             },
-            f"{http.API_PREFIX}/groups": {
+            api.LIST_GROUPS.path: {
                 "get": _listing(
-                    "list_groups", "Every consumer group's lag on each stream it reads", "GroupList"
+                    api.LIST_GROUPS.name, "Every consumer group's lag on each stream it reads", "GroupList"
                 )
             },
-            f"{http.API_PREFIX}/console/{{path}}": {
+            api.CONSOLE.path: {
                 "get": {
-                    "operationId": "console",
+                    "operationId": api.CONSOLE.name,
                     "summary": "The browser console's static files (index.html for an empty path)",
                     "security": [],
                     "parameters": [
@@ -133,20 +134,20 @@ def _built() -> dict[str, Any]:
                     },
                 },
             },
-            f"{http.API_PREFIX}/streams": {
-                "get": _listing("list_streams", "Every stream with its position", "StreamList")
+            api.LIST_STREAMS.path: {
+                "get": _listing(api.LIST_STREAMS.name, "Every stream with its position", "StreamList")
             },
-            f"{http.API_PREFIX}/health": {
+            api.HEALTH.path: {
                 "get": {
-                    "operationId": "health",
+                    "operationId": api.HEALTH.name,
                     "summary": "Liveness",
                     "security": [],
                     "responses": {"200": _json("The host is up", "Health")},
                 },
             },
-            f"{http.API_PREFIX}/openapi.json": {
+            api.OPENAPI.path: {
                 "get": {
-                    "operationId": "openapi",
+                    "operationId": api.OPENAPI.name,
                     "summary": "This document",
                     "security": [],
                     "responses": {
@@ -193,7 +194,7 @@ def _built() -> dict[str, Any]:
 
 def _publish() -> dict[str, Any]:
     return {
-        "operationId": "publish",
+        "operationId": api.PUBLISH.name,
         "summary": "Append a batch of messages to the stream, atomically",
         "description": (
             f"The body is JSON or the binary batch encoding (`{http.BINARY_BATCH}`), at most "
@@ -241,7 +242,7 @@ def _listing(operation_id: str, summary: str, model: str) -> dict[str, Any]:
 def _log(method: str) -> dict[str, Any]:
     data = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
     return {
-        "operationId": f"stream_log_{method}",
+        "operationId": api.STREAM_LOG.operation_id(method),
         "summary": "The log's bytes, read-only, by Range (where the store gives no read URL)",
         "parameters": [
             {

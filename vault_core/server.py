@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import http_models as http
 from . import openapi
+from . import routes as api
 from .service import (
     CONSOLE,
     Writers,
@@ -153,24 +154,26 @@ def create_app(
     async def openapi_document(request: Request) -> Response:
         return Response(openapi.document_bytes(), media_type=http.JSON)
 
-    prefix = http.API_PREFIX
+    def route(spec: api.Route, handler: Callable[[Request], Awaitable[Response]]) -> Route:
+        return Route(spec.path, _answered(handler), methods=list(spec.methods))
+
     routes = Starlette(
         routes=[
-            Route(f"{prefix}/health", _answered(health), methods=["GET"]),
-            Route(f"{prefix}/openapi.json", _answered(openapi_document), methods=["GET"]),
-            Route(f"{prefix}/streams", _answered(list_streams), methods=["GET"]),
-            Route(f"{prefix}/streams/{{stream}}", _answered(stream_info), methods=["GET"]),
-            Route(f"{prefix}/streams/{{stream}}/batches/{{token}}", _answered(batch_status), methods=["GET"]),
-            Route(f"{prefix}/streams/{{stream}}/log", _answered(stream_log), methods=["GET", "HEAD"]),
-            Route(f"{prefix}/groups", _answered(list_groups), methods=["GET"]),
+            route(api.HEALTH, health),
+            route(api.OPENAPI, openapi_document),
+            route(api.LIST_STREAMS, list_streams),
+            route(api.STREAM_INFO, stream_info),
+            route(api.BATCH_STATUS, batch_status),
+            route(api.STREAM_LOG, stream_log),
+            route(api.LIST_GROUPS, list_groups),
             # The console: static files that read the API and, through it, the logs.
-            Route("/", lambda request: RedirectResponse(f"{prefix}/console/"), methods=["GET"]),
-            Mount(f"{prefix}/console", StaticFiles(directory=CONSOLE, html=True)),
+            Route("/", lambda request: RedirectResponse(f"{api.CONSOLE.prefix}/"), methods=["GET"]),
+            Mount(api.CONSOLE.prefix, StaticFiles(directory=CONSOLE, html=True)),
         ],
         exception_handlers={404: _not_found, 405: _not_allowed},
         lifespan=lambda app: _closing(writers),
     )
-    publish_prefix = f"{prefix}/streams/"
+    publish_prefix = api.PUBLISH.prefix + "/"  # a publish is answered before the router
 
     async def handle(scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -314,7 +317,7 @@ async def _not_allowed(request: Request, error: Exception) -> Response:
     # A 405 names the methods the resource takes (RFC 9110): those of Starlette's route, and POST on
     # a stream, which is answered before the router.
     methods = [m for m in (getattr(error, "headers", None) or {}).get("Allow", "").split(", ") if m]
-    stream = request.url.path.removeprefix(f"{http.API_PREFIX}/streams/")
+    stream = request.url.path.removeprefix(api.PUBLISH.prefix + "/")
     if stream != request.url.path and "/" not in stream:
         methods.append("POST")
     detail = f"{request.method} is not allowed here"

@@ -22,7 +22,7 @@ from tests.support.durable.host import DurableHost
 from tests.support.served import Served
 from tests.test_layout import modules_after
 from vault_core import http_models as http
-from vault_core import openapi
+from vault_core import openapi, routes
 
 API_KEY = "a-key"
 
@@ -91,7 +91,7 @@ def test_the_function_app_does_not_load_the_development_server():
 def test_the_document_lists_exactly_the_function_apps_http_functions_keyed_as_they_are(indexed):
     triggers = [b for function in indexed.values() for b in function.bindings if b["type"] == "httpTrigger"]
     functions = {  # a catch-all {*name} is the path parameter {name}
-        (f"{http.API_PREFIX}/{t['route'].replace('{*', '{')}", method.lower()): t["authLevel"]
+        (f"{routes.API_PREFIX}/{t['route'].replace('{*', '{')}", method.lower()): t["authLevel"]
         for t in triggers
         for method in t["methods"]
     }
