@@ -215,6 +215,37 @@ def unavailable(slug: str, title: str, detail: str, *, retry_after: int = 2) -> 
     return ProblemError(503, slug, title, detail, **{"Retry-After": str(retry_after)})
 
 
+def unauthorized() -> ProblemError:
+    return ProblemError(
+        401, "unauthorized", "A key is required", f"send the API key in the {FUNCTION_KEY_HEADER} header"
+    )
+
+
+def not_allowed(method: str, allowed: Sequence[str]) -> ProblemError:
+    """A 405 names the methods the resource takes (RFC 9110)."""
+    detail = f"{method} is not allowed here"
+    return ProblemError(405, "method-not-allowed", "Method not allowed", detail, Allow=", ".join(allowed))
+
+
+def range_not_satisfiable(size: int) -> ProblemError:
+    return ProblemError(
+        416,
+        "range-not-satisfiable",
+        "Range not satisfiable",
+        f"the log has {size} bytes",
+        **{"Content-Range": f"bytes */{size}"},
+    )
+
+
+def key_reused(detail: str) -> ProblemError:
+    """The Idempotency-Key names a batch appended with other messages."""
+    return ProblemError(422, "idempotency-key-reused", "Idempotency-Key reused", detail)
+
+
+def internal(detail: str) -> ProblemError:
+    return ProblemError(500, "internal", "Internal error", detail)
+
+
 def check_stream(stream: str) -> str:
     try:
         return fmt.check_stream_name(stream)

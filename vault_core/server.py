@@ -78,12 +78,7 @@ def create_app(
             return
         given = headers.get(http.FUNCTION_KEY_HEADER) or code or ""
         if not hmac.compare_digest(given.encode(), api_key.encode()):
-            raise http.ProblemError(
-                401,
-                "unauthorized",
-                "A key is required",
-                f"send the API key in the {http.FUNCTION_KEY_HEADER} header",
-            )
+            raise http.unauthorized()
 
     def pending(stream: str, token: str) -> tuple[int, bytes, dict[str, str]]:
         body, location = pending_answer(stream, token)
@@ -320,8 +315,4 @@ async def _not_allowed(request: Request, error: Exception) -> Response:
     stream = request.url.path.removeprefix(api.PUBLISH.prefix + "/")
     if stream != request.url.path and "/" not in stream:
         methods.append("POST")
-    detail = f"{request.method} is not allowed here"
-    return await _problem_response(
-        request,
-        http.ProblemError(405, "method-not-allowed", "Method not allowed", detail, Allow=", ".join(methods)),
-    )
+    return await _problem_response(request, http.not_allowed(request.method, methods))

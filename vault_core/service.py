@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -168,13 +169,7 @@ def _byte_range(header: str, size: int) -> tuple[int, int] | None:
         return None
     start = int(first)
     if start >= size or (last and int(last) < start):
-        raise http.ProblemError(
-            416,
-            "range-not-satisfiable",
-            "Range not satisfiable",
-            f"the log has {size} bytes",
-            **{"Content-Range": f"bytes */{size}"},
-        )
+        raise http.range_not_satisfiable(size)
     return start, min(int(last) if last else size - 1, size - 1)
 
 
@@ -192,18 +187,27 @@ def pending_answer(stream: str, token: str) -> tuple[bytes, str]:
     return http.PendingAppend(stream=stream, status=location).model_dump_json().encode(), location
 
 
+# The errors a request may meet on purpose, each with the problem both hosts answer for it; any
+# other error is a 500, logged.
+PROBLEMS: tuple[tuple[type[Exception], Callable[[Exception], http.ProblemError]], ...] = (
+    (BatchIdConflict, lambda error: http.key_reused(str(error))),
+    (MessageTooLarge, lambda error: http.too_large(str(error))),
+    (
+        StreamBusyError,
+        lambda error: http.unavailable("stream-busy", "The stream has another writer", f"{error}"),
+    ),
+)
+
+
 def problem_for(error: BaseException) -> http.ProblemError:
     """The problem a host answers for an error raised while handling a request."""
     if isinstance(error, http.ProblemError):
         return error
-    if isinstance(error, BatchIdConflict):
-        return http.ProblemError(422, "idempotency-key-reused", "Idempotency-Key reused", str(error))
-    if isinstance(error, MessageTooLarge):
-        return http.too_large(str(error))
-    if isinstance(error, StreamBusyError):
-        return http.unavailable("stream-busy", "The stream has another writer", str(error))
+    for kind, problem in PROBLEMS:
+        if isinstance(error, kind):
+            return problem(error)
     log.exception("request failed", exc_info=error)
     detail = "the vault could not complete the request; it is safe to retry with the same Idempotency-Key"
     if isinstance(error, VaultError):
         detail = f"{type(error).__name__}: {error}"
-    return http.ProblemError(500, "internal", "Internal error", detail)
+    return http.internal(detail)
