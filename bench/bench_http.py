@@ -43,6 +43,7 @@ from report import as_markdown, as_text
 import vault_core
 from vault_core import format as fmt
 from vault_core import http_models as http
+from vault_core import transfer
 from vault_core.client import VaultClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -312,7 +313,7 @@ def http_hop(bench: Bench, count: int) -> list[str]:
     )
     pool = urllib3.PoolManager()
     url = f"http://127.0.0.1:{port}/api/streams/bare"
-    bodies = [http.encode_binary(messages) for messages in bench.batches[:count]]
+    bodies = [transfer.encode_binary(messages) for messages in bench.batches[:count]]
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -395,7 +396,7 @@ def profile_client(bench: Bench, count: int) -> list[str]:
 CLIENT_PARTS = [
     # (what, regex on "file:line(function)", 3 = inclusive time, 2 = own time)
     ("VaultClient.publish, all of it", r"vault_core/client\.py:\d+\(publish\)", 3),
-    ("  http_models.encode_binary", r"http_models\.py:\d+\(encode_binary\)", 3),
+    ("  transfer.encode_binary", r"transfer\.py:\d+\(encode_binary\)", 3),
     ("  uuid4, check_stream_name, check_idempotency_key", r"\((uuid4|check_\w+)\)", 3),
     ("  VaultClient._send (urllib3)", r"vault_core/client\.py:\d+\(_send\)", 3),
     ("    socket recv: waiting for the server's answer", r"method 'recv(_into)?' of '_socket", 2),
@@ -531,7 +532,7 @@ def table(best: dict[tuple[str, int], Figure]) -> list[list[str]]:
 
 def describe(args: argparse.Namespace, batches: list[list[vault_core.Message]]) -> str:
     json_body = len(http.encode_json(batches[0]))
-    binary_body = len(http.encode_binary(batches[0]))
+    binary_body = len(transfer.encode_binary(batches[0]))
     return (
         f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
         f"{os.cpu_count()} cores; {args.batches} batches of {BATCH:,} messages ({KEY_BYTES}-byte keys, "

@@ -15,7 +15,7 @@ import pytest
 
 import vault_core
 from tests.support.served import Served
-from vault_core import Message
+from vault_core import Message, transfer
 from vault_core import http_models as http
 from vault_core.client import KeyReused, NotFound, PayloadTooLarge, Unauthorized, VaultClient
 from vault_core.lines import to_json
@@ -75,7 +75,7 @@ def test_publish_json_then_read_it_through_the_read_url(served, stream):
 
 def test_publish_binary(served, stream):
     messages = [Message("k", b"v" * 1000), Message("é", b""), Message("x" * 255, bytes(range(256)))]
-    response = post(served, stream, http.encode_binary(messages), http.BINARY_BATCH)
+    response = post(served, stream, transfer.encode_binary(messages), http.BINARY_BATCH)
     assert response.status_code == 200, response.text
     assert [(m.key, m.value) for m in served.store().reader(stream).replay()] == messages
 
@@ -160,8 +160,8 @@ MALFORMED = [
     (http.BINARY_BATCH, b"\x01\x05\x00\x00\x00k", 400, "past the end"),
     (http.BINARY_BATCH, b"\x02\x00\x00\x00\x00\xff\xfe", 400, "UTF-8"),
     (http.BINARY_BATCH, b"\x01\x01\x00\x00\x00kv\x01", 400, "cut short"),
-    (http.BINARY_BATCH, http.BINARY_RECORD.pack(1, 2**20 + 1) + b"k" + bytes(2**20 + 1), 413, "value"),
-    (http.BINARY_BATCH, http.encode_binary([Message("k", b"")] * 10_001), 413, "10000"),
+    (http.BINARY_BATCH, transfer.BINARY_RECORD.pack(1, 2**20 + 1) + b"k" + bytes(2**20 + 1), 413, "value"),
+    (http.BINARY_BATCH, transfer.encode_binary([Message("k", b"")] * 10_001), 413, "10000"),
 ]
 
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from vault_core import format as fmt
 from vault_core import http_models as http
+from vault_core import transfer
 from vault_core.format import Message
 
 
@@ -23,6 +24,7 @@ def test_the_compiled_path_is_built_and_on_unless_turned_off():
     # chosen once, at import: the record path every call takes is the compiled one
     assert fmt.prepare_batch is not fmt.PYTHON_TWINS["prepare_batch"]
     assert fmt.decode_records is not fmt.PYTHON_TWINS["decode_records"]
+    assert transfer.encode_binary is not transfer.PYTHON_TWINS["encode_binary"]
 
 
 def outcome(call: Callable[[], Any]) -> tuple:
@@ -40,16 +42,15 @@ def outcome(call: Callable[[], Any]) -> tuple:
 def compiled_and_pure(call: Callable[[], Any]) -> tuple[tuple, tuple]:
     """What `call` gives on the compiled record path, and on the Python one swapped in for it."""
     compiled = outcome(call)
-    chosen = {name: getattr(fmt, name) for name in fmt.PYTHON_TWINS}
-    saved, fmt.COMPILED = fmt.COMPILED, None  # what the transfer codec looks at
-    for name, twin in fmt.PYTHON_TWINS.items():
-        setattr(fmt, name, twin)
+    twins = [(module, name, twin) for module in (fmt, transfer) for name, twin in module.PYTHON_TWINS.items()]
+    chosen = [(module, name, getattr(module, name)) for module, name, _ in twins]
+    for module, name, twin in twins:
+        setattr(module, name, twin)
     try:
         pure = outcome(call)
     finally:
-        fmt.COMPILED = saved
-        for name, function in chosen.items():
-            setattr(fmt, name, function)
+        for module, name, function in chosen:
+            setattr(module, name, function)
     return compiled, pure
 
 
@@ -95,7 +96,7 @@ def binary_bodies() -> st.SearchStrategy[bytes]:
         st.text(max_size=40).map(lambda k: k.encode("utf-8", "surrogatepass")), st.binary(max_size=8)
     )
     record = st.tuples(raw_keys, st.binary(max_size=200)).map(
-        lambda kv: http.BINARY_RECORD.pack(min(len(kv[0]), 255), len(kv[1])) + kv[0][:255] + kv[1]
+        lambda kv: transfer.BINARY_RECORD.pack(min(len(kv[0]), 255), len(kv[1])) + kv[0][:255] + kv[1]
     )
     body = st.lists(record, max_size=30).map(b"".join)
     return st.one_of(
@@ -111,9 +112,11 @@ def test_a_binary_body_straight_to_records(body, key):
 
 
 def test_a_binary_body_with_every_kind_of_wrong():
-    big_value = http.BINARY_RECORD.pack(1, fmt.MAX_VALUE_BYTES + 1) + b"k" + bytes(fmt.MAX_VALUE_BYTES + 1)
-    too_many = (http.BINARY_RECORD.pack(1, 0) + b"k") * (fmt.MAX_BATCH_MESSAGES + 1)
-    for body in [b"", b"\x01", big_value, too_many, http.BINARY_RECORD.pack(2, 0) + b"\xc3\x28"]:
+    big_value = (
+        transfer.BINARY_RECORD.pack(1, fmt.MAX_VALUE_BYTES + 1) + b"k" + bytes(fmt.MAX_VALUE_BYTES + 1)
+    )
+    too_many = (transfer.BINARY_RECORD.pack(1, 0) + b"k") * (fmt.MAX_BATCH_MESSAGES + 1)
+    for body in [b"", b"\x01", big_value, too_many, transfer.BINARY_RECORD.pack(2, 0) + b"\xc3\x28"]:
         compiled, pure = compiled_and_pure(lambda body=body: http.prepare_body(http.BINARY_BATCH, body, "k"))
         assert compiled == pure and compiled[0] == "raised"
 
@@ -152,7 +155,7 @@ def test_decoding_damaged_records_fails_alike(batch, data):
 @settings(max_examples=300, deadline=None)
 @given(messages)
 def test_the_clients_binary_encoding(batch):
-    compiled, pure = compiled_and_pure(lambda: http.encode_binary(batch))
+    compiled, pure = compiled_and_pure(lambda: transfer.encode_binary(batch))
     assert compiled == pure
 
 

@@ -19,7 +19,7 @@ import vault_core
 from tests.support import ROOT
 from tests.support.azurite import KEY, busy_port, free_port
 from tests.support.served import Served
-from vault_core import Message
+from vault_core import Message, transfer
 from vault_core import format as fmt
 from vault_core import http_models as http
 from vault_core.client import VaultClient
@@ -101,7 +101,7 @@ def test_a_client_that_goes_away_mid_body_is_one_line_in_the_log(tmp_path):
 
 def test_bodies_past_the_budget_are_answered_503_before_being_read(tmp_path):
     server = Served(str(tmp_path / "vault"), "vault", "--max-bodies", "16")
-    big = http.encode_binary([Message(f"k{i}", bytes(1 << 20)) for i in range(14)])  # 14 MiB
+    big = transfer.encode_binary([Message(f"k{i}", bytes(1 << 20)) for i in range(14)])  # 14 MiB
     try:
         with socket.create_connection(("127.0.0.1", server.port)) as slow:  # holds 14 MiB of budget
             slow.sendall(

@@ -16,7 +16,7 @@ import urllib3
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
 
 from . import http_models as http
-from . import routes
+from . import routes, transfer
 from .errors import BatchIdConflict, MessageTooLarge, VaultError
 from .format import Message, check_stream_name
 from .writer import AppendResult
@@ -108,7 +108,7 @@ class VaultClient:
         key = http.check_idempotency_key(idempotency_key) or uuid.uuid4().hex
         batch = list(messages)
         body, content_type = (
-            (http.encode_binary(batch), http.BINARY_BATCH)
+            (transfer.encode_binary(batch), http.BINARY_BATCH)
             if self._binary
             else (http.encode_json(batch), http.JSON)
         )

@@ -55,7 +55,7 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from azure.durable_functions.models.entities import EntityState, OperationResult
 
 from . import http_models as http
-from . import openapi
+from . import openapi, transfer
 from .errors import BatchIdConflict, FencedError, StreamBusyError
 from .format import BATCH_ID, Message
 from .service import (
@@ -336,7 +336,7 @@ def _ran_today(timer: func.TimerRequest, now: datetime) -> bool:
 
 def _encode(content_type: str | None, body: bytes) -> tuple[bytes, str]:
     """The batch in the binary encoding the entity reads, and its digest."""
-    batch = http.encode_binary(http.parse_batch(content_type, body))
+    batch = transfer.encode_binary(http.parse_batch(content_type, body))
     return batch, hashlib.sha256(batch).hexdigest()
 
 
@@ -663,7 +663,7 @@ def _missing_staged(stream: str, appends: list[_Append]) -> None:
         stored = [(m.key, m.value) for m in found[1]] if found is not None else []
         if (
             found is not None
-            and hashlib.sha256(http.encode_binary(stored)).hexdigest() == append.payload["digest"]
+            and hashlib.sha256(transfer.encode_binary(stored)).hexdigest() == append.payload["digest"]
         ):
             append.outcome = _appended(found[0])
         else:

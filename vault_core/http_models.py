@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import struct
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -24,16 +23,14 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from . import format as fmt
-from . import lines, routes
+from . import lines, routes, transfer
 from .errors import InvalidStreamName, MessageTooLarge
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 JSON = "application/json"
 PROBLEM_JSON = "application/problem+json"
-# The binary batch encoding: messages back to back, each a u8 key length, a u32 value length
-# (little-endian), the UTF-8 key, the value. No header; the count is what the body holds.
+# The binary batch encoding, whose layout is transfer.py's.
 BINARY_BATCH = "application/vnd.message-vault.batch"
-BINARY_RECORD = struct.Struct("<BI")
 IDEMPOTENCY_KEY = "Idempotency-Key"
 FUNCTION_KEY_HEADER = "x-functions-key"  # where Azure Functions reads a function key; vault serve its API key
 PROBLEM_BASE = "https://message-vault.dev/problems/"
@@ -294,7 +291,12 @@ def parse_batch(content_type: str | None, body: bytes) -> list[fmt.Message]:
     if media_type == JSON:
         messages = _parse_json(body)
     elif media_type == BINARY_BATCH:
-        messages = _parse_binary(body)
+        try:
+            messages = transfer.parse_binary(body)
+        except transfer.TooManyMessages as error:
+            raise too_large(str(error)) from None
+        except transfer.MalformedBatch as error:
+            raise bad_request(str(error)) from None
     else:
         raise ProblemError(
             415,
@@ -331,58 +333,21 @@ def _parse_json(body: bytes) -> list[fmt.Message]:
     return request.messages
 
 
-def _parse_binary(body: bytes) -> list[fmt.Message]:
-    messages: list = []
-    index, end = 0, len(body)
-    unpack = BINARY_RECORD.unpack_from
-    while index < end:
-        if end - index < BINARY_RECORD.size:
-            raise bad_request(f"binary batch: message {len(messages)} is cut short at byte {index}")
-        key_len, value_len = unpack(body, index)
-        key_at = index + BINARY_RECORD.size
-        value_at = key_at + key_len
-        index = value_at + value_len
-        if index > end:
-            raise bad_request(f"binary batch: message {len(messages)} runs past the end of the body")
-        try:
-            key = body[key_at:value_at].decode()
-        except UnicodeDecodeError:
-            raise bad_request(f"binary batch: the key of message {len(messages)} is not UTF-8") from None
-        messages.append((key, body[value_at:index]))  # plain tuples: a Message each costs more
-        if len(messages) > fmt.MAX_BATCH_MESSAGES:
-            raise too_large(f"the batch has more than {fmt.MAX_BATCH_MESSAGES} messages")
-    return messages
-
-
 def prepare_body(content_type: str | None, body: bytes, batch_id: str | None) -> fmt.PreparedBatch:
     """A publish body as the batch a writer appends, or a ProblemError saying what is wrong. The
     binary encoding goes straight to records in one validating pass (compiled, no Python object
     per message); the rest is parsed into messages, then encoded."""
     media_type = (content_type or "").split(";")[0].strip().lower()
     batch_id_bytes = fmt.check_batch_id(batch_id)
-    if fmt.COMPILED is not None and media_type == BINARY_BATCH and len(body) <= MAX_BODY_BYTES:
-        fast = fmt.COMPILED.prepare_binary(body, batch_id_bytes)
-        if fast is not None:
-            return fmt.PreparedBatch(*fast)
+    if media_type == BINARY_BATCH and len(body) <= MAX_BODY_BYTES:
+        prepared = transfer.prepare_binary(body, batch_id_bytes)
+        if prepared is not None:
+            return prepared
     messages = parse_batch(content_type, body)
     try:
         return fmt.prepare_batch(messages, batch_id_bytes)
     except MessageTooLarge as error:
         raise too_large(str(error)) from None
-
-
-def encode_binary(messages: Sequence[tuple[str, bytes]]) -> bytes:
-    """A batch in the binary batch encoding (what the client sends)."""
-    if fmt.COMPILED is not None:
-        fast = fmt.COMPILED.encode_binary(messages)
-        if fast is not None:
-            return fast
-    pack = BINARY_RECORD.pack
-    parts: list[bytes] = []
-    for key, value in messages:
-        key_bytes = key.encode()
-        parts += (pack(len(key_bytes), len(value)), key_bytes, value)
-    return b"".join(parts)
 
 
 def encode_json(messages: list[fmt.Message]) -> bytes:

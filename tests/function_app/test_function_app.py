@@ -27,7 +27,7 @@ from tests.support.durable import bindings, protocol
 from tests.support.durable.channel import WorkerChannel
 from tests.support.durable.host import DurableHost, Settings, scaled
 from tests.support.streams import contents
-from vault_core import Message
+from vault_core import Message, transfer
 from vault_core import function_host as host_module
 from vault_core import http_models as http
 from vault_core.client import KeyReused, VaultClient
@@ -138,7 +138,7 @@ def test_large_batches_are_staged_never_sent_through_durable_and_deleted_once_co
     messages = [Message(f"k{i}", bytes([i]) * 100_000) for i in range(20)]  # 2 MB
     spilled = app.hub.spilled
     response = post(
-        app, "big", http.encode_binary(messages), http.BINARY_BATCH, **{"Idempotency-Key": "big-1"}
+        app, "big", transfer.encode_binary(messages), http.BINARY_BATCH, **{"Idempotency-Key": "big-1"}
     )
     assert response.status_code == 200, response.text
     assert contents(app.store, "big") == messages
@@ -151,7 +151,7 @@ def test_large_batches_are_staged_never_sent_through_durable_and_deleted_once_co
 
 
 def test_the_largest_inline_batch_stays_under_durables_message_limits(app):
-    body = http.encode_binary([Message("k", b"x" * (host_module.INLINE_BYTES - 6))])
+    body = transfer.encode_binary([Message("k", b"x" * (host_module.INLINE_BYTES - 6))])
     assert len(body) == host_module.INLINE_BYTES
     spilled = app.hub.spilled
     response = post(app, "inline", body, http.BINARY_BATCH, **{"Idempotency-Key": "inline-1"})
@@ -214,7 +214,7 @@ def test_instance_ids_are_valid_durable_instance_ids_on_their_entitys_partition(
         ("s", http.JSON, b'{"messages": [{"key": "k", "value": "a", "value_b64": "YQ=="}]}', 400),
         ("s", http.JSON, b'{"messages": [{"key": "k", "value": "a", "partition": 2}]}', 400),
         ("s", "text/plain", b"x", 415),
-        ("s", http.BINARY_BATCH, http.BINARY_RECORD.pack(1, 2**20 + 1) + b"k" + bytes(2**20 + 1), 413),
+        ("s", http.BINARY_BATCH, transfer.BINARY_RECORD.pack(1, 2**20 + 1) + b"k" + bytes(2**20 + 1), 413),
     ],
 )
 def test_bad_requests_are_problems_and_start_nothing(app, stream, content_type, body, status):
@@ -347,7 +347,7 @@ def test_a_finished_append_that_gave_up_runs_again_on_the_next_post(app):
     with app.store.writer("gave-up"):  # an orchestration that exhausted its retries
         pass
     gave_up = {"problem": {"type": "x", "title": "t", "status": 503, "detail": "d"}, "retry": True}
-    digest = hashlib.sha256(http.encode_binary([Message("k", b"v")])).hexdigest()
+    digest = hashlib.sha256(transfer.encode_binary([Message("k", b"v")])).hexdigest()
     app.hub.records[instance] = protocol_record(instance, {"stream": "gave-up", "digest": digest}, gave_up)
     response = post(app, "gave-up", body, **{"Idempotency-Key": "g-1"})
     assert response.status_code == 200, response.text
@@ -603,7 +603,7 @@ def test_the_wait_counts_from_the_requests_arrival(azurite):
     values = app_settings(
         azurite, container, VAULT_WAIT_SECONDS="4", STANDIN_SLOW_CALLS="vault_core.function_host:_stage=3*1"
     )
-    body = http.encode_binary([Message("k", bytes(host_module.INLINE_BYTES))])  # staged
+    body = transfer.encode_binary([Message("k", bytes(host_module.INLINE_BYTES))])  # staged
     with (
         DurableHost(values, instances=1, settings=scaled(0.1)) as host,
         host.holding(protocol.entity_instance_id("stream_writer", "arrival")),
@@ -682,7 +682,7 @@ def entity(azurite, tmp_path):
 
 
 def payload(stream: str, key: str, messages: list[Message], staged_in=None) -> dict:
-    batch = http.encode_binary(messages)
+    batch = transfer.encode_binary(messages)
     digest = hashlib.sha256(batch).hexdigest()
     item = {"stream": stream, "batch_id": key, "digest": digest}
     if staged_in is None:

@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from vault_core import format as fmt
 from vault_core import http_models as http
+from vault_core import transfer
 
 _keys = st.text(max_size=fmt.MAX_KEY_BYTES // 4)  # within the limit in UTF-8, whatever the characters
 _messages = st.lists(st.tuples(_keys, st.binary(max_size=64)), min_size=1, max_size=5)
 
-schemathesis.openapi.media_type(http.BINARY_BATCH, _messages.map(http.encode_binary))
+schemathesis.openapi.media_type(http.BINARY_BATCH, _messages.map(transfer.encode_binary))
