@@ -240,7 +240,7 @@ def test_the_wait_and_the_body_limit_follow_the_hosts_limits(main: dict[str, Any
     """The front end drops a request at 230 s: the Bicep's bound on VAULT_WAIT_SECONDS is the
     app's own cap. The host refuses a body over FUNCTIONS_REQUEST_BODY_SIZE_LIMIT before reading
     it: a little over the API's limit, the same where Core Tools run the app."""
-    wait_cap = module_constant(ROOT / "vault_core" / "function_host.py", "MAX_WAIT_SECONDS")
+    wait_cap = module_constant(ROOT / "vault_core" / "functions" / "http_handlers.py", "MAX_WAIT_SECONDS")
     assert decorator(main["parameters"]["waitSeconds"], "max_value") == wait_cap < 230
     limit = int(app_settings(trees)["FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"])
     api_limit = 16 * 1024 * 1024

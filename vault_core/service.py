@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from . import consumer
 from . import format as fmt
@@ -17,9 +18,10 @@ from . import http_models as http
 from .errors import BatchIdConflict, FencedError, MessageTooLarge, StreamBusyError, VaultError
 from .format import PreparedBatch
 from .store import Store
-from .writer import AppendResult, StreamWriter
+from .writer import AppendResult, Batch, StreamWriter
 
 log = logging.getLogger("vault.service")
+B = TypeVar("B")  # a batch as a writer's append takes it
 READ_URL_LIFETIME = timedelta(hours=1)  # VAULT_READ_URL_SECONDS when it is not set
 MAX_READ_URL_LIFETIME = timedelta(days=7)  # what a user delegation SAS may last at most
 CONSOLE = Path(__file__).resolve().parent / "console"  # the browser console's static files
@@ -38,17 +40,43 @@ class Writers:
 
     def append(self, stream: str, batch: PreparedBatch) -> AppendResult:
         """Append an encoded batch (http_models.prepare_body) with the stream's writer."""
+        (outcome,) = self._append_with(stream, [batch], lambda writer, one: [writer.append_prepared(one[0])])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def append_all(self, stream: str, batches: Sequence[Batch]) -> list[AppendResult | Exception]:
+        """Append batches together with the stream's writer (StreamWriter.append_all), each with
+        its own outcome."""
+        return self._append_with(stream, batches, StreamWriter.append_all)
+
+    def _append_with(
+        self,
+        stream: str,
+        batches: Sequence[B],
+        append: Callable[[StreamWriter, Sequence[B]], Sequence[AppendResult | Exception]],
+    ) -> list[AppendResult | Exception]:
+        """Each batch's outcome of `append` on the stream's writer (an error that stopped it
+        altogether, opening the writer included, is the outcome of each). The policy for a writer
+        fenced by another that took the stream over, for both hosts: ours is dead, so the batches
+        it was fenced for go once more, through a writer opened afresh; their batch ids, if any,
+        keep them exactly once."""
+        outcomes: dict[int, AppendResult | Exception] = {}
+        pending = list(range(len(batches)))
         for attempt in range(2):
-            writer = self.writer(stream)
+            writer: StreamWriter | None = None
             try:
-                return writer.append_prepared(batch)
-            except FencedError:
-                # Another writer took the stream over; ours is dead. One fresh try: the batch id
-                # (if any) keeps it exactly once.
-                self.drop(stream, writer)
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+                writer = self.writer(stream)
+                results = list(append(writer, [batches[i] for i in pending]))
+            except Exception as error:
+                results = [error] * len(pending)
+            outcomes.update(zip(pending, results, strict=True))
+            fenced = [i for i, got in zip(pending, results, strict=True) if isinstance(got, FencedError)]
+            if not fenced or attempt:
+                break
+            self.drop(stream, writer)
+            pending = fenced
+        return [outcomes[i] for i in range(len(batches))]
 
     def writer(self, stream: str) -> StreamWriter:
         """The stream's writer, opened now if this process has none."""

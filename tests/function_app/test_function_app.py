@@ -28,9 +28,11 @@ from tests.support.durable.channel import WorkerChannel
 from tests.support.durable.host import DurableHost, Settings, scaled
 from tests.support.streams import contents
 from vault_core import Message, transfer
-from vault_core import function_host as host_module
 from vault_core import http_models as http
 from vault_core.client import KeyReused, VaultClient
+from vault_core.functions import entity as entity_module
+from vault_core.functions import http_handlers
+from vault_core.functions.partitions import instance_id
 
 _containers = itertools.count()
 
@@ -116,7 +118,7 @@ def test_a_post_goes_through_orchestration_and_entity_to_committed_bytes(app):
         "position": app.store.reader("orders").position(),
         "offsets": [m.offset for m in stored],
     }
-    record = app.record(host_module.instance_id("orders", "order-1"))
+    record = app.record(instance_id("orders", "order-1"))
     assert record is not None and record.status == "Completed"
 
 
@@ -144,19 +146,19 @@ def test_large_batches_are_staged_never_sent_through_durable_and_deleted_once_co
     assert contents(app.store, "big") == messages
     # Nothing went over Durable's queue (45 KB) or table (60 KB) limits into its blobs.
     assert app.hub.spilled == spilled
-    record = app.record(host_module.instance_id("big", "big-1"))
+    record = app.record(instance_id("big", "big-1"))
     assert "inline" not in json.loads(record.input_text) and len(record.input_text) < 1024
     with pytest.raises(FileNotFoundError):  # the staged copy is deleted once committed
         app.staging.read_file(json.loads(record.input_text)["staged"])
 
 
 def test_the_largest_inline_batch_stays_under_durables_message_limits(app):
-    body = transfer.encode_binary([Message("k", b"x" * (host_module.INLINE_BYTES - 6))])
-    assert len(body) == host_module.INLINE_BYTES
+    body = transfer.encode_binary([Message("k", b"x" * (entity_module.INLINE_BYTES - 6))])
+    assert len(body) == entity_module.INLINE_BYTES
     spilled = app.hub.spilled
     response = post(app, "inline", body, http.BINARY_BATCH, **{"Idempotency-Key": "inline-1"})
     assert response.status_code == 200, response.text
-    assert "inline" in json.loads(app.record(host_module.instance_id("inline", "inline-1")).input_text)
+    assert "inline" in json.loads(app.record(instance_id("inline", "inline-1")).input_text)
     assert app.hub.spilled == spilled
 
 
@@ -166,12 +168,12 @@ def test_retries_with_the_same_key_append_once_and_a_changed_body_is_422(app):
     again = post(app, "retried", body, **{"Idempotency-Key": "same"})
     assert first.status_code == again.status_code == 200
     assert first.json() == again.json()
-    app.hub.purge([host_module.instance_id("retried", "same")])  # history purged: the stream remembers
+    app.hub.purge([instance_id("retried", "same")])  # history purged: the stream remembers
     retried = post(app, "retried", body, **{"Idempotency-Key": "same"})
     assert retried.status_code == 200 and retried.json() == first.json()
     changed = post(app, "retried", http.encode_json([Message("k", b"other")]), **{"Idempotency-Key": "same"})
     assert changed.status_code == 422 and changed.headers["content-type"] == http.PROBLEM_JSON
-    app.hub.purge([host_module.instance_id("retried", "same")])
+    app.hub.purge([instance_id("retried", "same")])
     changed = post(app, "retried", http.encode_json([Message("k", b"other")]), **{"Idempotency-Key": "same"})
     assert changed.status_code == 422  # found by the entity in the stream's batch ids
     assert len(contents(app.store, "retried")) == 1
@@ -193,15 +195,15 @@ def test_the_same_key_on_two_streams_is_two_appends(app):
 
 def test_instance_ids_are_valid_durable_instance_ids_on_their_entitys_partition():
     partitions = Settings.from_host_json().partition_count
-    longest = host_module.instance_id("a" * 50, "K" * 128)
+    longest = instance_id("a" * 50, "K" * 128)
     assert len(longest) <= 256 and not set("/\\#?") & set(longest) and not longest.startswith("@")
     for stream, key in [("a", "k"), ("b", "k"), ("orders", "order-42"), ("a" * 50, "K" * 128)]:
-        instance = host_module.instance_id(stream, key)
-        assert instance == host_module.instance_id(stream, key)  # the same every time
+        instance = instance_id(stream, key)
+        assert instance == instance_id(stream, key)  # the same every time
         assert instance.startswith(f"{stream}:{key}:")
         entity = protocol.entity_instance_id("stream_writer", stream)
         assert protocol.partition_of(instance, partitions) == protocol.partition_of(entity, partitions)
-    assert host_module.instance_id("a", "k") != host_module.instance_id("b", "k")
+    assert instance_id("a", "k") != instance_id("b", "k")
 
 
 @pytest.mark.parametrize(
@@ -237,7 +239,7 @@ def test_a_start_the_runtime_refuses_is_a_503_problem_and_a_retry_lands_once(app
     assert refused.status_code == 503 and refused.headers["content-type"] == http.PROBLEM_JSON
     assert "location" not in refused.headers and refused.headers["retry-after"]
     assert "Idempotency-Key" in refused.json()["detail"]
-    assert app.record(host_module.instance_id("refused", "refused-1")) is None
+    assert app.record(instance_id("refused", "refused-1")) is None
     assert "refused" not in app.store.streams()
     again = post(app, "refused", body, **{"Idempotency-Key": "refused-1"})
     assert again.status_code == 200, again.text
@@ -251,7 +253,7 @@ def test_a_status_the_runtime_cannot_give_is_a_503_not_a_guess(app):
     with app.fail_client_calls(status=1):
         unsure = post(app, "unsure", body, **{"Idempotency-Key": "unsure-1"})
     assert unsure.status_code == 503 and unsure.headers["content-type"] == http.PROBLEM_JSON
-    assert app.record(host_module.instance_id("unsure", "unsure-1")) is None  # nothing started
+    assert app.record(instance_id("unsure", "unsure-1")) is None  # nothing started
     done = post(app, "unsure", body, **{"Idempotency-Key": "unsure-1"})
     assert done.status_code == 200, done.text
     origin = f"http://{httpx.URL(app.url).netloc.decode()}"
@@ -271,7 +273,7 @@ def test_a_status_ask_that_fails_while_the_append_runs_is_asked_again(app):
             )
         )
         thread.start()
-        instance = host_module.instance_id("asked-again", "a-1")
+        instance = instance_id("asked-again", "a-1")
         deadline = time.monotonic() + 30
         while app.record(instance) is None:  # started: the POST now waits for its answer
             assert time.monotonic() < deadline
@@ -343,7 +345,7 @@ def test_the_app_takes_a_stream_from_another_writer_at_once(app):
 
 def test_a_finished_append_that_gave_up_runs_again_on_the_next_post(app):
     body = http.encode_json([Message("k", b"v")])
-    instance = host_module.instance_id("gave-up", "g-1")
+    instance = instance_id("gave-up", "g-1")
     with app.store.writer("gave-up"):  # an orchestration that exhausted its retries
         pass
     gave_up = {"problem": {"type": "x", "title": "t", "status": 503, "detail": "d"}, "retry": True}
@@ -434,7 +436,7 @@ def test_the_post_asks_for_the_status_at_growing_intervals(app):
 
 def test_the_purge_timer_forgets_finished_appends_only(app):
     post(app, "purged", http.encode_json([Message("k", b"v")]), **{"Idempotency-Key": "p-1"})
-    finished = host_module.instance_id("purged", "p-1")
+    finished = instance_id("purged", "p-1")
     assert app.record(finished) is not None
     entity = protocol.entity_instance_id("stream_writer", "purged")
     app.hub.records["still-running"] = protocol_record("still-running", {}, {})
@@ -598,12 +600,12 @@ def test_a_body_over_the_hosts_limit_is_refused_before_it_is_read(app):
 def test_the_wait_counts_from_the_requests_arrival(azurite):
     """The front end drops a request after 230 s: a POST answers within its wait from arrival,
     the time spent parsing and staging the batch included (staging is slowed here by 3 s)."""
-    assert host_module.MAX_WAIT_SECONDS <= 230 - 20
+    assert http_handlers.MAX_WAIT_SECONDS <= 230 - 20
     container = f"app-{next(_containers)}"
     values = app_settings(
-        azurite, container, VAULT_WAIT_SECONDS="4", STANDIN_SLOW_CALLS="vault_core.function_host:_stage=3*1"
+        azurite, container, VAULT_WAIT_SECONDS="4", STANDIN_SLOW_CALLS="vault_core.functions.entity:stage=3*1"
     )
-    body = transfer.encode_binary([Message("k", bytes(host_module.INLINE_BYTES))])  # staged
+    body = transfer.encode_binary([Message("k", bytes(entity_module.INLINE_BYTES))])  # staged
     with (
         DurableHost(values, instances=1, settings=scaled(0.1)) as host,
         host.holding(protocol.entity_instance_id("stream_writer", "arrival")),
@@ -619,7 +621,9 @@ def test_the_stand_ins_front_end_stops_waiting_at_its_limit(azurite):
     """Whatever the function timeout, the front end answers 502 when a function has not answered
     in time (230 s on Azure, 1 s here); the function runs on."""
     container = f"app-{next(_containers)}"
-    values = app_settings(azurite, container, STANDIN_SLOW_CALLS="vault_core.function_host:health=3*1")
+    values = app_settings(
+        azurite, container, STANDIN_SLOW_CALLS="vault_core.functions.http_handlers:health=3*1"
+    )
     with DurableHost(values, instances=1, settings=scaled(0.1, front_end_timeout=1.0)) as host:
         started = time.monotonic()
         slow = httpx.get(f"{host.url}/health", timeout=30)
@@ -635,7 +639,7 @@ def test_host_json_keeps_latency_low_and_batches_inside_the_stream_memory():
     # A batch the runtime runs again (after a crash) must find all its appends among the
     # stream's last 1,024 batch ids.
     assert settings.max_entity_batch <= 1024
-    assert settings.function_timeout >= host_module.ENTITY_BUDGET_SECONDS * 4
+    assert settings.function_timeout >= entity_module.ENTITY_BUDGET_SECONDS * 4
     assert settings.reorder_window == 0  # the entity's state keeps no entry per append
     provider = json.loads((ROOT / "host.json").read_text())["extensions"]["durableTask"]["storageProvider"]
     # Its default differs between extension 2.x (false) and 3.x (true); the bundle allows either.
@@ -779,7 +783,7 @@ def test_the_entity_takes_the_stream_over_from_a_writer_elsewhere(entity):
     ],
 )
 def test_which_problems_the_orchestration_retries(error, retry):
-    answer = host_module._problem(error)
+    answer = entity_module.answer_for(error)
     assert answer["retry"] is retry
     assert (
         (answer["problem"]["status"] == 503 and answer["retry_after"])
@@ -793,7 +797,9 @@ def test_a_post_parses_and_hashes_its_body_off_the_event_loop(azurite):
     would stall every other invocation on that instance. The worker logs the thread each call of
     the app's encoding step ran on."""
     container = f"app-{next(_containers)}"
-    values = app_settings(azurite, container, STANDIN_TRACE_CALLS="vault_core.function_host:_encode")
+    values = app_settings(
+        azurite, container, STANDIN_TRACE_CALLS="vault_core.functions.http_handlers:_encode"
+    )
     messages = [Message(f"k{i}", bytes([i % 256]) * 1200) for i in range(1_000)]
     with DurableHost(values, instances=1, settings=scaled(0.1)) as host:
         response = post(host, "off-loop", http.encode_json(messages), **{"Idempotency-Key": "off-loop-1"})
@@ -801,7 +807,7 @@ def test_a_post_parses_and_hashes_its_body_off_the_event_loop(azurite):
         traced = [
             line
             for line in (host.logs / f"{host.live('http')[0].name}.log").read_text().splitlines()
-            if "traced vault_core.function_host:_encode" in line
+            if "traced vault_core.functions.http_handlers:_encode" in line
         ]
     assert len(traced) == 1 and "(main: False)" in traced[0], traced
     store = vault_core.open_store(azurite.connection_string, container=container)
@@ -818,7 +824,7 @@ def test_orchestrations_replay_while_an_entity_batch_is_slow(azurite):
         f"app-{next(_containers)}",
         PYTHON_THREADPOOL_THREAD_COUNT="1",
         VAULT_WAIT_SECONDS="30",
-        STANDIN_SLOW_CALLS="vault_core.function_host:_append_round=4*1",
+        STANDIN_SLOW_CALLS="vault_core.functions.entity:_append_round=4*1",
     )
     finished: dict[str, float] = {}
 
@@ -832,7 +838,7 @@ def test_orchestrations_replay_while_an_entity_batch_is_slow(azurite):
         slow.start()
         log = host.logs / f"{host.instances[0].name}.log"
         deadline = time.monotonic() + 30
-        while "slowed vault_core.function_host:_append_round" not in log.read_text():
+        while "slowed vault_core.functions.entity:_append_round" not in log.read_text():
             assert time.monotonic() < deadline, "the entity never ran"
             time.sleep(0.05)
         started = time.monotonic()
@@ -856,7 +862,7 @@ def test_a_client_whose_pending_append_was_purged_sends_it_again_and_it_lands_on
             )
         )
         thread.start()
-        instance = host_module.instance_id("purged-pending", "pp-1")
+        instance = instance_id("purged-pending", "pp-1")
         deadline = time.monotonic() + 30
         while app.record(instance) is None:
             assert time.monotonic() < deadline

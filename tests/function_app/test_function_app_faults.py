@@ -190,7 +190,7 @@ def test_an_entity_batch_past_the_function_timeout_loses_and_duplicates_nothing(
     timeout error and restarts the worker; the appends that did commit are found by their batch
     ids when the orchestrations retry, and every append commits once."""
     values, store = settings_for(
-        VAULT_WAIT_SECONDS="0", STANDIN_SLOW_CALLS="vault_core.function_host:_append_round=5*1"
+        VAULT_WAIT_SECONDS="0", STANDIN_SLOW_CALLS="vault_core.functions.entity:_append_round=5*1"
     )
     with DurableHost(values, instances=1, settings=scaled(0.05, function_timeout=3.0)) as host:
         with producing(host, "t", 4, ["timed-out"]) as producers:
