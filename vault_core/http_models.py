@@ -234,6 +234,11 @@ def range_not_satisfiable(size: int) -> ProblemError:
     )
 
 
+def unsupported_media_type(media_type: str) -> ProblemError:
+    detail = f"content type {media_type or '(none)'!r} is not accepted: use {JSON} or {BINARY_BATCH}"
+    return ProblemError(415, "unsupported-media-type", "Unsupported content type", detail)
+
+
 def key_reused(detail: str) -> ProblemError:
     """The Idempotency-Key names a batch appended with other messages."""
     return ProblemError(422, "idempotency-key-reused", "Idempotency-Key reused", detail)
@@ -298,12 +303,7 @@ def parse_batch(content_type: str | None, body: bytes) -> list[fmt.Message]:
         except transfer.MalformedBatch as error:
             raise bad_request(str(error)) from None
     else:
-        raise ProblemError(
-            415,
-            "unsupported-media-type",
-            "Unsupported content type",
-            f"content type {media_type or '(none)'!r} is not accepted: use {JSON} or {BINARY_BATCH}",
-        )
+        raise unsupported_media_type(media_type)
     if not messages:
         raise bad_request("the batch is empty: send 1 to 10000 messages")
     if len(messages) > fmt.MAX_BATCH_MESSAGES:
