@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))  # the test suite's Azurite, `vault serve` and Dur
 
 from tests.support.azurite import Azurite  # noqa: E402
 from tests.support.durable import protocol  # noqa: E402
-from tests.support.durable.host import DurableHost, scaled  # noqa: E402
+from tests.support.durable.host import DurableHost  # noqa: E402
+from tests.support.durable.settings import scaled  # noqa: E402
 from tests.support.served import Served  # noqa: E402
 from tests.support.storage_proxy import StorageProxy  # noqa: E402
 from vault_core import Message  # noqa: E402

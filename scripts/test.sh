@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: lint and the type checker, then pytest against the local store and
 # Azurite (started by the suite itself on free loopback ports) on Python 3.11+; then the Function
-# App's suites on Python 3.13, where the app runs through Microsoft's Python worker library inside
-# the Durable host stand-in; then the suites of the record format, the stores and the HTTP API once
-# more on the pure-Python code (VAULT_PURE_PYTHON: what runs where the compiled extension is not
+# App's suites and the HTTP contract (tests/test_http.py) on Python 3.13, where the app runs
+# through Microsoft's Python worker library inside the Durable host stand-in; then the suites of
+# the record format, the stores and the HTTP API once more on the pure-Python code (VAULT_PURE_PYTHON: what runs where the compiled extension is not
 # built). Extra arguments go to pytest, and then only one run is made: on Python 3.13 if they name
 # tests/function_app, else on 3.11.
 set -euo pipefail
@@ -19,8 +19,8 @@ if [ $# -gt 0 ]; then
     esac
 fi
 .venv/bin/python -m pytest
-echo "--- the Function App's suites, on Python 3.13 through Microsoft's worker library"
-.venv-functions/bin/python -m pytest tests/function_app
+echo "--- the Function App's suites and the HTTP contract against it, on Python 3.13 through Microsoft's worker library"
+.venv-functions/bin/python -m pytest tests/function_app tests/test_http.py
 echo "--- again on the pure-Python record path (VAULT_PURE_PYTHON=1)"
 VAULT_PURE_PYTHON=1 exec .venv/bin/python -m pytest -q tests/test_conformance.py tests/test_format_doc.py \
     tests/test_http.py tests/test_seek.py tests/test_cli.py tests/test_faults.py

@@ -1,10 +1,13 @@
 """`vault serve` as an operator runs it, a real subprocess on loopback: it holds no more than it
 should (open files, request bodies), answers on a connection after a failure, logs a vanished
 client in one line, restarts after a crash without losing or doubling what producers sent, and
-takes its settings from the environment without printing secrets."""
+takes its settings from the environment without printing secrets; and what it answers that the
+Function App does not (405s naming the methods a route takes, 503 while another writer holds the
+stream, 202 after --wait, the API key). The contract both hosts keep is test_http.py's."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import socket
@@ -12,17 +15,19 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
+import pytest
 
 import vault_core
 from tests.support import ROOT
 from tests.support.azurite import KEY, busy_port, free_port
-from tests.support.served import Served
+from tests.support.served import Served, served_on
 from vault_core import Message, transfer
 from vault_core import format as fmt
 from vault_core import http_models as http
-from vault_core.client import VaultClient
+from vault_core.client import Unauthorized, VaultClient
 
 
 def open_files(pid: int) -> int:
@@ -213,3 +218,93 @@ def test_a_port_in_use_is_one_line_and_exit_1(tmp_path):
         f"Error: cannot listen on 127.0.0.1:{port} (Address already in use): another process has it; "
         "pass --port"
     )
+
+
+# --- what vault serve answers that the Function App does not (it routes methods itself, keeps a
+# writer that another may hold, and waits for commits for --wait seconds)
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module", params=["local", "azurite"])
+def served(request) -> Iterator[Served]:
+    server = served_on(request, request.param, f"serve-{request.param}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def stream() -> str:
+    return f"s-{next(_names)}"
+
+
+def post(served: Served, stream: str, body: bytes, **headers: str) -> httpx.Response:
+    return httpx.post(
+        f"{served.url}/api/streams/{stream}", content=body, headers={"content-type": http.JSON, **headers}
+    )
+
+
+def json_body(*messages: tuple[str, bytes]) -> bytes:
+    return http.encode_json([Message(k, v) for k, v in messages])
+
+
+def test_a_method_a_route_does_not_take_is_405_naming_those_it_does(served, stream):
+    for method, path, allowed in [
+        ("PUT", f"/api/streams/{stream}", {"GET", "HEAD", "POST"}),  # POST is answered before the router
+        ("DELETE", "/api/streams", {"GET", "HEAD"}),
+        ("POST", f"/api/streams/{stream}/batches/key", {"GET", "HEAD"}),
+    ]:
+        response = httpx.request(method, f"{served.url}{path}")
+        assert response.status_code == 405 and response.json()["status"] == 405
+        assert set(response.headers["allow"].split(", ")) == allowed
+    assert stream not in served.store().streams()
+
+
+def test_a_stream_held_by_another_writer_is_503_with_retry_after(served, stream):
+    with served.store().writer(stream):
+        response = post(served, stream, json_body(("k", b"v")))
+    assert response.status_code == 503 and int(response.headers["retry-after"]) > 0
+    assert response.headers["content-type"] == http.PROBLEM_JSON
+
+
+def test_client_retries_while_the_stream_is_busy(tmp_path):
+    server = Served(str(tmp_path), "vault")
+    try:
+        store = server.store()
+        holder = store.writer("busy")
+        threading.Timer(1.0, holder.close).start()  # the other writer goes away after a second
+        with VaultClient(server.url) as client:
+            result = client.publish("busy", [Message("k", b"v")])
+        assert [m.offset for m in store.reader("busy").replay()] == result.offsets
+    finally:
+        server.stop()
+
+
+def test_slow_commits_answer_202_with_a_location_that_resolves(tmp_path):
+    server = Served(str(tmp_path), "vault", "--wait", "0")
+    try:
+        response = post(server, "slow", json_body(("k", b"v")), **{"Idempotency-Key": "slow-1"})
+        assert response.status_code == 202
+        location = response.headers["location"]
+        assert location == http.batch_location("slow", "slow-1")
+        deadline = time.monotonic() + 10
+        while (status := httpx.get(server.url + location)).status_code == 202 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status.status_code == 200 and status.json()["position"] > 0
+        with VaultClient(server.url) as client:  # the client follows 202s by itself
+            assert client.publish("slow", [Message("k", b"w")]).position > status.json()["position"]
+    finally:
+        server.stop()
+
+
+def test_api_key_is_required_when_set(tmp_path):
+    server = Served(str(tmp_path), "vault", "--api-key", "s3cret")
+    try:
+        assert post(server, "s", json_body(("k", b"v"))).status_code == 401
+        assert httpx.get(f"{server.url}/api/health").status_code == 200
+        with pytest.raises(Unauthorized), VaultClient(server.url, key="wrong") as client:
+            client.publish("s", [Message("k", b"v")])
+        with VaultClient(server.url, key="s3cret") as client:
+            assert client.publish("s", [Message("k", b"v")]).position > 0
+    finally:
+        server.stop()

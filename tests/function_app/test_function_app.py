@@ -25,7 +25,8 @@ import vault_core
 from tests.support import ROOT
 from tests.support.durable import bindings, protocol
 from tests.support.durable.channel import WorkerChannel
-from tests.support.durable.host import DurableHost, Settings, scaled
+from tests.support.durable.host import DurableHost
+from tests.support.durable.settings import Settings, app_settings, scaled
 from tests.support.streams import contents
 from vault_core import Message, transfer
 from vault_core import http_models as http
@@ -35,21 +36,6 @@ from vault_core.functions import http_handlers
 from vault_core.functions.partitions import instance_id
 
 _containers = itertools.count()
-
-
-def app_settings(azurite, container: str, **extra: str) -> dict[str, str]:
-    """The app's settings on Azurite, with the host's own as the deployment sets them."""
-    deployed = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
-    return {
-        "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT": deployed["FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"],
-        "AzureWebJobsStorage": azurite.connection_string,
-        "VAULT_STORE": azurite.connection_string,
-        "VAULT_CONTAINER": container,
-        "VAULT_STAGING_CONTAINER": f"{container}-staging",
-        "VAULT_WAIT_SECONDS": "3",
-        "VAULT_TASK_HUB": "vault",
-        **extra,
-    }
 
 
 @pytest.fixture(scope="module")
@@ -120,20 +106,6 @@ def test_a_post_goes_through_orchestration_and_entity_to_committed_bytes(app):
     }
     record = app.record(instance_id("orders", "order-1"))
     assert record is not None and record.status == "Completed"
-
-
-def test_a_json_value_is_text_and_value_b64_bytes_and_a_read_s_offset_and_timestamp_are_ignored(app):
-    body = json.dumps(
-        {
-            "messages": [
-                {"key": "k", "value": "test"},
-                {"key": "raw", "value_b64": "/wD+", "offset": 7, "timestamp": "2026-01-01T00:00:00.000Z"},
-            ]
-        }
-    ).encode()
-    response = post(app, "json-shape", body, **{"Idempotency-Key": "shape-1"})
-    assert response.status_code == 200, response.text
-    assert contents(app.store, "json-shape") == [("k", b"test"), ("raw", b"\xff\x00\xfe")]
 
 
 def test_large_batches_are_staged_never_sent_through_durable_and_deleted_once_committed(app):
@@ -360,19 +332,6 @@ def protocol_record(instance: str, payload: dict, output: dict):
     from tests.support.durable.taskhub import Record
 
     return Record(instance, "append_batch", input_text=json.dumps(payload), status="Completed", output=output)
-
-
-def test_stream_info_lists_and_health(app):
-    post(app, "info", http.encode_json([Message("k", b"v")]))
-    info = httpx.get(f"{app.url}/streams/info", timeout=30)
-    assert info.status_code == 200 and info.json()["position"] == app.store.reader("info").position()
-    assert [m.key for m in vault_core.open_reader(info.json()["read_url"]).replay()] == ["k"]
-    missing = httpx.get(f"{app.url}/streams/nope", timeout=30)
-    assert missing.status_code == 404 and missing.headers["content-type"] == http.PROBLEM_JSON
-    listed = httpx.get(f"{app.url}/streams", timeout=30).json()["streams"]
-    [summary] = [s for s in listed if s["stream"] == "info"]
-    assert summary["position"] == info.json()["position"] and summary["last_append"].startswith("20")
-    assert httpx.get(f"{app.url}/health", timeout=30).status_code == 200
 
 
 def test_read_urls_last_vault_read_url_seconds_and_a_reader_asks_the_api_url_for_them(app):

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import pytest
 
 import vault_core
-from tests.function_app.test_function_app import app_settings
 from tests.support.durable import protocol
-from tests.support.durable.host import AppInstance, DurableHost, scaled
+from tests.support.durable.host import AppInstance, DurableHost
+from tests.support.durable.settings import app_settings, scaled
 from vault_core import Message
 from vault_core.client import VaultClient
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 import vault_core
 from tests.support import ROOT
@@ -67,3 +68,13 @@ class Served:
         stop_process(self.process)
         if self.log:
             self.log.close()
+
+
+def served_on(request: pytest.FixtureRequest, kind: str, container: str) -> Served:
+    """`vault serve` on the local store (`kind` "local", in a fresh directory) or on Azurite
+    ("azurite", the session's), appending into `container`."""
+    if kind == "local":
+        target = str(request.getfixturevalue("tmp_path_factory").mktemp("served"))
+    else:
+        target = request.getfixturevalue("azurite").connection_string
+    return Served(target, container)

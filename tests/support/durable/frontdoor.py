@@ -59,7 +59,8 @@ def handler(host: DurableHost) -> type[BaseHTTPRequestHandler]:
 
         def _body(self) -> bytes:
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                chunks, size = [], 0
+                chunks: list[bytes] = []
+                size = 0
                 while True:
                     length = int(self.rfile.readline().split(b";")[0], 16)
                     if length == 0:

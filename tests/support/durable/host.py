@@ -31,8 +31,11 @@ Python SDK:
 * durable timers (a message invisible until its time), the client's HTTP API (start, status,
   purge) on a local RPC endpoint, and HTTP functions behind a front door.
 
-Times such as lease and visibility timeouts can be scaled down for tests (Settings); everything
-else follows the app's host.json.
+Times such as lease and visibility timeouts can be scaled down for tests (settings.py); everything
+else follows the app's host.json. This module holds the instances (worker process, invocation,
+freezing and dying, dispatching) and the host around them; partitions.py the partition manager
+and the queue pollers; work.py how a work item runs and is checkpointed; taskhub.py the task
+hub's storage; channel.py, bindings.py and protocol.py the worker and the extension's wire.
 """
 
 from __future__ import annotations
@@ -41,8 +44,6 @@ import contextlib
 import itertools
 import json
 import os
-import random
-import re
 import signal
 import subprocess
 import sys
@@ -54,140 +55,26 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.support import ROOT
 from tests.support.durable import bindings, client_api, frontdoor
 from tests.support.durable import protocol as p
 from tests.support.durable.bindings import Answer, HttpCall
 from tests.support.durable.channel import FunctionInfo, WorkerChannel, WorkerDied, WorkerStartFailed
-from tests.support.durable.taskhub import QueueMessage, Record, TaskHub
-
-TERMINAL = ("Completed", "Failed", "Terminated")
-
-
-def _seconds(span: str) -> float:
-    """host.json's "[d.]hh:mm:ss[.fff]"."""
-    hours, minutes, seconds = span.split(":")
-    days, _, hours = hours.rpartition(".")
-    return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The extension's settings, from host.json; the plan's, from the Bicep's defaults; and the
-    storage and platform behaviour that tests may scale."""
-
-    partition_count: int = 4
-    max_polling_interval: float = 30.0
-    control_queue_batch_size: int = 32
-    buffer_threshold: int = 256
-    max_entity_batch: int = 5000
-    max_concurrent: int = 10 * (os.cpu_count() or 1)
-    function_timeout: float = 1800.0
-    reorder_window_minutes: float = 30.0  # entityMessageReorderWindowInMinutes (0: no sorting)
-    # Flex Consumption (infra/main.bicep): HTTP requests an instance serves at once (Python's
-    # default is 1), and the most instances a group scales out to.
-    http_concurrency: int = 1
-    max_instances: int = 100
-    front_end_timeout: float = 230.0  # the front end's limit on an HTTP answer
-    # Storage and partition-manager behaviour (DTFx defaults), scaled down by tests:
-    visibility_timeout: float = 300.0
-    lease_interval: float = 30.0
-    acquire_interval: float = 10.0
-    drain_timeout: float = 60.0
-    storage_latency: float = 0.008  # one Azure Storage round trip in a region
-    worker_restart_delay: float = 1.0
-
-    @property
-    def reorder_window(self) -> float:
-        return self.reorder_window_minutes * 60
-
-    @classmethod
-    def from_host_json(cls, path: Path = ROOT / "host.json", **overrides: Any) -> Settings:
-        """host.json's settings, and the plan's as infra/main.bicep deploys it by default."""
-        config = json.loads(path.read_text())
-        durable = config.get("extensions", {}).get("durableTask", {})
-        sections = {"root": config, "durable": durable, "provider": durable.get("storageProvider", {})}
-        values: dict[str, Any] = {}
-        for field_name, (section, key) in _HOST_JSON.items():
-            if key in sections[section]:
-                value = sections[section][key]
-                values[field_name] = _seconds(value) if isinstance(value, str) else value
-        bicep = (ROOT / "infra" / "main.bicep").read_text()
-        for field_name, parameter in _BICEP.items():
-            found = re.search(rf"^param {parameter} int = (\d+)$", bicep, re.M)
-            if found:
-                values[field_name] = int(found.group(1))
-        return cls(**{**values, **overrides})
-
-
-# Settings fields read from the Bicep's parameter defaults.
-_BICEP = {"http_concurrency": "httpPerInstanceConcurrency", "max_instances": "maximumInstanceCount"}
-# Settings fields read from host.json: (section, key); durations are "[d.]hh:mm:ss" strings.
-_HOST_JSON = {
-    "partition_count": ("provider", "partitionCount"),
-    "max_polling_interval": ("provider", "maxQueuePollingInterval"),
-    "control_queue_batch_size": ("provider", "controlQueueBatchSize"),
-    "buffer_threshold": ("provider", "controlQueueBufferThreshold"),
-    "visibility_timeout": ("provider", "controlQueueVisibilityTimeout"),
-    "max_entity_batch": ("durable", "maxEntityOperationBatchSize"),
-    "max_concurrent": ("durable", "maxConcurrentOrchestratorFunctions"),
-    "function_timeout": ("root", "functionTimeout"),
-    "reorder_window_minutes": ("durable", "entityMessageReorderWindowInMinutes"),
-}
-
-
-class InvocationFailed(Exception):
-    """The worker could not run the invocation (it died, or answered nonsense)."""
-
-
-class FunctionTimedOut(Exception):
-    """The invocation ran past functionTimeout."""
-
-
-class Stopped(Exception):
-    """This instance is dead: its threads stop without touching storage."""
-
-
-class Backoff:
-    """DTFx's queue polling backoff: no wait at first, then 50 ms + (0.8-1.2) x 2^(n-1) x 50 ms
-    per empty poll, at most `maximum`; reset by any dequeue or local enqueue."""
-
-    def __init__(self, maximum: float) -> None:
-        self.maximum, self.empty_polls = maximum, 0
-        self.wake = threading.Event()
-
-    def wait(self) -> None:
-        if self.empty_polls:
-            delay = 0.05 + random.uniform(0.8, 1.2) * 2 ** (self.empty_polls - 1) * 0.05
-            self.wake.wait(min(delay, self.maximum))
-            self.wake.clear()
-        self.empty_polls += 1
-
-    def reset(self) -> None:
-        self.empty_polls = 0
-        self.wake.set()
-
-
-@dataclass
-class WorkItem:
-    partition: int
-    messages: list[QueueMessage]
-
-
-@dataclass
-class Partition:
-    """A partition this instance owns and polls."""
-
-    index: int
-    stop: threading.Event = field(default_factory=threading.Event)
-    backoff: Backoff | None = None
-    draining: bool = False
+from tests.support.durable.partitions import PartitionManager
+from tests.support.durable.settings import Settings
+from tests.support.durable.taskhub import Record, TaskHub
+from tests.support.durable.work import (
+    TERMINAL,
+    FunctionTimedOut,
+    InvocationFailed,
+    Stopped,
+    WorkItem,
+    WorkRunner,
+)
 
 
 class AppInstance:
@@ -209,15 +96,16 @@ class AppInstance:
         self.channel: WorkerChannel | None = None
         self._workers = itertools.count()
         self.lock = threading.RLock()
-        self.owned: dict[int, Partition] = {}
         self.pending: dict[str, WorkItem] = {}
         self.active: dict[str, WorkItem] = {}
         self.in_flight: Counter[str] = Counter()  # invocations running in the worker, by function
         self.executor = ThreadPoolExecutor(self.settings.max_concurrent, thread_name_prefix=f"{name}-work")
         self._log = open(host.logs / f"{name}.log", "ab")  # noqa: SIM115
+        self.partitions = PartitionManager(self)
+        self.runner = WorkRunner(self)
         self._start_worker()
         if group == "durable":
-            threading.Thread(target=self._manage_partitions, name=f"{name}-partitions", daemon=True).start()
+            threading.Thread(target=self.partitions.manage, name=f"{name}-partitions", daemon=True).start()
 
     # --- the worker process
 
@@ -320,7 +208,7 @@ class AppInstance:
         """The instance is lost: nothing of it releases anything; its leases expire."""
         self.alive = False
         with self.lock:
-            for partition in self.owned.values():
+            for partition in self.partitions.owned.values():
                 partition.stop.set()
             if self.channel is not None:
                 if self.channel.process.poll() is None:
@@ -330,148 +218,10 @@ class AppInstance:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self._log.close()
 
-    # --- partitions (the table partition manager)
-
-    def _manage_partitions(self) -> None:
-        try:
-            while self.alive and not self.host.stopping.is_set():
-                self.gate()
-                waiting = self._balance()
-                self._renew_active()
-                interval = self.settings.acquire_interval
-                self.host.stopping.wait(min(interval, 1.0) if waiting else interval)
-        except Stopped:
-            pass
-
-    def _balance(self) -> bool:
-        """One pass of the partition manager; True while it waits for a partition or drains."""
-        hub, now, waiting = self.host.hub, time.monotonic(), False
-        hub.round_trip("table read", "table write")  # the partition table: read, then renew
-        with hub.lock:
-            rows = hub.partitions
-            for index in list(self.owned):
-                if rows[index].owner != self.name:  # lost it (expired and claimed elsewhere)
-                    self._stop_polling(index)
-            for index, row in enumerate(rows):
-                if row.owner == self.name:
-                    row.expires_at = now + self.settings.lease_interval  # renewed, draining or not
-                    if row.next_owner not in (None, self.name) or self.host.leaving(self):
-                        waiting = True
-                        self._drain(index)
-                elif (row.owner is None and row.next_owner in (None, self.name)) or row.expires_at <= now:
-                    # Free for us, or its lease ran out: the owner stopped renewing, or the one who
-                    # asked for it never came to take it.
-                    if self.host.leaving(self):
-                        continue
-                    row.owner, row.next_owner = self.name, None
-                    row.expires_at = now + 2 * self.settings.lease_interval
-                    self.host.claims.append((now, index, self.name))
-                    self._start_polling(index)
-            if self.host.leaving(self):
-                return True
-            live = {r.owner for r in rows if r.owner and r.expires_at > now} | {self.name}
-            mine = sum(r.owner == self.name for r in rows)
-            average = len(rows) // len(live)
-            counts = Counter(r.owner for r in rows if r.owner)
-            if mine < average and not any(r.next_owner == self.name for r in rows):
-                for row in rows:
-                    if row.owner != self.name and row.next_owner is None and counts[row.owner] > average:
-                        row.next_owner = self.name  # ask the owner to hand it over
-                        waiting = True
-                        break
-            return waiting or any(r.next_owner == self.name for r in rows)
-
-    def _start_polling(self, index: int) -> None:
-        partition = Partition(index, backoff=Backoff(self.settings.max_polling_interval))
-        self.owned[index] = partition
-        threading.Thread(
-            target=self._poll, args=(partition,), name=f"{self.name}-poll-{index}", daemon=True
-        ).start()
-
-    def _stop_polling(self, index: int) -> list[QueueMessage]:
-        """Stops polling a partition; returns the prefetched messages nobody started on."""
-        partition = self.owned.pop(index, None)
-        if partition is not None:
-            partition.stop.set()
-        with self.lock:
-            dropped = [item for key, item in self.pending.items() if item.partition == index]
-            for key in [key for key, item in self.pending.items() if item.partition == index]:
-                del self.pending[key]
-        return [m for item in dropped for m in item.messages]
-
-    def _drain(self, index: int) -> None:
-        partition = self.owned.get(index)
-        if partition is None or partition.draining:
-            return
-        partition.draining = True
-        threading.Thread(target=self._release, args=(index,), daemon=True).start()
-
-    def _release(self, index: int) -> None:
-        """Drains a partition (stop dequeuing, wait for its running work items, at most
-        drain_timeout), then releases its lease. Prefetched batches are abandoned."""
-        try:
-            abandoned = self._stop_polling(index)
-            self.host.hub.release(abandoned)
-            deadline = time.monotonic() + self.settings.drain_timeout
-            while time.monotonic() < deadline:
-                self.gate()
-                with self.lock:
-                    if not any(item.partition == index for item in self.active.values()):
-                        break
-                time.sleep(0.05)
-            self.gate()
-            with self.host.hub.lock:
-                row = self.host.hub.partitions[index]
-                if row.owner == self.name:
-                    row.owner = None
-            self.host.stats["partition moves"] += 1
-        except Stopped:
-            pass
-
-    def _renew_active(self) -> None:
-        """The dispatcher keeps the messages of running work items hidden."""
-        with self.lock:
-            messages = [m for item in self.active.values() for m in item.messages]
-        self.host.hub.renew(messages, self.settings.visibility_timeout)
-
-    # --- polling and dispatching
-
-    def _poll(self, partition: Partition) -> None:
-        hub = self.host.hub
-        assert partition.backoff is not None
-        try:
-            while not partition.stop.is_set() and not self.host.stopping.is_set():
-                self.gate()
-                with self.lock:
-                    buffered = sum(len(item.messages) for item in self.pending.values())
-                if buffered >= self.settings.buffer_threshold:
-                    partition.stop.wait(1.0)
-                    continue
-                messages = hub.dequeue(
-                    partition.index, self.settings.control_queue_batch_size, self.settings.visibility_timeout
-                )
-                if partition.stop.is_set():
-                    hub.release(messages, delay=0)
-                    return
-                if messages:
-                    partition.backoff.empty_polls = 0
-                    with self.lock:
-                        for message in messages:
-                            item = self.pending.setdefault(message.instance, WorkItem(partition.index, []))
-                            item.messages.append(message)
-                    self.dispatch()
-                else:
-                    partition.backoff.wait()
-        except Stopped:
-            pass
-
-    def wake(self, index: int) -> None:
-        """A message this instance enqueued to a partition it polls wakes that poller at once."""
-        partition = self.owned.get(index)
-        if partition is not None and partition.backoff is not None:
-            partition.backoff.reset()
+    # --- dispatching
 
     def dispatch(self) -> None:
+        """Starts the pending work items, one per orchestration or entity instance at a time."""
         with self.lock:
             for instance in list(self.pending):
                 if instance in self.active or instance in self.host.held:
@@ -480,224 +230,9 @@ class AppInstance:
                     break
                 item = self.active[instance] = self.pending.pop(instance)
                 try:
-                    self.executor.submit(self._run, instance, item)
+                    self.executor.submit(self.runner.run, instance, item)
                 except RuntimeError:  # shut down: the instance died
                     return
-
-    def _run(self, instance: str, item: WorkItem) -> None:
-        hub = self.host.hub
-        try:
-            self.gate()
-            if item.partition not in self.owned:  # released meanwhile: abandon
-                hub.release(item.messages)
-                return
-            if instance.startswith("@"):
-                self._entity(instance, item.messages)
-            else:
-                self._orchestration(instance, item.messages)
-        except Stopped:
-            pass
-        except (InvocationFailed, FunctionTimedOut) as error:
-            self.host.stats["aborted work items"] += 1
-            self.host.note(f"{self.name}: {instance} aborted: {error!r}")
-            if self.alive:
-                hub.release(item.messages)
-        except Exception as error:  # a defect of the stand-in: make it loud
-            self.host.note(f"{self.name}: {instance} crashed the dispatcher: {error!r}")
-            self.host.errors.append(error)
-            if self.alive:
-                hub.release(item.messages)
-        finally:
-            with self.lock:
-                if self.active.get(instance) is item:
-                    del self.active[instance]
-            if self.alive:
-                self.dispatch()
-
-    def _checkpoint(
-        self,
-        record: Record,
-        loaded_etag: int | None,
-        outbound: list[tuple[str, dict[str, Any], float]],
-        inputs: list[QueueMessage],
-        history_bytes: int = 0,
-    ) -> bool:
-        """DTFx's order: outbound messages first (they are never taken back), then the state if its
-        ETag still matches (the checkpoint), then the inputs are deleted."""
-        self.gate()
-        if outbound:
-            self.host.send(self, outbound)
-        self.gate()
-        if not self.host.hub.save(record, loaded_etag, history_bytes):
-            self.host.stats["split-brain checkpoints refused"] += 1
-            self.host.hub.release(inputs)
-            return False
-        self.gate()
-        self.host.hub.delete(inputs)
-        return True
-
-    # --- orchestrations
-
-    def _orchestration(self, instance: str, messages: list[QueueMessage]) -> None:
-        hub = self.host.hub
-        record = hub.load(instance)
-        if record is None or record.status in TERMINAL:  # purged or finished: late messages
-            hub.delete(messages)
-            return
-        loaded_etag = record.etag
-        sent = {json.loads(e["Input"])["id"] for e in record.history if e["EventType"] == p.EVENT_SENT}
-        new_events, handled, out_of_order = [], [], []
-        for message in messages:
-            event = message.event
-            if event["EventType"] == p.EXECUTION_STARTED and (
-                record.history or event["OrchestrationInstance"]["ExecutionId"] != record.execution_id
-            ):
-                handled.append(message)  # a duplicate or stale start
-                continue
-            if event["EventType"] == p.EVENT_RAISED and event["Name"] not in sent:
-                out_of_order.append(message)  # its EventSent is not checkpointed yet
-                continue
-            handled.append(message)
-            new_events.append(event)
-        hub.release(out_of_order)
-        if not new_events:
-            hub.delete(handled)
-            return
-        now = datetime.now(UTC)
-        played = len(record.history)
-        history = [{**e, "IsPlayed": True} for e in record.history]
-        history += [
-            p.history_event(p.ORCHESTRATOR_STARTED, now),
-            *({**e, "IsPlayed": False} for e in new_events),
-        ]
-        context = p.orchestration_context(instance, history, record.input_text)
-        reply = self.invoke(record.name, self.settings.function_timeout, context=context)
-        state = _orchestrator_state(reply)
-        if state is None:
-            raise InvocationFailed(reply.error or "no result")
-        actions = [a for group in state.get("actions", []) for a in group]
-        scheduled = sum(e["EventType"] in (p.EVENT_SENT, p.TIMER_CREATED) for e in history)
-        outbound: list[tuple[str, dict[str, Any], float]] = []
-        for seq, action in enumerate(actions[scheduled:], start=scheduled):
-            kind = action["actionType"]
-            if kind in (p.CALL_ENTITY, p.SIGNAL_ENTITY):
-                request = {
-                    "op": action["operation"],
-                    "signal": kind == p.SIGNAL_ENTITY,
-                    "input": None if action.get("input") is None else json.dumps(action["input"]),
-                    # The extension's request ids are deterministic: a replayed episode sends the same.
-                    "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{instance}/{record.execution_id}/{seq}")),
-                    "parent": instance,
-                    "parentExecution": record.execution_id,
-                    "timestamp": now.timestamp(),  # the episode's time, the same on redelivery
-                }
-                history.append(
-                    p.history_event(
-                        p.EVENT_SENT,
-                        now,
-                        seq,
-                        InstanceId=action["instanceId"],
-                        Name="op",
-                        Input=json.dumps(request),
-                    )
-                )
-                outbound.append((action["instanceId"], {"kind": "request", "request": request}, 0.0))
-            elif kind == p.CREATE_TIMER:
-                fire_at = p.parse_timestamp(action["fireAt"])
-                history.append(p.history_event(p.TIMER_CREATED, now, seq, FireAt=action["fireAt"]))
-                fired = p.history_event(p.TIMER_FIRED, now, -1, TimerId=seq, FireAt=action["fireAt"])
-                outbound.append((instance, fired, max(0.0, (fire_at - now).total_seconds())))
-            else:
-                raise NotImplementedError(f"action type {kind} is not modelled")
-        history.append(p.history_event(p.ORCHESTRATOR_COMPLETED, now))
-        record.history = history
-        record.custom_status = state.get("customStatus")
-        if state.get("error"):
-            record.status, record.output = "Failed", state["error"]
-        elif state.get("isDone"):
-            record.status, record.output = "Completed", state.get("output")
-        else:
-            record.status = "Running"
-        written = len(json.dumps(history[played:]).encode())  # the new History rows
-        self._checkpoint(record, loaded_etag, outbound, handled, written)
-
-    # --- entities
-
-    def _entity(self, instance: str, messages: list[QueueMessage]) -> None:
-        hub = self.host.hub
-        _, name, key = instance.split("@", 2)
-        record = hub.load(instance)
-        loaded_etag = record.etag if record is not None else None
-        if record is None:
-            record = Record(instance, name, status="Running")
-        window = self.settings.reorder_window
-        for message in messages:
-            event = message.event
-            if event.get("kind") != "request":
-                continue  # "continue": run what is queued
-            request = event["request"]
-            parent = request.get("parent")
-            if parent and window > 0:  # the message sorter (signals from clients bypass it)
-                stamp = request["timestamp"]
-                if stamp <= record.received.get(parent, float("-inf")):
-                    self.host.stats["duplicate requests dropped"] += 1
-                    continue
-                record.received[parent] = stamp
-                if stamp > record.horizon + window + 10:
-                    record.horizon = stamp - window
-                    record.received = {k: v for k, v in record.received.items() if v >= record.horizon}
-            record.queue.append(request)
-        batch, record.queue = (
-            record.queue[: self.settings.max_entity_batch],
-            record.queue[self.settings.max_entity_batch :],
-        )
-        outbound: list[tuple[str, dict[str, Any], float]] = []
-        if batch:
-            function = self.host.entity_function(name)
-            context = p.entity_batch(name, key, record.exists, record.state, batch)
-            try:
-                reply = self.invoke(function, self.settings.function_timeout, context=context)
-                outcome = json.loads(reply.result) if reply.result is not None else None
-                if outcome is None or len(outcome.get("results", [])) != len(batch):
-                    raise InvocationFailed(reply.error or "a result per operation was expected")
-                results = [(r["result"], r["isError"]) for r in outcome["results"]]
-                record.exists, record.state = outcome["entityExists"], outcome["entityState"]
-            except FunctionTimedOut:
-                # The extension answers every operation of the batch with the host's timeout
-                # error and keeps the state from before the batch; the host restarts the worker.
-                self.host.stats["entity batches timed out"] += 1
-                message = p.timeout_message(self.settings.function_timeout, function)
-                results = [(message, True) for _ in batch]
-            self.host.stats["entity invocations"] += 1
-            self.host.stats["entity operations"] += len(batch)
-            self.host.batch_sizes.append(len(batch))
-            when = datetime.now(UTC)
-            for request, (result, is_error) in zip(batch, results, strict=True):
-                if request.get("signal"):
-                    continue
-                response: dict[str, Any] = {"result": result}
-                if is_error:
-                    response["exceptionType"] = "Error"
-                raised = p.history_event(p.EVENT_RAISED, when, Name=request["id"], Input=json.dumps(response))
-                outbound.append((request["parent"], raised, 0.0))
-        if record.queue:
-            outbound.append((instance, {"kind": "continue"}, 0.0))
-        self._checkpoint(record, loaded_etag, outbound, messages)
-
-
-def _orchestrator_state(reply: Answer) -> dict[str, Any] | None:
-    """The orchestrator's answer: its JSON result, or, when its code raised, the state the SDK
-    appends to the error message (as the extension's OutOfProcOrchestrationShim reads it)."""
-    if reply.result is not None:
-        return json.loads(reply.result)
-    marker = "\n\n$OutOfProcData$:"
-    error = reply.error or ""
-    if marker in error:
-        message, _, data = error.partition(marker)
-        state = json.loads(data)
-        state["error"] = message
-        return state
-    return None
 
 
 class DurableHost:
@@ -968,7 +503,7 @@ class DurableHost:
         if sender is not None:
             for partition, (_, _, _, delay) in zip(partitions, sized, strict=True):
                 if not delay:
-                    sender.wake(partition)
+                    sender.partitions.wake(partition)
 
     def start(
         self, caller: AppInstance | None, name: str, instance_id: str, input_text: str | None
@@ -1062,16 +597,3 @@ def _described(function: FunctionInfo) -> dict[str, Any]:
         "methods": trigger.get("methods"),
         "authLevel": trigger.get("authLevel"),
     }
-
-
-def scaled(factor: float, **overrides: Any) -> Settings:
-    """The app's settings with the storage provider's lease, visibility and drain times scaled by
-    `factor` (tests cannot wait 5 minutes for a redelivery)."""
-    base = Settings.from_host_json()
-    times = {
-        "visibility_timeout": base.visibility_timeout * factor,
-        "lease_interval": base.lease_interval * factor,
-        "acquire_interval": base.acquire_interval * factor,
-        "drain_timeout": base.drain_timeout * factor,
-    }
-    return replace(base, **{**times, **overrides})

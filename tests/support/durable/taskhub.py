@@ -119,7 +119,7 @@ class TaskHub:
     def dequeue(self, partition: int, count: int, visibility: float) -> list[QueueMessage]:
         self.round_trip("queue get")
         now = time.monotonic()
-        taken = []
+        taken: list[QueueMessage] = []
         with self.lock:
             for message in self.queues[partition]:
                 if len(taken) == count:

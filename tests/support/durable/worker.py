@@ -114,7 +114,7 @@ def instrument(traced: str, slowed: str) -> None:
                 log.info("slowed %s:%s by %.1f s", *key, delay)
                 time.sleep(delay)
 
-    threading.setprofile_all_threads(hook)
+    threading.setprofile_all_threads(hook)  # type: ignore[attr-defined]  # 3.12+: the worker runs on 3.13
     sys.setprofile(hook)
 
 
@@ -133,7 +133,7 @@ def main() -> None:
     except ImportError:
         asyncio.run(serve(args.port, args.worker_id))
     else:
-        asyncio.run(serve(args.port, args.worker_id), loop_factory=uvloop.new_event_loop)
+        asyncio.run(serve(args.port, args.worker_id), loop_factory=uvloop.new_event_loop)  # type: ignore[call-arg]  # 3.12+
 
 
 if __name__ == "__main__":
