@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 import vault_core
+from tests.support.posting import json_body, post
 from tests.support.served import served_on
 from vault_core import Message, transfer
 from vault_core import http_models as http
@@ -58,16 +59,6 @@ def api(request) -> Iterator[Api]:
 @pytest.fixture
 def stream() -> str:
     return f"s-{next(_names)}"
-
-
-def post(api: Api, stream: str, body: bytes, content_type: str = http.JSON, **headers: str) -> httpx.Response:
-    return httpx.post(
-        f"{api.url}/api/streams/{stream}", content=body, headers={"content-type": content_type, **headers}
-    )
-
-
-def json_body(*messages: tuple[str, bytes]) -> bytes:
-    return http.encode_json([Message(k, v) for k, v in messages])
 
 
 def test_publish_json_then_read_it_through_the_read_url(api, stream):

@@ -23,6 +23,7 @@ import pytest
 import vault_core
 from tests.support import ROOT
 from tests.support.azurite import KEY, busy_port, free_port
+from tests.support.posting import json_body, post
 from tests.support.served import Served, served_on
 from vault_core import Message, transfer
 from vault_core import format as fmt
@@ -236,16 +237,6 @@ def served(request) -> Iterator[Served]:
 @pytest.fixture
 def stream() -> str:
     return f"s-{next(_names)}"
-
-
-def post(served: Served, stream: str, body: bytes, **headers: str) -> httpx.Response:
-    return httpx.post(
-        f"{served.url}/api/streams/{stream}", content=body, headers={"content-type": http.JSON, **headers}
-    )
-
-
-def json_body(*messages: tuple[str, bytes]) -> bytes:
-    return http.encode_json([Message(k, v) for k, v in messages])
 
 
 def test_a_method_a_route_does_not_take_is_405_naming_those_it_does(served, stream):
