@@ -64,6 +64,10 @@ param purgeAfterHours int = 24
 @maxValue(604800)
 param readUrlSeconds int = 3600
 
+@description('A stream rolls into a new segment once its newest segment holds this many bytes (VAULT_SEGMENT_BYTES); sealed segments are block blobs that the lifecycle rules tier. 1 TiB by default: most streams never roll.')
+@minValue(4096)
+param segmentBytes int = 1099511627776
+
 @description('Flex Consumption: the most instances each group of functions (HTTP, Durable, the purge timer) scales out to. Some regions still require at least 40.')
 @minValue(1)
 @maxValue(1000)
@@ -94,7 +98,15 @@ param httpAlwaysReady int = 0
 @maxValue(365)
 param softDeleteRetentionDays int = 7
 
-@description('Object ids of principals (consumers) granted Storage Blob Data Reader on the streams\' container only, to read streams directly, and Storage Table Data Contributor on the consumer checkpoint table only.')
+@description('Days after a stream\'s segment is sealed (a block blob) that Azure moves it to the Cool tier.')
+@minValue(1)
+param sealedCoolAfterDays int = 30
+
+@description('Days after a stream\'s segment is sealed that Azure moves it to the Cold tier (more than sealedCoolAfterDays).')
+@minValue(2)
+param sealedColdAfterDays int = 90
+
+@description('Object ids of principals (consumers) granted Storage Blob Data Reader on the streams\' containers only (the streams\' container, and each stream\'s own container <vaultContainerName>-<stream>), to read streams directly, and Storage Table Data Contributor on the consumer checkpoint table only.')
 param readerPrincipalIds array = []
 
 @description('Principal type of readerPrincipalIds.')
@@ -307,6 +319,38 @@ resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05
             }
           }
         }
+        {
+          // Sealed segments carry this blob index tag (the vault sets it when it seals one): old
+          // stream data moves to cheaper tiers, read as before by the same URLs (Cold, like Cool,
+          // is online). Nothing else of the account is tiered.
+          name: 'tier-sealed-segments'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+              ]
+              blobIndexMatch: [
+                {
+                  name: 'vault'
+                  op: '=='
+                  value: 'sealed-segment'
+                }
+              ]
+            }
+            actions: {
+              baseBlob: {
+                tierToCool: {
+                  daysAfterCreationGreaterThan: sealedCoolAfterDays
+                }
+                tierToCold: {
+                  daysAfterCreationGreaterThan: max(sealedColdAfterDays, sealedCoolAfterDays + 1)
+                }
+              }
+            }
+          }
+        }
       ]
     }
   }
@@ -403,6 +447,10 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'VAULT_READ_URL_SECONDS'
           value: string(readUrlSeconds)
+        }
+        {
+          name: 'VAULT_SEGMENT_BYTES'
+          value: string(segmentBytes)
         }
         {
           // The Functions host refuses a larger body (with a 500) before it buffers it: the API's
@@ -512,6 +560,24 @@ resource readerRoleAssignments 'Microsoft.Authorization/roleAssignments@2022-04-
       roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataReader)
       principalId: principalId
       principalType: readerPrincipalType
+    }
+  }
+]
+
+// Each stream made since segments lives in a container of its own, made at run time, so no
+// deployment can name it as a scope: consumers read blobs of the account only where the
+// container's name starts with '<vaultContainerName>-' and is not the staging container. (The
+// role also lets them list the account's container names; not the contents of any other.)
+resource readerStreamAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for principalId in readerPrincipalIds: {
+    name: guid(storage.id, principalId, roles.storageBlobDataReader, 'stream-containers')
+    scope: storage
+    properties: {
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataReader)
+      principalId: principalId
+      principalType: readerPrincipalType
+      conditionVersion: '2.0'
+      condition: '((!(ActionMatches{\'Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read\'})) OR (@Resource[Microsoft.Storage/storageAccounts/blobServices/containers:name] StringStartsWith \'${vaultContainerName}-\' AND NOT @Resource[Microsoft.Storage/storageAccounts/blobServices/containers:name] StringEquals \'${stagingContainerName}\'))'
     }
   }
 ]

@@ -12,9 +12,12 @@ param waitSeconds = 30
 param leaseSeconds = 60
 param purgeAfterHours = 24
 param readUrlSeconds = 3600
+param segmentBytes = 1099511627776
 param maximumInstanceCount = 100
 param instanceMemoryMB = 2048
 param softDeleteRetentionDays = 7
+param sealedCoolAfterDays = 30
+param sealedColdAfterDays = 90
 // Object ids of the consumers (users, groups or service principals) that read streams directly.
 param readerPrincipalIds = []
 param readerPrincipalType = 'ServicePrincipal'

@@ -23,7 +23,10 @@ def test_read_url_is_read_only_and_for_one_stream(azurite_store):
     with pytest.raises(HttpResponseError) as refused:
         blob.upload_page(bytes(512), offset=65536, length=512)
     assert refused.value.status_code == 403
-    other = BlobClient.from_blob_url(url.replace("/mine/log?", "/other/log?"))
+    # Each stream lives in a container of its own: this URL's SAS opens none of another's blobs.
+    other_blob = store.read_url("other").split("?", 1)[0]
+    assert other_blob.rsplit("/", 3)[-3] != url.split("?", 1)[0].rsplit("/", 3)[-3]
+    other = BlobClient.from_blob_url(other_blob + "?" + url.split("?", 1)[1])
     with pytest.raises(HttpResponseError) as denied:
         other.download_blob().readall()
     assert denied.value.status_code == 403
@@ -37,7 +40,7 @@ def test_read_url_expires_as_asked(azurite_store):
     with azurite_store.writer("s") as writer:
         writer.append([Message("k", b"v")])
     query = parse_qs(urlparse(azurite_store.read_url("s", expires_in=timedelta(minutes=5))).query)
-    assert query["sp"] == ["r"] and query["sr"] == ["b"]
+    assert query["sp"] == ["rl"] and query["sr"] == ["c"]  # read and list its own container only
     start, expiry = (vault_core.format.datetime.fromisoformat(query[k][0]) for k in ("st", "se"))
     assert timedelta(minutes=9) < expiry - start <= timedelta(minutes=10)  # 5 min skew + 5 min
 

@@ -25,7 +25,8 @@ def write_streams(store: vault_core.Store, *names: str) -> None:
 
 
 def blob_url(store: vault_core.Store, stream: str, endpoint: str) -> str:
-    return f"{endpoint}/{store.backend.container}/{stream}/log"
+    """The first segment's blob, in the stream's own container."""
+    return f"{endpoint}/{store.backend.container}-{stream}/{stream}/log"
 
 
 def assert_grants_reading_one_stream(url: str, store: vault_core.Store) -> None:
@@ -39,7 +40,8 @@ def assert_grants_reading_one_stream(url: str, store: vault_core.Store) -> None:
         BlobClient.from_blob_url(url).upload_page(bytes(512), offset=65536, length=512)
     assert refused.value.status_code == 403
     with pytest.raises(HttpResponseError) as denied:
-        BlobClient.from_blob_url(url.replace("/mine/log?", "/other/log?")).download_blob().readall()
+        other = f"{url.split('/mine/log?')[0].removesuffix('-mine')}-other/other/log?{url.split('?', 1)[1]}"
+        BlobClient.from_blob_url(other).download_blob().readall()
     assert denied.value.status_code == 403
 
 
@@ -77,7 +79,7 @@ def test_the_emulator_refuses_tokens_it_must_refuse(trust_azurite_oauth, credent
 def test_read_url_without_an_account_key_is_a_read_only_user_delegation_sas(entra_store, entra_credential):
     write_streams(entra_store, "mine")
     query = parse_qs(urlparse(entra_store.read_url("mine", expires_in=timedelta(minutes=5))).query)
-    assert query["sp"] == ["r"] and query["sr"] == ["b"]
+    assert query["sp"] == ["rl"] and query["sr"] == ["c"]  # its own container, read and list
     assert query["skoid"] == [entra_credential.object_id] and query["sktid"] == [entra_credential.tenant_id]
     start, expiry = (datetime.fromisoformat(query[k][0]) for k in ("st", "se"))
     assert timedelta(minutes=9) < expiry - start <= timedelta(minutes=10)  # 5 min skew + 5 min
@@ -101,7 +103,7 @@ def test_the_emulator_honours_a_user_delegation_sas_signed_for_the_account(
         assert (key.signed_oid, key.signed_tid) == (entra_credential.object_id, entra_credential.tenant_id)
         sas = generate_blob_sas(
             service.account_name,
-            entra_store.backend.container,
+            f"{entra_store.backend.container}-mine",
             "mine/log",
             permission=BlobSasPermissions(read=True),
             start=start,

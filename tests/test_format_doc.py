@@ -4,6 +4,7 @@ alone (no vault_core.format, no vault_core.reader), must read back exactly what 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import struct
 import subprocess
 import sys
@@ -48,6 +49,7 @@ class Commit(NamedTuple):
     position: int
     timestamp_ms: int
     ring: list[tuple[int, int]]  # (id_hash, batch_start), oldest first
+    rolled: bool = False  # flags bit 0: the stream goes on in the next segment
 
 
 class Batch(NamedTuple):
@@ -66,7 +68,7 @@ def id_hash(batch_id: str | bytes) -> int:
 def decode_slot(slot: int, data: bytes) -> Commit | None:
     if len(data) < COMMIT_HEADER.size or data[:4] != COMMIT_MAGIC:
         return None
-    _magic, crc, version, _flags, _reserved, ring_length, counter, position, timestamp = (
+    _magic, crc, version, flags, _reserved, ring_length, counter, position, timestamp = (
         COMMIT_HEADER.unpack_from(data)
     )
     ring_end = COMMIT_HEADER.size + RING_ENTRY.size * ring_length
@@ -75,7 +77,7 @@ def decode_slot(slot: int, data: bytes) -> Commit | None:
     if version != 1:
         raise Corrupt(0, f"commit slot of unknown version {version}")
     ring = list(RING_ENTRY.iter_unpack(data[COMMIT_HEADER.size : ring_end]))
-    return Commit(slot, counter, position, timestamp, ring)
+    return Commit(slot, counter, position, timestamp, ring, bool(flags & 1))
 
 
 def decode_commit(log: bytes) -> Commit:
@@ -135,6 +137,39 @@ def decode_stream(log: bytes) -> tuple[Commit, list[Batch]]:
         batches.append(batch)
         position += batch.length
     return commit, batches
+
+
+def segment_bases(folder: Path) -> dict[int, Path]:
+    """A stream's segments by base, from their names: `log` is 0, `log.<20 digits>` any other."""
+    bases = {}
+    for path in folder.iterdir():
+        if path.name == "log":
+            bases[0] = path
+        elif path.name.startswith("log.") and len(path.name) == 24 and path.name[4:].isdigit():
+            bases[int(path.name[4:])] = path
+    return dict(sorted(bases.items()))
+
+
+def assemble(folder: Path) -> tuple[bytes, int]:
+    """A segmented stream as the one log it stands for, and its first position: the stream's
+    commit slots (the newest segment's, or the rolled one's before it if the newest has no
+    commit yet), then each position p from the segment holding it, at its byte 65536 + p - origin.
+    Positions below the first are zeros here (a reader of the log must not need them)."""
+    segments = [(base, path.read_bytes()) for base, path in segment_bases(folder).items()]
+    newest = segments[-1][1][: 2 * SLOT_SIZE]
+    if decode_commit(newest).slot is None and len(segments) > 1:
+        before = segments[-2][1][: 2 * SLOT_SIZE]
+        assert decode_commit(before).rolled, "a newest segment without a commit follows a rolled one"
+        newest = before
+    log = bytearray(newest.ljust(DATA_START, b"\0"))
+    for index, (base, data) in enumerate(segments):
+        end = segments[index + 1][0] if index + 1 < len(segments) else decode_commit(newest).position
+        origin = base - base % PAGE
+        log.extend(bytes(DATA_START + base - len(log)))  # zeros below the first position
+        log[DATA_START + base : DATA_START + end] = data[
+            DATA_START + base - origin : DATA_START + end - origin
+        ]
+    return bytes(log), segments[0][0]
 
 
 def locate(log: bytes, position: int, end: int) -> int:
@@ -598,3 +633,34 @@ def test_a_log_cut_short_is_corruption_at_the_first_batch_not_wholly_in_it(tmp_p
         if cut >= 2 * SLOT_SIZE:
             for position in positions:
                 assert library_read(store, position) == decoder_read(log, position), (cut, position)
+
+
+def test_independent_decoder_reads_a_segmented_and_trimmed_stream(tmp_path):
+    store = vault_core.open_store(tmp_path)
+    with store.writer(STREAM, segment_bytes=4096) as writer:
+        for index in range(120):
+            writer.append(
+                [vault_core.Message(f"k{index}", bytes([index]) * (50 + index * 3))], batch_id=f"b-{index}"
+            )
+        first = writer.trim(writer.position // 2)
+    folder = tmp_path / STREAM
+    bases = list(segment_bases(folder))
+    assert len(bases) > 4 and bases[0] == first > 0
+    # Each older segment's last commit is rolled, at the next one's base.
+    for base, following in itertools.pairwise(bases):
+        commit = decode_commit(
+            (folder / ("log" if base == 0 else f"log.{base:020d}")).read_bytes()[: 2 * SLOT_SIZE]
+        )
+        assert commit.rolled and commit.position == following
+    log, start = assemble(folder)
+    commit = decode_commit(log)
+    batches, position = [], start
+    while position < commit.position:
+        batches.append(decode_batch(log, position, commit.position))
+        position += batches[-1].length
+    with store.reader(STREAM) as reader:
+        assert reader.first_position() == start
+        assert [m for b in batches for m in b.messages] == [tuple(m) for m in reader.replay()]
+        assert (commit.counter, commit.position) == (reader.commit_record().counter, reader.position())
+    # The ring still names batches below the first position: readers ignore those.
+    assert {s for _h, s in commit.ring if s >= start} <= {b.position for b in batches}

@@ -165,7 +165,7 @@ def test_containers(main: dict[str, Any]) -> None:
 
 def test_staging_lifecycle_rule(main: dict[str, Any]) -> None:
     policy = one({INFRA: main}, f"{STORAGE}/managementPolicies")
-    [rule] = policy["properties"]["policy"]["rules"]
+    rule, _tiering = policy["properties"]["policy"]["rules"]
     assert rule["enabled"] is True
     definition = rule["definition"]
     assert definition["actions"]["baseBlob"]["delete"] == {"daysAfterModificationGreaterThan": 1}
@@ -173,6 +173,25 @@ def test_staging_lifecycle_rule(main: dict[str, Any]) -> None:
     [prefix] = definition["filters"]["prefixMatch"]
     assert prefix == "${stagingContainerName}/"
     assert main["parameters"]["stagingContainerName"]["default"] == "vault-staging"
+
+
+def test_sealed_segments_are_tiered_by_their_tag(main: dict[str, Any]) -> None:
+    from vault_core.stores.blob import SEALED_TAG
+
+    policy = one({INFRA: main}, f"{STORAGE}/managementPolicies")
+    _staging, rule = policy["properties"]["policy"]["rules"]
+    definition = rule["definition"]
+    # By the tag the vault puts on what it seals, so no other block blob (staged batches) moves.
+    [(name, value)] = SEALED_TAG.items()
+    assert definition["filters"] == {
+        "blobTypes": ["blockBlob"],
+        "blobIndexMatch": [{"name": name, "op": "==", "value": value}],
+    }
+    actions = definition["actions"]["baseBlob"]
+    assert actions["tierToCool"] == {"daysAfterCreationGreaterThan": "sealedCoolAfterDays"}
+    assert "sealedColdAfterDays" in str(actions["tierToCold"]["daysAfterCreationGreaterThan"])
+    assert main["parameters"]["sealedCoolAfterDays"]["default"] == 30
+    assert main["parameters"]["sealedColdAfterDays"]["default"] == 90
 
 
 def test_flex_consumption_plan(trees: dict[Path, dict[str, Any]]) -> None:
@@ -320,6 +339,13 @@ def test_consumers_hold_no_data_role_on_the_storage_account(main: dict[str, Any]
         if not isinstance(principal, str) and accessor_path(principal)[0] == "functionApp":
             continue
         scope = body.get("scope")
+        condition = body["properties"].get("condition")
+        condition = condition and condition.replace("\\'", "'")  # as Bicep escapes quotes
+        container_name = "@Resource[Microsoft.Storage/storageAccounts/blobServices/containers:name]"
+        if scope == "storage" and condition is not None:  # streams' own containers: by name only
+            assert "StringStartsWith '${vaultContainerName}-'" in condition
+            assert f"NOT {container_name} StringEquals '${{stagingContainerName}}'" in condition
+            continue
         assert isinstance(scope, str) and main["resources"][scope]["type"] in narrow, (
             f"{name} grants {role_ids(main, resource)} to {principal} on {scope or 'the resource group'}"
         )
@@ -338,9 +364,13 @@ def test_reader_principals_parameter(main: dict[str, Any]) -> None:
     }
     readers = [main["resources"][name] for name, array in loops.items() if array == "readerPrincipalIds"]
     scopes = {r["config"]["config"]["scope"]: role_ids(main, r) for r in readers}
-    # Blobs in the streams' container only; tables only on the checkpoint table, never on the task
-    # hub's History and Instances tables.
-    assert scopes == {"vaultContainer": [BLOB_DATA_READER], "checkpointTable": [TABLE_DATA_CONTRIBUTOR]}
+    # Blobs in the streams' containers only (the account's, under a condition on the container's
+    # name); tables only on the checkpoint table, never on the task hub's History and Instances.
+    assert scopes == {
+        "vaultContainer": [BLOB_DATA_READER],
+        "storage": [BLOB_DATA_READER],
+        "checkpointTable": [TABLE_DATA_CONTRIBUTOR],
+    }
     container = main["resources"]["vaultContainer"]
     assert container["type"] == "Microsoft.Storage/storageAccounts/blobServices/containers"
     assert container["config"]["name"] == "vaultContainerName"

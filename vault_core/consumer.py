@@ -7,6 +7,7 @@ of handling the same batches. `group_lags` tells how far behind each group is.""
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import uuid
@@ -20,6 +21,8 @@ from .reader import ReadResult, StreamReader
 
 if TYPE_CHECKING:
     from .store import Store
+
+log = logging.getLogger("vault.consumer")
 
 
 class Consumer:
@@ -71,7 +74,19 @@ class Consumer:
         CheckpointConflict if another consumer of the group moved the checkpoint meanwhile."""
         with self._claim(poll_interval) as claim:
             self._load()  # after the claim: the previous owner's last checkpoint
-            batches = self.reader.batches(self.position, follow=follow, poll_interval=poll_interval)
+            position, first = self.position, self.reader.first_position()
+            if position < first:
+                log.warning(
+                    "group %r: stream %r was trimmed past its checkpoint %d; %d bytes the group never "
+                    "read are gone, and it resumes from the stream's start, %d",
+                    self.checkpoints.group,
+                    self.reader.stream,
+                    position,
+                    first - position,
+                    first,
+                )
+                position = first
+            batches = self.reader.batches(position, follow=follow, poll_interval=poll_interval)
             try:
                 for batch in batches:
                     claim.check()
@@ -166,8 +181,9 @@ class GroupLag(NamedTuple):
     stream: str
     checkpoint: int  # the next position the group reads
     position: int  # the stream's committed length
-    lag_bytes: int  # position - checkpoint
+    lag_bytes: int  # what the group has yet to read: position - checkpoint, from the stream's start
     oldest_unread: datetime | None  # when the first message the group has not read was appended
+    trimmed_bytes: int = 0  # what the group never read and never will: trimmed below its checkpoint
 
     def behind(self, now: datetime | None = None) -> float:
         """Seconds between the oldest unread message and `now` (0 when caught up)."""
@@ -185,10 +201,12 @@ def group_lags(store: Store, group: str | None = None) -> list[GroupLag]:
             for checkpoint in checkpoints.all():
                 with store.reader(checkpoint.stream) as reader:
                     position = reader.position()
+                    first = reader.first_position()
+                    resumes = max(checkpoint.position, first)  # a trimmed checkpoint: from the start
                     oldest = None
-                    if checkpoint.position < position:
+                    if resumes < position:
                         with contextlib.suppress(InvalidPosition):  # a checkpoint set by hand, say
-                            page = reader.read(checkpoint.position, max_messages=1)
+                            page = reader.read(resumes, max_messages=1)
                             oldest = page.messages[0].timestamp if page.messages else None
                 lags.append(
                     GroupLag(
@@ -196,8 +214,9 @@ def group_lags(store: Store, group: str | None = None) -> list[GroupLag]:
                         checkpoint.stream,
                         checkpoint.position,
                         position,
-                        max(0, position - checkpoint.position),
+                        max(0, position - resumes),
                         oldest,
+                        max(0, first - checkpoint.position),
                     )
                 )
     return lags

@@ -72,6 +72,17 @@ class InvalidPosition(VaultError, ValueError):
     """A read position is not a record boundary of the stream, or lies above its committed length."""
 
 
+class PositionTrimmed(InvalidPosition):
+    """A read position lies below the stream's start: the segments holding it were trimmed."""
+
+    def __init__(self, stream: str, position: int, first: int) -> None:
+        super().__init__(
+            f"position {position} of stream {stream!r} was trimmed away: the stream starts at {first} "
+            f"now; read from {first} (or from 0, which starts there)"
+        )
+        self.stream, self.position, self.first = stream, position, first
+
+
 class BatchIdConflict(VaultError, ValueError):
     """A batch id was reused for a batch with different messages."""
 

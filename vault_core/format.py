@@ -58,6 +58,7 @@ COMMIT_MAGIC = b"MVC\xff"
 # magic, crc, version, flags, reserved, ring length, counter, position, timestamp ms
 COMMIT_HEADER = struct.Struct("<4sIBBHIQQQ")
 COMMIT_HEADER_SIZE = 64
+COMMIT_ROLLED = 1  # flag: this segment is full; the stream continues in the segment at `position`
 RING_ENTRY = struct.Struct("<QQ")  # batch id hash, batch start position
 RING_CAPACITY = 1024
 SLOT_SIZE = 33 * PAGE  # a 64-byte header and 1024 ring entries, rounded up to whole pages
@@ -135,6 +136,11 @@ class CommitRecord(NamedTuple):
     position: int  # committed length of the stream
     timestamp_ms: int  # timestamp of the last batch
     ring: bytes  # RING_ENTRY records, oldest first
+    flags: int = 0  # COMMIT_ROLLED: the stream goes on in a next segment (docs/format.md)
+
+    @property
+    def rolled(self) -> bool:
+        return bool(self.flags & COMMIT_ROLLED)
 
 
 EMPTY_COMMIT_RECORD = CommitRecord(0, 0, 0, b"")
@@ -398,7 +404,7 @@ def encode_commit_record(commit: CommitRecord) -> bytes:
         COMMIT_MAGIC,
         0,
         VERSION,
-        0,
+        commit.flags,
         0,
         ring_len,
         commit.counter,
@@ -417,7 +423,7 @@ def _decode_slot(stream: str, slot: str, buffer: bytes) -> CommitRecord | None:
     holds: its counter cannot be compared, and the other slot may hold an older commit."""
     if len(buffer) < COMMIT_HEADER_SIZE or buffer[:4] != COMMIT_MAGIC:
         return None
-    _magic, crc, version, _flags, _r, ring_len, counter, position, timestamp = COMMIT_HEADER.unpack_from(
+    _magic, crc, version, flags, _r, ring_len, counter, position, timestamp = COMMIT_HEADER.unpack_from(
         buffer
     )
     ring_end = COMMIT_HEADER_SIZE + ring_len * RING_ENTRY.size
@@ -431,7 +437,7 @@ def _decode_slot(stream: str, slot: str, buffer: bytes) -> CommitRecord | None:
             f"{VERSION}: read the stream with a vault_core that knows version {version}",
             version,
         )
-    return CommitRecord(counter, position, timestamp, bytes(buffer[COMMIT_HEADER_SIZE:ring_end]))
+    return CommitRecord(counter, position, timestamp, bytes(buffer[COMMIT_HEADER_SIZE:ring_end]), flags)
 
 
 def decode_commit_record(stream: str, header: bytes) -> CommitRecord:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Generator, Iterator
 
 from . import format as fmt
-from .errors import CorruptDataError, InvalidPosition, check_int
+from .errors import CorruptDataError, InvalidPosition, PositionTrimmed, check_int
 from .readahead import read_ahead
 from .stores.base import LogSource
 
@@ -48,6 +48,16 @@ class LogFrames:
         """The one answer to "does this stream exist?": its log is there, and not empty."""
         return self.log.size() > 0
 
+    def first_position(self) -> int:
+        """Where the stream starts: the first segment's base."""
+        return self.segment_bases()[0]
+
+    def segment_bases(self) -> list[int]:
+        """Where each of the stream's segments starts, oldest first. A log that is one segment of
+        its own (a raw segment) has no `segment_bases` and starts at 0."""
+        bases = getattr(self.log, "segment_bases", None)
+        return (bases() or [0]) if bases is not None else [0]
+
     def commit_slots(self) -> bytes:
         """Both commit slots as stored (empty if the log does not exist)."""
         return self.log.read(0, 2 * fmt.SLOT_SIZE)
@@ -63,7 +73,8 @@ class LogFrames:
         at `position` should be. It names the first batch not wholly in the log: this one, unless
         none of it is there and `previous` (the batch before, when the caller walked headers
         without reading bodies) already lacks its last byte."""
-        if previous is not None and position > 0 and not self.log.read(fmt.data_at(position - 1), 1):
+        at_end = fmt.data_at(position - 1)
+        if previous is not None and position > previous.position and not self.log.read(at_end, 1):
             position = previous.position
         return fmt.log_cut_short(self.stream, position)
 
@@ -129,8 +140,13 @@ class LogFrames:
                 f"position {position} is outside stream {self.stream!r} (0 to {end}): read from an offset "
                 "or position the vault returned"
             )
-        if position in (0, end):
+        if position == end:
             return position
+        first = self.first_position()
+        if position == 0 or position == first:  # 0 is where the stream starts, trimmed or not
+            return first
+        if position < first:
+            raise PositionTrimmed(self.stream, position, first)
         probe = self.log.read(fmt.data_at(position), fmt.BATCH_HEADER.size)
         if fmt.is_batch_start(probe):
             return position

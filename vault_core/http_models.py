@@ -134,6 +134,8 @@ class StreamInfo(BaseModel):
     position: int
     read_url: str
     expires_on: datetime
+    first_position: int = 0  # where the stream starts: above 0 once old segments were trimmed
+    segments: int = 1  # how many segments hold it (docs/format.md, "Segments")
 
 
 class StreamSummary(BaseModel):
@@ -156,6 +158,7 @@ class GroupLagInfo(BaseModel):
     lag_bytes: int
     oldest_unread: datetime | None  # when the first unread message was appended
     behind_seconds: float  # from the oldest unread message to now; 0 when caught up
+    trimmed_bytes: int = 0  # bytes past the checkpoint trimmed away before the group read them
 
 
 class GroupList(BaseModel):

@@ -26,7 +26,7 @@ IDENTITY_PROBE = 4096
 
 class MirrorResult(NamedTuple):
     stream: str
-    path: Path  # the copy's log file
+    path: Path  # the copy's folder: its segment files
     start: int  # the copy's committed position before this run
     position: int  # the copy's committed position now: the source's when the run began
 
@@ -40,13 +40,21 @@ def mirror(
     slots = LogFrames(reader.stream, reader.log).commit_slots()
     if not slots:
         raise VaultError(f"stream {reader.stream!r} does not exist: there is nothing to mirror")
+    from .segments import SegmentedLog
     from .stores.local import LocalStore  # not at import time: it needs fcntl
 
     target = fmt.decode_commit_record(reader.stream, slots)
-    log = LocalStore(to).open_log(reader.stream, lease_seconds=60)
+    starts_at = reader.first_position()
+    copies = LocalStore(to)
+    if starts_at and not copies.segments(reader.stream):
+        # The source was trimmed: the copy starts where it does, in a first segment at that base.
+        copies.open_log(reader.stream, lease_seconds=60, base=starts_at).close()
+    log = SegmentedLog(copies, reader.stream, lease_seconds=60)
     try:
         copy = LogFrames(reader.stream, log).commit_record()
-        _check_same_stream(reader, log, copy.position, target.position, to)
+        _check_same_stream(
+            reader, log, max(starts_at, log.first_position()), copy.position, target.position, to
+        )
         committed = copy
         for frames in reader.chunks(copy.position, target.position):
             first, last = frames[0][2], frames[-1][2]
@@ -63,18 +71,21 @@ def mirror(
         log.write_commit_slot(0, slots)
     finally:
         log.close()
-    return MirrorResult(reader.stream, Path(to) / reader.stream / "log", copy.position, target.position)
+    return MirrorResult(reader.stream, Path(to) / reader.stream, copy.position, target.position)
 
 
-def _check_same_stream(reader: StreamReader, log: LogWriter, position: int, end: int, to: object) -> None:
-    """Refuse to extend a copy of something else: its first and last bytes must be the source's."""
+def _check_same_stream(
+    reader: StreamReader, log: LogWriter, first: int, position: int, end: int, to: object
+) -> None:
+    """Refuse to extend a copy of something else: its first and last bytes (from `first`, where
+    both start) must be the source's."""
     if position > end:
         raise VaultError(
             f"the copy of {reader.stream!r} in {to} is ahead of the source ({position} > {end}): it is "
             "not a copy of this stream; remove it or mirror somewhere else"
         )
-    size = min(position, IDENTITY_PROBE)
-    for start in {0, position - size} if size else ():
+    size = min(position - first, IDENTITY_PROBE)
+    for start in {first, position - size} if size > 0 else ():
         at = fmt.data_at(start)
         if log.read(at, size) != reader.log.read(at, size):
             raise VaultError(

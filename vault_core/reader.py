@@ -49,6 +49,16 @@ class StreamReader:
         """The committed length of the stream now; 0 if it does not exist."""
         return self.commit_record().position
 
+    def first_position(self) -> int:
+        """Where the stream starts now: 0, or where trimming left its oldest segment. A read from
+        0 starts here; a read from below it (but above 0) is PositionTrimmed."""
+        return self._frames.first_position()
+
+    def segment_bases(self) -> list[int]:
+        """Where each of the stream's segments starts, oldest first ([0] for a stream that never
+        rolled nor was trimmed)."""
+        return self._frames.segment_bases()
+
     def commit_record(self) -> fmt.CommitRecord:
         """The stream's current commit record (position, last append time, ...)."""
         return self._frames.commit_record()

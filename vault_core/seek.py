@@ -23,12 +23,23 @@ def seek_time(log: LogFrames, when: datetime) -> int:
     end = commit.position
     if end == 0 or commit.timestamp_ms < target:
         return end
-    first = log.read_header(0, end)
-    if first.timestamp_ms >= target:
-        return _first_offset(log, 0, end)
-    # Invariants: `low` starts a batch older than the target; `high` starts one at or after it
-    # (or is the end); no batch starts in [top, high), so probes stay below `top`.
-    low, high, top = 0, end, end
+    # The segment first: each starts with a batch, whose time is the segment's first. Invariant:
+    # the batch at bases[low] is older than the target, and none before bases[high] is newer.
+    bases = [base for base in log.segment_bases() if base < end]
+    if log.read_header(bases[0], end).timestamp_ms >= target:
+        return _first_offset(log, bases[0], end)
+    low, high = 0, len(bases)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if log.read_header(bases[middle], end).timestamp_ms < target:
+            low = middle
+        else:
+            high = middle
+    start = bases[low]
+    limit = bases[high] if high < len(bases) else end
+    # Then within it. Invariants: `low` starts a batch older than the target; `high` starts one
+    # at or after it (or is the end); no batch starts in [top, high), so probes stay below `top`.
+    low, high, top = start, limit, limit
     while top - low > SEEK_SPAN:
         middle = (low + top) // 2
         found = _next_batch(log, middle, top, end)

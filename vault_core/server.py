@@ -35,6 +35,7 @@ from .service import (
     pending_answer,
     problem_for,
     read_url_lifetime,
+    segment_bytes_setting,
     serve_log,
     summarize_streams,
 )
@@ -69,7 +70,12 @@ def create_app(
     read_urls_last = read_url_lifetime(
         os.environ.get("VAULT_READ_URL_SECONDS") if read_url_seconds is None else read_url_seconds
     )
-    writers = Writers(store, lease_seconds=lease_seconds, takeover=takeover)
+    writers = Writers(
+        store,
+        lease_seconds=lease_seconds,
+        takeover=takeover,
+        segment_bytes=segment_bytes_setting(os.environ.get("VAULT_SEGMENT_BYTES")),
+    )
     bodies = _BodyBudget(body_budget)
     finished: OrderedDict[tuple[str, str], asyncio.Task[AppendResult]] = OrderedDict()
 

@@ -18,7 +18,7 @@ from . import http_models as http
 from .errors import BatchIdConflict, FencedError, MessageTooLarge, StreamBusyError, VaultError
 from .format import PreparedBatch
 from .store import Store
-from .writer import AppendResult, Batch, StreamWriter
+from .writer import DEFAULT_SEGMENT_BYTES, AppendResult, Batch, StreamWriter, check_segment_bytes
 
 log = logging.getLogger("vault.service")
 B = TypeVar("B")  # a batch as a writer's append takes it
@@ -31,10 +31,18 @@ class Writers:
     """One open writer per stream, opened on first use and kept. `takeover`: open each with
     takeover (the Function App's entity, which owns its stream wherever the runtime runs it)."""
 
-    def __init__(self, store: Store, *, lease_seconds: int = 60, takeover: bool = False) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        lease_seconds: int = 60,
+        takeover: bool = False,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+    ) -> None:
         self.store = store
         self.lease_seconds = lease_seconds
         self.takeover = takeover
+        self.segment_bytes = segment_bytes
         self._writers: dict[str, StreamWriter] = {}
         self._lock = threading.Lock()
 
@@ -84,7 +92,10 @@ class Writers:
             writer = self._writers.get(stream)
             if writer is None:
                 writer = self._writers[stream] = self.store.writer(
-                    stream, lease_seconds=self.lease_seconds, takeover=self.takeover
+                    stream,
+                    lease_seconds=self.lease_seconds,
+                    takeover=self.takeover,
+                    segment_bytes=self.segment_bytes,
                 )
             return writer
 
@@ -123,6 +134,23 @@ def read_url_lifetime(seconds: str | int | None) -> timedelta:
     return min(timedelta(seconds=int(text)), MAX_READ_URL_LIFETIME)
 
 
+def segment_bytes_setting(value: str | int | None) -> int:
+    """The size at which the streams' writers roll into a new segment: the VAULT_SEGMENT_BYTES
+    setting as both hosts take it (1 TiB when unset or empty: most streams never roll)."""
+    if value is None or value == "":
+        return DEFAULT_SEGMENT_BYTES
+    text = str(value).strip()
+    if isinstance(value, bool) or not (text.isascii() and text.isdigit()):
+        raise InvalidSetting(
+            f"VAULT_SEGMENT_BYTES must be a whole number of bytes (when a stream's newest segment "
+            f"holds this much, it rolls into a new one; {DEFAULT_SEGMENT_BYTES} when unset), got {value!r}"
+        )
+    try:
+        return check_segment_bytes(int(text))
+    except ValueError as error:
+        raise InvalidSetting(f"VAULT_SEGMENT_BYTES: {error}") from None
+
+
 def describe_stream(store: Store, stream: str, *, lifetime: timedelta = READ_URL_LIFETIME) -> http.StreamInfo:
     """GET /api/streams/{stream}: the position and a read-only URL lasting `lifetime`; 404 for an
     unknown stream."""
@@ -130,11 +158,14 @@ def describe_stream(store: Store, stream: str, *, lifetime: timedelta = READ_URL
         raise http.unknown_stream(stream)
     with store.reader(stream) as reader:
         position = reader.position()
+        bases = reader.segment_bases()
     return http.StreamInfo(
         stream=stream,
         position=position,
         read_url=store.read_url(stream, expires_in=lifetime),
         expires_on=datetime.now(UTC) + lifetime,
+        first_position=bases[0],
+        segments=len(bases),
     )
 
 

@@ -15,9 +15,11 @@ from .errors import StoreNotFound, check_int
 from .format import check_stream_name
 from .framing import LogFrames
 from .reader import StreamReader
+from .segments import SegmentedLog, SegmentedSource
+from .segments import trim as trim_segments
 from .stores import DEFAULT_CONTAINER, open_backend
-from .stores.base import Backend, LogSource, LogWriter
-from .writer import StreamWriter
+from .stores.base import Backend
+from .writer import DEFAULT_SEGMENT_BYTES, StreamWriter, check_segment_bytes
 
 
 def open_store(
@@ -46,8 +48,19 @@ class Store:
 
     # --- streams ------------------------------------------------------------------------------
 
-    def writer(self, stream: str, *, lease_seconds: int = 60, takeover: bool = False) -> StreamWriter:
+    def writer(
+        self,
+        stream: str,
+        *,
+        lease_seconds: int = 60,
+        takeover: bool = False,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+    ) -> StreamWriter:
         """The stream's single writer; creates the stream. StreamBusyError if it has another.
+
+        Once the stream's newest segment holds `segment_bytes` of data (default 1 TiB: most
+        streams never get there), the writer seals it and goes on in a new one (docs/format.md,
+        "Segments"); sealed segments can be tiered and trimmed.
 
         `takeover=True` is for a caller that already knows it is the stream's rightful owner (the
         Function App's durable entity, which the runtime runs in one place at a time): it ends
@@ -60,7 +73,9 @@ class Store:
             raise ValueError(f"lease_seconds must be 15 to 60, got {lease_seconds}")
         if not isinstance(takeover, bool):
             raise TypeError("takeover must be a bool")
-        return StreamWriter(stream, self.open_log(stream, lease_seconds=lease_seconds, takeover=takeover))
+        check_segment_bytes(segment_bytes)
+        log = self.open_log(stream, lease_seconds=lease_seconds, takeover=takeover)
+        return StreamWriter(stream, log, segment_bytes=segment_bytes)
 
     def reader(self, stream: str) -> StreamReader:
         check_stream_name(stream)
@@ -80,7 +95,7 @@ class Store:
             source.close()
 
     def delete_stream(self, stream: str) -> None:
-        """Remove the stream for good: every consumer group's checkpoint on it, then its log.
+        """Remove the stream for good: every consumer group's checkpoint on it, then its segments.
         StoreNotFound if there is no such stream; StreamBusyError while a writer holds it (stop
         that writer first). A stream made again under the name starts empty, and is read from
         its start by every group."""
@@ -95,6 +110,16 @@ class Store:
             log.close()
             raise
         log.discard()
+
+    def trim(self, stream: str, before: int) -> int:
+        """Remove the stream's sealed segments that lie wholly below `before` (as
+        `StreamWriter.trim`, without taking the stream from its writer); its first position after.
+        StoreNotFound if there is no such stream."""
+        if check_int("before", before) < 0:
+            raise ValueError(f"before must be a position of the stream, got {before}")
+        if not self.has_stream(stream):
+            raise StoreNotFound(f"stream {stream!r} does not exist in {self}")
+        return trim_segments(self.backend, stream, before)
 
     def read_url(self, stream: str, *, expires_in: timedelta = timedelta(hours=1)) -> str:
         """A URL granting read access to this one stream and nothing else."""
@@ -117,14 +142,14 @@ class Store:
         """Whether the store itself (the directory, the container) exists."""
         return self.backend.exists()
 
-    def open_log(self, stream: str, *, lease_seconds: int, takeover: bool = False) -> LogWriter:
-        """The stream's log, owned (see `Backend.open_log`): for tools that write bytes as they
-        are, as mirror does; appending is the writer's."""
-        return self.backend.open_log(stream, lease_seconds=lease_seconds, takeover=takeover)
+    def open_log(self, stream: str, *, lease_seconds: int, takeover: bool = False) -> SegmentedLog:
+        """The stream's segments, owned as one log (see `Backend.open_log`): for tools that write
+        bytes as they are, as mirror does; appending is the writer's."""
+        return SegmentedLog(self.backend, stream, lease_seconds=lease_seconds, takeover=takeover)
 
-    def open_source(self, stream: str) -> LogSource:
-        """The stream's log for reading its bytes as they are (it need not exist yet)."""
-        return self.backend.open_source(stream)
+    def open_source(self, stream: str) -> SegmentedSource:
+        """The stream's segments read as one log, its bytes as they are (it need not exist yet)."""
+        return SegmentedSource(self.backend, stream)
 
     def write_file(self, name: str, data: bytes) -> None:
         """A small named file beside the streams (a staged batch, a publish's progress record)."""

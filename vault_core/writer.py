@@ -7,12 +7,24 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from . import format as fmt
-from .errors import BatchIdConflict, CorruptDataError, FencedError, VaultError
+from .errors import BatchIdConflict, CorruptDataError, FencedError, PositionTrimmed, VaultError, check_int
 from .framing import LogFrames
-from .stores.base import LogWriter
+from .segments import SegmentedLog
 
 # A group commit takes queued batches until its write reaches this size; the rest wait their turn.
 GROUP_BYTES = 16 * 1024 * 1024
+# A stream rolls into a new segment once its newest holds this much: most streams never do.
+DEFAULT_SEGMENT_BYTES = 1024**4
+MIN_SEGMENT_BYTES = 4096
+MAX_SEGMENT_BYTES = 4 * 1024**4  # a page blob holds 8 TiB: room for the last group commit and more
+
+
+def check_segment_bytes(segment_bytes: int) -> int:
+    if not MIN_SEGMENT_BYTES <= check_int("segment_bytes", segment_bytes) <= MAX_SEGMENT_BYTES:
+        raise ValueError(
+            f"segment_bytes must be {MIN_SEGMENT_BYTES} to {MAX_SEGMENT_BYTES} (4 TiB), got {segment_bytes}"
+        )
+    return segment_bytes
 
 
 class AppendResult(NamedTuple):
@@ -36,9 +48,10 @@ class StreamWriter:
     meanwhile by other threads are committed together with one data write and one commit.
     """
 
-    def __init__(self, stream: str, log: LogWriter) -> None:
+    def __init__(self, stream: str, log: SegmentedLog, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
         self.stream = stream
         self._log = log
+        self._segment_bytes = check_segment_bytes(segment_bytes)
         self._frames = LogFrames(stream, log)
         self._lock = threading.Lock()  # held by the thread leading a group commit
         self._queue_lock = threading.Lock()
@@ -136,6 +149,8 @@ class StreamWriter:
                 self._log.refresh()
                 self._load()
             self._append(group)
+            if self._log.rolls and self._commit.position - self._log.base >= self._segment_bytes:
+                self._roll()
         except BaseException as error:
             if isinstance(error, FencedError):
                 self._fenced = error
@@ -198,6 +213,33 @@ class StreamWriter:
         for request in group:
             request.finish()
 
+    def _roll(self) -> None:
+        """Continue in a new segment. The batches are acknowledged already: a roll that fails
+        leaves the writer in doubt, and its next append finishes the roll first."""
+        self._in_doubt = True
+        self._commit = self._log.roll(self._commit)
+        self._in_doubt = False
+
+    @property
+    def segment_base(self) -> int:
+        """Where the stream's newest segment, the one appended to, starts."""
+        return self._log.base
+
+    def first_position(self) -> int:
+        """Where the stream starts now: 0, or the first position trimming left."""
+        return self._log.first_position()
+
+    def trim(self, before: int) -> int:
+        """Remove the sealed segments that lie wholly below `before` (never the newest): their
+        messages are gone for every reader. The stream's first position after, which readers
+        and consumer groups below it are moved to."""
+        if check_int("before", before) < 0:
+            raise ValueError(f"before must be a position of the stream, got {before}")
+        with self._lock:
+            if self._closed:
+                raise VaultError(f"the writer of stream {self.stream!r} is closed")
+            return self._log.trim(before)
+
     def _index_ring(self, added: list[tuple[int, int]], old_ring: bytes) -> None:
         """Index the batch ids a commit added to the ring, forgetting those that fell out of it."""
         for id_hash, start in added:
@@ -222,9 +264,10 @@ class StreamWriter:
 
     def _stored(self, batch_id: bytes) -> tuple[AppendResult, list[fmt.StoredMessage]] | None:
         for start in self._batch_starts.get(fmt.batch_id_hash(batch_id), ()):
-            buffer, header = self._frames.batch(start)
-            if header.batch_id != batch_id:  # a hash collision: a different id
+            found = self._batch_at(start)
+            if found is None or found[1].batch_id != batch_id:  # trimmed, or a hash collision
                 continue
+            buffer, header = found
             stored = fmt.decode_records(self.stream, buffer, 0, header)
             return AppendResult(header.end, [m.offset for m in stored]), stored
         return None
@@ -233,13 +276,21 @@ class StreamWriter:
         """The result of an earlier batch with this id, if it is still remembered; BatchIdConflict
         if its records are not the same (records do not depend on where a batch lies)."""
         for start in self._batch_starts.get(fmt.batch_id_hash(batch_id), ()):
-            buffer, header = self._frames.batch(start)
-            if header.batch_id != batch_id:  # a hash collision: a different id
+            found = self._batch_at(start)
+            if found is None or found[1].batch_id != batch_id:  # trimmed, or a hash collision
                 continue
+            buffer, header = found
             if not _same_records(memoryview(buffer)[: header.length], batch.buffer):
                 raise _conflict(batch_id, self.stream)
             return AppendResult(header.end, [header.position + offset for offset in batch.offsets])
         return None
+
+    def _batch_at(self, start: int) -> tuple[bytes, fmt.BatchHeader] | None:
+        """The batch a ring entry points to; None if trimming removed it (its id is forgotten)."""
+        try:
+            return self._frames.batch(start)
+        except PositionTrimmed:
+            return None
 
     def close(self) -> None:
         """Give up the stream. A stream this writer created and appended nothing to (its first

@@ -11,7 +11,7 @@ from vault_core.stores.local import LocalStore
 
 def log_blob(store: vault_core.Store, stream: str):
     """The page blob that holds `stream`'s log, on a blob store."""
-    return store.backend._container.get_blob_client(f"{stream}/log")
+    return store.backend._home(stream).get_blob_client(f"{stream}/log")  # its own container
 
 
 def flip_byte(store: vault_core.Store, stream: str, at: int) -> None:

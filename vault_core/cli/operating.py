@@ -1,4 +1,5 @@
-"""The commands an operator looks after a store with: `vault streams`, `groups` and `delete`."""
+"""The commands an operator looks after a store with: `vault streams`, `groups`, `trim` and
+`delete`."""
 
 from __future__ import annotations
 
@@ -86,7 +87,15 @@ def groups(
             listed = client.groups()
         where = api_base(url)
         lags = [
-            GroupLag(lag.group, lag.stream, lag.checkpoint, lag.position, lag.lag_bytes, lag.oldest_unread)
+            GroupLag(
+                lag.group,
+                lag.stream,
+                lag.checkpoint,
+                lag.position,
+                lag.lag_bytes,
+                lag.oldest_unread,
+                lag.trimmed_bytes,
+            )
             for lag in listed
             if group is None or lag.group == group
         ]
@@ -110,6 +119,7 @@ def groups(
                         "checkpoint": lag.checkpoint,
                         "position": lag.position,
                         "lag_bytes": lag.lag_bytes,
+                        "trimmed_bytes": lag.trimmed_bytes,
                         "behind_seconds": round(lag.behind(now), 3),
                         "oldest_unread": oldest,
                     }
@@ -123,7 +133,11 @@ def groups(
     from rich.filesize import decimal
     from rich.table import Table
 
-    table = Table("group", "stream", "checkpoint", "position", "lag", "behind", box=None, header_style="bold")
+    trimmed = any(lag.trimmed_bytes for lag in lags)
+    columns = ["group", "stream", "checkpoint", "position", "lag", "behind"] + (
+        ["lost to trimming"] if trimmed else []
+    )
+    table = Table(*columns, box=None, header_style="bold")
     for lag in lags:
         table.add_row(
             lag.group,
@@ -132,6 +146,7 @@ def groups(
             str(lag.position),
             decimal(lag.lag_bytes),
             _span(lag.behind(now)),
+            *([decimal(lag.trimmed_bytes) if lag.trimmed_bytes else ""] if trimmed else []),
         )
     Console(width=200).print(table)
 
@@ -183,3 +198,78 @@ def delete(stream: str, target: str | None, container: str, confirm: str | None)
         raise click.ClickException(f"{confirm!r} is not {stream!r}: nothing was deleted")
     store.delete_stream(stream)
     click.echo(f"deleted stream {stream} (it was at position {status.position})")
+
+
+@click.command()
+@click.argument("stream")
+@store_option()
+@container_option
+@click.option(
+    "--before", type=click.IntRange(0), help="Remove the sealed segments wholly below this position."
+)
+@click.option("--keep-bytes", type=click.IntRange(0), help="Keep at least the stream's last N bytes.")
+@click.option(
+    "--keep-days", type=click.FloatRange(0), help="Keep at least what was appended in the last N days."
+)
+@click.option(
+    "--confirm",
+    metavar="STREAM",
+    help="The stream's name again, to trim it without a prompt (in scripts).",
+)
+def trim(
+    stream: str,
+    target: str | None,
+    container: str,
+    before: int | None,
+    keep_bytes: int | None,
+    keep_days: float | None,
+    confirm: str | None,
+) -> None:
+    """Remove STREAM's old data for good, whole sealed segments at a time, keeping what --before,
+    --keep-bytes or --keep-days asks to keep (and always the newest segment): for every reader,
+    and every consumer group behind resumes at the new start. Shows where the stream starts now
+    and what it would start at; asks for the stream's name (or takes it from --confirm). Safe
+    while the stream's writer appends."""
+    from datetime import timedelta
+
+    fmt.check_stream_name(stream)
+    given = [
+        name
+        for name, value in (("--before", before), ("--keep-bytes", keep_bytes), ("--keep-days", keep_days))
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise click.UsageError(f"{' and '.join(given)} contradict: give one of them")
+    store = existing_store(target, container)
+    if not store.has_stream(stream):
+        raise click.ClickException(f"stream {stream!r} does not exist in {store}; nothing was trimmed")
+    reader = store.reader(stream)
+    position, first = reader.position(), reader.first_position()
+    if not given:
+        bases = reader.segment_bases()
+        click.echo(f"stream {stream} starts at {first} and ends at {position}, in {len(bases)} segment(s)")
+        return
+    if keep_bytes is not None:
+        before = max(0, position - keep_bytes)
+    elif keep_days is not None:
+        before = reader.seek_time(datetime.now(UTC) - timedelta(days=keep_days))
+    assert before is not None
+    wholly_below = [base for base in reader.segment_bases()[1:] if base <= before]
+    if not wholly_below:
+        click.echo(
+            f"nothing to trim: no sealed segment of {stream} lies wholly below {before}; it starts at {first}"
+        )
+        return
+    if confirm is None:
+        if not sys.stdin.isatty():
+            raise click.UsageError(f"trimming removes messages for good: give --confirm {stream} to trim it")
+        click.echo(
+            f"This removes stream {stream}'s positions {first} to {wholly_below[-1]} for good "
+            f"({wholly_below[-1] - first} bytes), for every reader.",
+            err=True,
+        )
+        confirm = click.prompt("Type the stream's name to trim it", err=True, default="", show_default=False)
+    if confirm != stream:
+        raise click.ClickException(f"{confirm!r} is not {stream!r}: nothing was trimmed")
+    now = store.trim(stream, before)
+    click.echo(f"trimmed stream {stream}: it starts at {now} (was {first}), and ends at {position}")

@@ -12,6 +12,8 @@ Settings (app settings, or local.settings.json when run with Core Tools):
     VAULT_PURGE_AFTER_HOURS   finished appends' orchestration history is purged after (24)
     VAULT_READ_URL_SECONDS    how long the read URLs of GET /api/streams/{stream} last (3600,
                               at most 7 days)
+    VAULT_SEGMENT_BYTES       a stream rolls into a new segment when its newest holds this much
+                              (default 1 TiB; 4096 to 4 TiB)
 
 The Durable extension's own settings are host.json's durableTask section, which the app reads
 itself (durable_settings).
@@ -26,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..service import Writers
+from ..service import Writers, segment_bytes_setting
 from ..store import Store, open_store
 
 # The app's root, beside vault_core/: the folder that is deployed and that the host runs the app
@@ -61,7 +63,12 @@ def staging() -> Store:
 def owners() -> Writers:
     """This worker process's writers, one per stream whose entity ran here, each opened with
     takeover: the runtime runs an entity only where it owns it now."""
-    return Writers(store(), lease_seconds=int(setting("VAULT_LEASE_SECONDS") or 60), takeover=True)
+    return Writers(
+        store(),
+        lease_seconds=int(setting("VAULT_LEASE_SECONDS") or 60),
+        takeover=True,
+        segment_bytes=segment_bytes_setting(setting("VAULT_SEGMENT_BYTES")),
+    )
 
 
 @functools.cache

@@ -12,13 +12,42 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Protocol, TypeAlias
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeAlias
 
 if TYPE_CHECKING:
     from ..checkpoints import Checkpoints
 
 
 Buffer: TypeAlias = bytes | bytearray | memoryview  # what a log writes: any bytes, without a copy
+
+
+class Segment(NamedTuple):
+    """One log of a stream's chain (`vault_core.segments`): its data starts at stream position
+    `base`. A sealed segment is stored as its final copy (a block blob on Azure, which storage can
+    move to a cooler tier); the others are logs a writer may still own."""
+
+    base: int
+    sealed: bool = False
+
+
+FIRST_SEGMENT = "log"  # the name of the segment at base 0: every stream's log before segments
+
+
+def segment_name(base: int, prefix: str = FIRST_SEGMENT) -> str:
+    """A segment's name in its stream's folder: `log` at base 0, `log.<base, 20 digits>` after
+    (names sort as their bases do); another `prefix` for another form of it."""
+    return prefix if base == 0 else f"{prefix}.{base:020d}"
+
+
+def segment_base(name: str, prefix: str = FIRST_SEGMENT) -> int | None:
+    """The base of the segment named `name` (`prefix` or `prefix.<20 digits>`), or None if that is
+    not a segment's name."""
+    if name == prefix:
+        return 0
+    head, dot, digits = name.rpartition(".")
+    if head != prefix or not dot or len(digits) != 20 or not digits.isdigit() or int(digits) == 0:
+        return None
+    return int(digits)
 
 
 class LogSource(Protocol):
@@ -78,14 +107,37 @@ class Backend(abc.ABC):
         """Names of the streams that exist, sorted (none if the store does not exist)."""
 
     @abc.abstractmethod
-    def open_log(self, stream: str, *, lease_seconds: int, takeover: bool = False) -> LogWriter:
-        """Create the stream's log if needed and take ownership of it; StreamBusyError if another
-        live writer owns it. With `takeover`, end any other writer's ownership at once instead
-        (where the backend can: see each backend), so that its next write raises FencedError."""
+    def segments(self, stream: str) -> list[Segment]:
+        """The stream's segments, by base (none if the stream does not exist). Where a segment
+        is stored both as a log and, being sealed, as its final copy, the log is listed."""
 
     @abc.abstractmethod
-    def open_source(self, stream: str) -> LogSource:
-        """The stream's log for reading (it need not exist yet)."""
+    def open_log(
+        self, stream: str, *, lease_seconds: int, takeover: bool = False, base: int = 0, create: bool = True
+    ) -> LogWriter:
+        """Take ownership of the stream's segment log at `base`, creating it if `create` (else
+        FileNotFoundError if there is none); StreamBusyError if another live writer owns it.
+        With `takeover`, end any other writer's ownership at once instead (where the backend can:
+        see each backend), so that its next write raises FencedError."""
+
+    @abc.abstractmethod
+    def open_segment(self, stream: str, segment: Segment) -> LogSource:
+        """One segment of the stream for reading (it need not exist: then it reads as empty)."""
+
+    def seal(self, stream: str, log: LogWriter, base: int, length: int) -> None:  # noqa: B027
+        """Store the owned segment log at `base`, whose first `length` bytes are final, as its
+        sealed copy, and remove the log. Backends whose logs are as good as final keep them."""
+
+    @abc.abstractmethod
+    def delete_segment(self, stream: str, segment: Segment) -> None:
+        """Remove a sealed segment for good (nothing happens if it is gone already)."""
+
+    def can_roll(self, stream: str) -> bool:
+        """Whether the stream may go on in a new segment: whether its read URL would reach it."""
+        return True
+
+    def stream_removed(self, stream: str) -> None:  # noqa: B027 - most backends keep nothing more
+        """After the last segment of a stream was removed: forget what else marks it as one."""
 
     @abc.abstractmethod
     def read_url(self, stream: str, *, expires_in: timedelta = timedelta(hours=1)) -> str:

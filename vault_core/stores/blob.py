@@ -1,8 +1,14 @@
-"""Azure Storage: one page blob `<stream>/log` per stream in a container.
+"""Azure Storage: a stream's segments in a container of its own, `<store container>-<stream>`,
+each a page blob `<stream>/log`, then `<stream>/log.<base>` (`segment_name`) while it can be
+written, and a block blob `<stream>/sealed.<base>` once sealed, which lifecycle rules can move to
+the Cool and Cold tiers. A container per stream is what lets one read-only credential (a container
+SAS) reach all of a stream's segments and nothing of any other stream. Streams made before
+segments live in the store's container itself, as one page blob `<stream>/log`: they are read and
+written there as they always were, and never roll (a blob SAS reaches only that blob).
 
 Every data and commit write carries the writer's blob lease; a commit also carries `If-Match` with
 the ETag of this writer's last data write, so nothing written by anyone else in between can be
-committed over. Readers need only read access to the one blob (a blob SAS, or Entra ID).
+committed over. Readers need only read access to the stream's blobs (a SAS, or Entra ID).
 """
 
 from __future__ import annotations
@@ -25,19 +31,30 @@ from azure.core.exceptions import (
     ServiceRequestError,
 )
 from azure.storage.blob import (
+    BlobBlock,
     BlobClient,
     BlobLeaseClient,
     BlobSasPermissions,
     BlobServiceClient,
+    BlobType,
     ContainerClient,
+    ContainerSasPermissions,
     ExponentialRetry,
     generate_blob_sas,
+    generate_container_sas,
 )
 
 from ..checkpoints import check_group_name
-from ..errors import FencedError, ReadUrlExpired, StoreNotFound, StreamBusyError, connection_reason
+from ..errors import (
+    FencedError,
+    ReadUrlExpired,
+    StoreNotFound,
+    StreamBusyError,
+    VaultError,
+    connection_reason,
+)
 from ..format import check_stream_name
-from .base import Backend, Buffer, LogSource, LogWriter
+from .base import FIRST_SEGMENT, Backend, Buffer, LogSource, LogWriter, Segment, segment_base, segment_name
 from .endpoints import is_path_style
 
 if TYPE_CHECKING:
@@ -45,7 +62,10 @@ if TYPE_CHECKING:
 
     from ..checkpoints import Checkpoints
 
-LOG_BLOB = "log"
+LOG_BLOB = FIRST_SEGMENT
+SEALED = "sealed"  # the prefix of a sealed segment's block blob
+MAX_BLOCK_FROM_URL = 100 * 1024 * 1024  # what one Put Block From URL copies, at most
+SEAL_SAS_LIFE = timedelta(minutes=30)  # the source URL's, for copying one segment
 MAX_PUT_PAGE = 4 * 1024 * 1024  # Azure's limit for one Put Page
 GROWTH_STEP = 4 * 1024 * 1024
 MAX_GROWTH = 1024 * 1024 * 1024
@@ -53,6 +73,11 @@ PARALLEL_PUTS = 4
 TAKEOVER_ATTEMPTS = 3
 CLOCK_SKEW = timedelta(minutes=5)
 _CONTAINER_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+# A stream's own container says whose it is: the store's container and the stream's name.
+STORE_KEY, STREAM_KEY = "vaultstore", "vaultstream"
+REMOVED_KEY = "vaultremoved"  # set when the stream was deleted: its container waits, unlisted
+# The blob index tag on sealed segments, which the Bicep's lifecycle rules tier by.
+SEALED_TAG = {"vault": "sealed-segment"}
 
 
 def client_options() -> dict[str, Any]:
@@ -70,6 +95,7 @@ class BlobStore(Backend):
         self._service = service
         self._container: ContainerClient = service.get_container_client(container)
         self.container = container
+        self._homes: dict[str, ContainerClient] = {}  # stream -> the container holding it, once known
 
         # How checkpoints() reaches the account's Table service: by default the blob service's
         # URL and credential; a store made from a connection string uses that instead.
@@ -120,21 +146,87 @@ class BlobStore(Backend):
         return cls(service, container)
 
     def streams(self) -> list[str]:
-        names = []
+        """The streams in containers of their own (one listing of containers per 5,000), and
+        those made before segments, in the store's container."""
+        names = set()
+        for container in self._service.list_containers(
+            name_starts_with=f"{self.container}-", include_metadata=True
+        ):
+            metadata = container.metadata or {}
+            if (
+                metadata.get(STORE_KEY) == self.container
+                and container.name == self._own_name(metadata.get(STREAM_KEY, ""))
+                and REMOVED_KEY not in metadata
+            ):
+                names.add(metadata[STREAM_KEY])
         try:
             for blob in self._container.list_blobs():
                 stream, _, leaf = blob.name.rpartition("/")
-                if leaf == LOG_BLOB:
+                if _listed_segment(leaf) is not None:
                     try:
-                        names.append(check_stream_name(stream))
+                        names.add(check_stream_name(stream))
                     except ValueError:
                         continue
         except ResourceNotFoundError:
-            return []
+            pass
         return sorted(names)
 
-    def _blob(self, stream: str) -> BlobClient:
-        return self._container.get_blob_client(f"{stream}/{LOG_BLOB}")
+    def _own_name(self, stream: str) -> str:
+        return f"{self.container}-{stream}"
+
+    def _home(self, stream: str) -> ContainerClient:
+        """The container that holds the stream: the store's own if the stream was made there
+        before segments, else the stream's container (which need not exist yet)."""
+        home = self._homes.get(stream)
+        if home is None:
+            home = self._container if list_segments(self._container, stream) else self._own(stream)
+            self._homes[stream] = home
+        return home
+
+    def _own(self, stream: str) -> ContainerClient:
+        return self._service.get_container_client(self._own_name(stream))
+
+    def segments(self, stream: str) -> list[Segment]:
+        return list_segments(self._home(stream), stream)
+
+    def _blob(self, stream: str, base: int = 0) -> BlobClient:
+        return self._home(stream).get_blob_client(f"{stream}/{segment_name(base)}")
+
+    def _sealed_blob(self, stream: str, base: int) -> BlobClient:
+        return self._home(stream).get_blob_client(f"{stream}/{segment_name(base, SEALED)}")
+
+    def _make_home(self, stream: str) -> None:
+        """Make the stream's own container (and the store's, which marks the store as existing),
+        labelled as this store's stream; refuse one that another store's stream holds."""
+        home = self._home(stream)
+        if home is self._container:
+            with contextlib.suppress(ResourceExistsError):
+                self._container.create_container()
+            return
+        name = home.container_name
+        if len(name) > 63:
+            raise ValueError(
+                f"stream {stream!r} needs a container of its own, {name!r}, and that is longer than "
+                f"Azure's 63 characters: use a stream name of at most {62 - len(self.container)} "
+                "characters, or a store container of at most 12"
+            )
+        with contextlib.suppress(ResourceExistsError):
+            self._container.create_container()
+        labels = {STORE_KEY: self.container, STREAM_KEY: stream}
+        try:
+            home.create_container(metadata=labels)
+            return
+        except ResourceExistsError:
+            pass
+        held = home.get_container_properties().metadata or {}
+        if held.get(STORE_KEY) != self.container or held.get(STREAM_KEY) != stream:
+            # Another store's stream, or a container that is no stream's (vault-staging, say).
+            raise VaultError(
+                f"container {name!r}, where stream {stream!r} of store {self.container!r} would live, "
+                f"exists and is not that stream's: use another stream name"
+            )
+        if held != labels:
+            home.set_container_metadata(labels)  # a stream removed before, made again
 
     def exists(self) -> bool:
         """Also the quick check that the account can be reached: one connection attempt, not the
@@ -156,48 +248,113 @@ class BlobStore(Backend):
             ) from None
         return True
 
-    def open_log(self, stream: str, *, lease_seconds: int, takeover: bool = False) -> LogWriter:
-        blob = self._blob(stream)
+    def open_log(
+        self, stream: str, *, lease_seconds: int, takeover: bool = False, base: int = 0, create: bool = True
+    ) -> LogWriter:
+        blob = self._blob(stream, base)
         for _ in range(3):
-            try:
-                created = _create_page_blob(blob)
-            except ResourceNotFoundError:  # the container is new too
-                with contextlib.suppress(ResourceExistsError):
-                    self._container.create_container()
-                created = _create_page_blob(blob)
+            created = False
+            if create:
+                try:
+                    created = _create_page_blob(blob)
+                except ResourceNotFoundError:  # the container is new too
+                    self._make_home(stream)
+                    created = _create_page_blob(blob)
+                if created and base == 0:
+                    self._make_home(stream)  # a stream made again: labelled as a stream once more
             try:
                 return BlobLog(blob, stream, lease_seconds, takeover=takeover, created=created)
             except ResourceNotFoundError:  # its last writer discarded it meanwhile: make it again
+                if not create:
+                    raise FileNotFoundError(f"stream {stream!r} has no segment log at {base}") from None
                 continue
         raise StreamBusyError(f"stream {stream!r} keeps being created and removed by another writer")
 
-    def open_source(self, stream: str) -> LogSource:
-        return BlobSource(self._blob(stream))
+    def open_segment(self, stream: str, segment: Segment) -> LogSource:
+        if segment.sealed:
+            return BlobSource(self._sealed_blob(stream, segment.base))
+        return BlobSource(self._blob(stream, segment.base))
+
+    def seal(self, stream: str, log: LogWriter, base: int, length: int) -> None:
+        """Copy the segment's first `length` bytes into a block blob, server-side (Put Block From
+        URL: no byte passes through this process), check the copy, then remove the page blob."""
+        assert isinstance(log, BlobLog)
+        source = f"{log.url}?{self._sas(SEAL_SAS_LIFE, log.container, log.blob_name)}"
+        sealed = self._sealed_blob(stream, base)
+        blocks = []
+        for index, start in enumerate(range(0, length, MAX_BLOCK_FROM_URL)):
+            block_id = f"{index:08d}"
+            size = min(MAX_BLOCK_FROM_URL, length - start)
+            sealed.stage_block_from_url(block_id, source, source_offset=start, source_length=size)
+            blocks.append(BlobBlock(block_id))
+        sealed.commit_block_list(blocks, tags=SEALED_TAG)
+        log.check_copy(sealed, length)
+        log.remove()
+
+    def delete_segment(self, stream: str, segment: Segment) -> None:
+        """Both forms of the segment: its sealed block blob, and a page blob left by a roll that
+        stopped before sealing (whose lease, held by a writer that died, is broken first)."""
+        with contextlib.suppress(ResourceNotFoundError):
+            self._sealed_blob(stream, segment.base).delete_blob()
+        blob = self._blob(stream, segment.base)
+        with contextlib.suppress(ResourceNotFoundError):
+            with contextlib.suppress(HttpResponseError):
+                BlobLeaseClient(blob).break_lease(lease_break_period=0)
+            blob.delete_blob()
+
+    def can_roll(self, stream: str) -> bool:
+        """Not a stream made before segments: its readers hold a SAS for its one blob only."""
+        return self._home(stream) is not self._container
+
+    def stream_removed(self, stream: str) -> None:
+        """Its container stays (a name Azure frees only a while after a delete), marked removed:
+        no longer listed, and ready to be the stream again."""
+        home = self._homes.pop(stream, None)
+        if home is not None and home is not self._container:
+            with contextlib.suppress(ResourceNotFoundError):
+                home.set_container_metadata(
+                    {STORE_KEY: self.container, STREAM_KEY: stream, REMOVED_KEY: "true"}
+                )
 
     def read_url(self, stream: str, *, expires_in: timedelta = timedelta(hours=1)) -> str:
-        """A read-only SAS URL for the stream's blob: signed with the account key when the store
-        has one, else a user delegation SAS (the identity needs the Storage Blob Delegator role)."""
+        """A read-only SAS URL for the stream: the URL of its first segment, signed for reading
+        and listing the stream's own container (every segment, nothing of another stream); for
+        a stream made before segments, for reading its one blob. Signed with the account key when
+        the store has one, else a user delegation SAS (the identity needs the Storage Blob
+        Delegator role)."""
         check_stream_name(stream)
         blob = self._blob(stream)
+        if self._home(stream) is self._container:
+            return f"{blob.url}?{self._sas(expires_in, blob.container_name, blob.blob_name)}"
+        return f"{blob.url}?{self._sas(expires_in, blob.container_name)}"
+
+    def _sas(self, expires_in: timedelta, container: str, blob_name: str | None = None) -> str:
+        """A read-only SAS token: for reading one blob of `container`, or (no `blob_name`) for
+        reading and listing the whole container. Signed with the account key when the store has
+        one, else a user delegation SAS (the identity needs the Storage Blob Delegator role)."""
         now = datetime.now(UTC)
         start, expiry = now - CLOCK_SKEW, now + expires_in
-        credential = self._service.credential
         signing: dict[str, Any]
-        account_key = getattr(credential, "account_key", None)
+        account_key = getattr(self._service.credential, "account_key", None)
         if account_key:
             signing = {"account_key": account_key}
         else:
             signing = {"user_delegation_key": self._service.get_user_delegation_key(start, expiry)}
-        sas = generate_blob_sas(
-            str(self._service.account_name),  # blob.account_name includes the container on path-style URLs
-            blob.container_name,
-            blob.blob_name,
+        account = str(self._service.account_name)  # blob.account_name has the container on path-style URLs
+        if blob_name is None:
+            permission = ContainerSasPermissions(read=True, list=True)
+            return generate_container_sas(
+                account, container, permission=permission, start=start, expiry=expiry, **signing
+            )
+        return generate_blob_sas(
+            account,
+            container,
+            blob_name,
             permission=BlobSasPermissions(read=True),
             start=start,
             expiry=expiry,
             **signing,
         )
-        return f"{blob.url}?{sas}"
 
     def write_file(self, name: str, data: bytes) -> None:
         blob = self._container.get_blob_client(name)
@@ -234,6 +391,29 @@ class BlobStore(Backend):
 
     def close(self) -> None:
         self._service.close()
+
+
+def _listed_segment(leaf: str) -> Segment | None:
+    """The segment a blob's name (after `<stream>/`) is, or None."""
+    base = segment_base(leaf)
+    if base is not None:
+        return Segment(base)
+    base = segment_base(leaf, SEALED)
+    return None if base is None else Segment(base, sealed=True)
+
+
+def list_segments(container: ContainerClient, stream: str) -> list[Segment]:
+    """A stream's segments from one listing of its blobs; a segment both sealed and still a
+    page blob (a seal cut short before the page blob was removed) is listed as the page blob."""
+    found: dict[int, Segment] = {}
+    try:
+        for blob in container.list_blobs(name_starts_with=f"{stream}/"):
+            segment = _listed_segment(blob.name[len(stream) + 1 :])
+            if segment is not None and (segment.base not in found or not segment.sealed):
+                found[segment.base] = segment
+    except ResourceNotFoundError:
+        return []
+    return [found[base] for base in sorted(found)]
 
 
 def _create_page_blob(blob: BlobClient) -> bool:
@@ -295,7 +475,7 @@ class ReadUrlSource(BlobSource):
             raise
 
     def _raise_if_refused(self, error: HttpResponseError) -> None:
-        if error.status_code != 403:
+        if error.status_code != 403 or (self._expiry is None and "sig=" not in self._blob.url):
             return
         where = urlsplit(self._blob.url)._replace(query="").geturl()  # never the SAS
         if self._expiry is not None and datetime.now(UTC) >= self._expiry:
@@ -337,6 +517,34 @@ class BlobLog:
         properties = self._blob.get_blob_properties()
         self._etag = properties.etag
         self._size = properties.size
+
+    @property
+    def url(self) -> str:
+        return self._blob.url
+
+    @property
+    def blob_name(self) -> str:
+        return self._blob.blob_name
+
+    @property
+    def container(self) -> str:
+        return self._blob.container_name
+
+    def check_copy(self, copy: BlobClient, length: int) -> None:
+        """That `copy` is this log's first `length` bytes: its size, its commit slots and its last
+        page, read back (a few KiB: each block was copied and checked by storage itself)."""
+        properties = copy.get_blob_properties()
+        if properties.blob_type != BlobType.BLOCKBLOB or properties.size != length:
+            raise VaultError(f"the sealed copy {copy.blob_name} has {properties.size} bytes, not {length}")
+        for start, size in ((0, 2 * 16896), (max(0, length - 4096), min(4096, length))):
+            if BlobSource(copy).read(start, size) != self.read(start, size):
+                raise VaultError(f"the sealed copy {copy.blob_name} differs from its segment at byte {start}")
+
+    def remove(self) -> None:
+        """Delete the log, under our lease, and give the lease up."""
+        with contextlib.suppress(ResourceNotFoundError):
+            self._blob.delete_blob(lease=self._lease)
+        self.close()
 
     def read(self, start: int, length: int) -> bytes:
         return self._source.read(start, length)
@@ -490,9 +698,50 @@ def source_from_url(url: str, *, credential: Any = None) -> tuple[str, LogSource
     if leaf != LOG_BLOB:
         raise ValueError(f"not a stream read URL: {url!r} (expected .../<stream>/{LOG_BLOB})")
     check_stream_name(stream)
-    if credential is not None:  # a refusal is then the identity's (its role), not an expiry
-        return stream, BlobSource(blob)
-    return stream, ReadUrlSource(blob, stream, sas_expiry(url))
+    from ..segments import SegmentedSource
+
+    expiry = None if credential is not None else sas_expiry(url)  # with a credential, a 403 is its role's
+    signed_for = parse_qs(urlsplit(url).query).get("sr", [""])[0]
+    if credential is None and signed_for != "c":  # a blob SAS: the one blob of a stream made before segments
+        return stream, SegmentedSource(_OneBlob(ReadUrlSource(blob, stream, expiry)), stream)
+    query = urlsplit(url).query
+    container_url = blob.url.split("?", 1)[0].rsplit("/", 2)[0] + (f"?{query}" if query else "")
+    container = ContainerClient.from_container_url(container_url, credential=credential, **client_options())
+    return stream, SegmentedSource(_ReadUrlContainer(container, stream, expiry), stream)
+
+
+class _OneBlob:
+    """The one segment a blob read URL reaches: a stream stored as one page blob."""
+
+    def __init__(self, source: BlobSource) -> None:
+        self._source = source
+
+    def segments(self, stream: str) -> list[Segment]:
+        return [Segment(0)] if self._source.size() else []
+
+    def open_segment(self, stream: str, segment: Segment) -> LogSource:
+        return self._source
+
+
+class _ReadUrlContainer:
+    """A stream's segments through a read URL signed for its container (or with a credential):
+    listed and read with it; a refusal (403) is ReadUrlExpired, as for one blob."""
+
+    def __init__(self, container: ContainerClient, stream: str, expiry: datetime | None) -> None:
+        self._container = container
+        self._stream = stream
+        self._expiry = expiry
+
+    def segments(self, stream: str) -> list[Segment]:
+        try:
+            return list_segments(self._container, stream)
+        except HttpResponseError as error:
+            self.open_segment(stream, Segment(0))._raise_if_refused(error)
+            raise
+
+    def open_segment(self, stream: str, segment: Segment) -> ReadUrlSource:
+        name = segment_name(segment.base, SEALED if segment.sealed else LOG_BLOB)
+        return ReadUrlSource(self._container.get_blob_client(f"{stream}/{name}"), stream, self._expiry)
 
 
 def sas_expiry(url: str) -> datetime | None:

@@ -1,5 +1,6 @@
-"""The embedded store: a directory with one folder per stream, each holding a `log` file whose
-bytes are identical to the page blob of the same stream. An OS file lock is the lease.
+"""The embedded store: a directory with one folder per stream, each holding its segments as files
+(`log`, then `log.<base>`: `segment_name`) whose bytes are identical to the blobs of the same
+stream. An OS file lock is the lease.
 
 Streams may hold private data: folders are made readable by their owner only (0700), files
 likewise (0600), whatever the umask. A full disk and a refused permission are `StoreFull` and
@@ -29,9 +30,8 @@ from ..errors import (
     VaultError,
 )
 from ..format import check_stream_name
-from .base import Backend, Buffer, LogSource, LogWriter
+from .base import FIRST_SEGMENT, Backend, Buffer, LogSource, LogWriter, Segment, segment_base, segment_name
 
-LOG_FILE = "log"
 CHECKPOINT_FOLDER = "_checkpoints"  # not a valid stream name, so never listed as a stream
 OWNER_SUFFIX = ".owner"  # beside <stream>.json: which consumer of the group holds the stream
 FOLDER_MODE, FILE_MODE = 0o700, 0o600
@@ -60,22 +60,39 @@ class LocalStore(Backend):
                 check_stream_name(entry.name)
             except ValueError:
                 continue
-            if (entry / LOG_FILE).is_file():
+            if _segments_in(entry):
                 names.append(entry.name)
         return sorted(names)
 
-    def open_log(self, stream: str, *, lease_seconds: int, takeover: bool = False) -> LogWriter:
+    def segments(self, stream: str) -> list[Segment]:
+        return _segments_in(self.root / stream)
+
+    def open_log(
+        self, stream: str, *, lease_seconds: int, takeover: bool = False, base: int = 0, create: bool = True
+    ) -> LogWriter:
         # lease_seconds and takeover have no meaning here: the OS releases the lock the moment its
         # holder dies, and a live (even frozen) holder cannot be fenced, so it keeps the stream.
-        self._make_root()
         folder = self.root / stream
+        path = folder / segment_name(base)
+        if not create:
+            return LocalLog(path, stream, create=False)
+        self._make_root()
         with disk_errors(folder, "create the stream folder"):
             folder_created = not folder.exists()
             folder.mkdir(mode=FOLDER_MODE, exist_ok=True)
-        log = LocalLog(folder / LOG_FILE, stream)
+        log = LocalLog(path, stream)
         if folder_created:  # make the new folder survive a crash
             fsync_dir(self.root)
         return log
+
+    def open_segment(self, stream: str, segment: Segment) -> LogSource:
+        return LocalSource(self.root / stream / segment_name(segment.base))
+
+    def delete_segment(self, stream: str, segment: Segment) -> None:
+        path = self.root / stream / segment_name(segment.base)
+        with disk_errors(path, "delete"):
+            path.unlink(missing_ok=True)
+            fsync_dir(path.parent)
 
     def _make_root(self) -> None:
         """The store's folder, made if its parent exists: a mistyped path is not a new tree."""
@@ -89,12 +106,11 @@ class LocalStore(Backend):
         with disk_errors(self.root, "create the store folder"):
             self.root.mkdir(mode=FOLDER_MODE, exist_ok=True)
 
-    def open_source(self, stream: str) -> LogSource:
-        return LocalSource(self.root / stream / LOG_FILE)
-
     def read_url(self, stream: str, *, expires_in: timedelta = timedelta(hours=1)) -> str:
+        """The stream's first segment file as a file:// URL: read through vault_core, it reads
+        every segment in that folder."""
         check_stream_name(stream)
-        return (self.root / stream / LOG_FILE).resolve().as_uri()
+        return (self.root / stream / FIRST_SEGMENT).resolve().as_uri()
 
     def write_file(self, name: str, data: bytes) -> None:
         self._make_root()
@@ -183,10 +199,10 @@ class LocalLog:
     """A stream's log file, locked for writing. Data is fsynced before the commit slot is written,
     and the commit slot is fsynced before an append returns."""
 
-    def __init__(self, path: Path, stream: str) -> None:
+    def __init__(self, path: Path, stream: str, *, create: bool = True) -> None:
         self.path = path
         with disk_errors(path, "open"):
-            self._fd, self.created = _open_locked(path, stream)
+            self._fd, self.created = _open_locked(path, stream, create=create)
         if self.created:  # make the new file survive a crash
             fsync_dir(path.parent)
 
@@ -235,12 +251,16 @@ class LocalLog:
             self._fd = -1
 
 
-def _open_locked(path: Path, stream: str) -> tuple[int, bool]:
-    """The log file, open and locked, and whether this call created it. A log discarded by its
-    previous holder while we waited is not the one at `path` any more: open that one instead."""
+def _open_locked(path: Path, stream: str, *, create: bool = True) -> tuple[int, bool]:
+    """The log file, open and locked, and whether this call created it (FileNotFoundError if there
+    is none and not `create`). A log discarded by its previous holder while we waited is not the
+    one at `path` any more: open that one instead."""
     for _ in range(100):
         try:
-            fd, created = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE), True
+            if not create:
+                fd, created = os.open(path, os.O_RDWR), False
+            else:
+                fd, created = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE), True
         except FileExistsError:
             try:
                 fd, created = os.open(path, os.O_RDWR), False
@@ -288,12 +308,28 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _segments_in(folder: Path) -> list[Segment]:
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    bases = sorted(base for base in map(segment_base, names) if base is not None)
+    # A file is final once a newer segment follows it: sealed, as far as a local store goes.
+    return [Segment(base, sealed=base != bases[-1]) for base in bases]
+
+
 def source_from_url(url: str) -> tuple[str, LogSource]:
-    """The stream name and log of a file:// read URL made by `LocalStore.read_url`."""
+    """The stream name and log of a file:// read URL made by `LocalStore.read_url`: the stream's
+    folder (`.../<stream>/`), or its first segment file (`.../<stream>/log`, as read URLs were)."""
+    from ..segments import SegmentedSource
+
     path = Path(unquote(urlparse(url).path))
-    if path.name != LOG_FILE:
-        raise ValueError(f"not a stream read URL: {url!r} (expected .../<stream>/{LOG_FILE})")
-    return check_stream_name(path.parent.name), LocalSource(path)
+    if path.name == FIRST_SEGMENT:
+        path = path.parent
+    elif not urlparse(url).path.endswith("/"):
+        raise ValueError(f"not a stream read URL: {url!r} (expected .../<stream>/)")
+    stream = check_stream_name(path.name)
+    return stream, SegmentedSource(LocalStore(path.parent), stream)
 
 
 class FileCheckpoints(Checkpoints):

@@ -20,7 +20,7 @@ from datetime import timedelta
 from ..checkpoints import Checkpoint, CheckpointConflict, Checkpoints, checkpoint_time
 from ..errors import FencedError, StreamBusyError
 from ..format import check_stream_name
-from .base import Backend, Buffer, LogSource, LogWriter
+from .base import Backend, Buffer, LogSource, LogWriter, Segment
 
 SCHEME = "memory:"
 # The stores named in this process: strongly held, since a name says "the same store again".
@@ -51,7 +51,9 @@ def source_from_url(url: str) -> tuple[str, LogSource]:
         store = _all.get(where)
     if store is None:
         raise ValueError(f"no memory store {where!r} in this process: {url!r} reads nothing here")
-    return check_stream_name(stream), store.open_source(stream)
+    from ..segments import SegmentedSource
+
+    return check_stream_name(stream), SegmentedSource(store, stream)
 
 
 class _Log:
@@ -66,7 +68,7 @@ class MemoryStore(Backend):
     def __init__(self, name: str) -> None:
         self.name = name
         self._lock = threading.Lock()  # guards the logs' bytes and owners, and the objects
-        self._logs: dict[str, _Log] = {}
+        self._logs: dict[tuple[str, int], _Log] = {}  # (stream, segment base) -> its log
         self._objects: dict[str, bytes] = {}
         self._groups: dict[str, _GroupState] = {}
 
@@ -81,22 +83,35 @@ class MemoryStore(Backend):
 
     def streams(self) -> list[str]:
         with self._lock:
-            return sorted(self._logs)
+            return sorted({stream for stream, _base in self._logs})
 
-    def open_log(self, stream: str, *, lease_seconds: int, takeover: bool = False) -> LogWriter:
+    def segments(self, stream: str) -> list[Segment]:
+        with self._lock:
+            bases = sorted(base for name, base in self._logs if name == stream)
+        return [Segment(base, sealed=base != bases[-1]) for base in bases]  # only the newest is written
+
+    def open_log(
+        self, stream: str, *, lease_seconds: int, takeover: bool = False, base: int = 0, create: bool = True
+    ) -> LogWriter:
         # lease_seconds has no meaning here: an owner holds its stream until it closes it.
         with self._lock:
-            log = self._logs.get(stream)
+            log = self._logs.get((stream, base))
             created = log is None
             if log is None:
-                log = self._logs[stream] = _Log()
+                if not create:
+                    raise FileNotFoundError(f"stream {stream!r} has no segment at {base} in {self}")
+                log = self._logs[stream, base] = _Log()
             elif log.owner is not None and not takeover:
                 raise StreamBusyError(f"stream {stream!r} has another live writer in {self}")
             token = log.owner = object()
-        return MemoryLog(self, stream, log, token, created)
+        return MemoryLog(self, (stream, base), log, token, created)
 
-    def open_source(self, stream: str) -> LogSource:
-        return MemorySource(self, stream)
+    def open_segment(self, stream: str, segment: Segment) -> LogSource:
+        return MemorySource(self, (stream, segment.base))
+
+    def delete_segment(self, stream: str, segment: Segment) -> None:
+        with self._lock:
+            self._logs.pop((stream, segment.base), None)
 
     def read_url(self, stream: str, *, expires_in: timedelta = timedelta(hours=1)) -> str:
         check_stream_name(stream)
@@ -127,29 +142,30 @@ class MemoryStore(Backend):
             checkpoints.state = self._groups.setdefault(checkpoints.group, _GroupState())
         return checkpoints
 
-    def _bytes(self, stream: str, start: int, length: int) -> bytes:
+    def _bytes(self, key: tuple[str, int], start: int, length: int) -> bytes:
         with self._lock:
-            log = self._logs.get(stream)
+            log = self._logs.get(key)
             return b"" if log is None else bytes(log.data[start : start + length])
 
-    def _size(self, stream: str) -> int:
+    def _size(self, key: tuple[str, int]) -> int:
         with self._lock:
-            log = self._logs.get(stream)
+            log = self._logs.get(key)
             return 0 if log is None else len(log.data)
 
 
 class MemorySource:
-    """A stream's log, read-only: what the owners wrote, as they wrote it."""
+    """A stream's segment, read-only: what the owners wrote, as they wrote it."""
 
-    def __init__(self, store: MemoryStore, stream: str) -> None:
+    def __init__(self, store: MemoryStore, key: tuple[str, int]) -> None:
         self._store = store
-        self._stream = stream
+        self._key = key
+        self._stream = key[0]
 
     def read(self, start: int, length: int) -> bytes:
-        return self._store._bytes(self._stream, start, length)
+        return self._store._bytes(self._key, start, length)
 
     def size(self) -> int:
-        return self._store._size(self._stream)
+        return self._store._size(self._key)
 
     def close(self) -> None:
         """Nothing to release."""
@@ -159,8 +175,10 @@ class MemoryLog(MemorySource):
     """A stream's log while this writer owns it: every write is checked against the owner, under
     the store's lock, so a fenced writer changes nothing."""
 
-    def __init__(self, store: MemoryStore, stream: str, log: _Log, token: object, created: bool) -> None:
-        super().__init__(store, stream)
+    def __init__(
+        self, store: MemoryStore, key: tuple[str, int], log: _Log, token: object, created: bool
+    ) -> None:
+        super().__init__(store, key)
         self._log = log
         self._token = token
         self.created = created
@@ -181,8 +199,8 @@ class MemoryLog(MemorySource):
 
     def discard(self) -> None:
         with self._store._lock:
-            if self._log.owner is self._token and self._store._logs.get(self._stream) is self._log:
-                del self._store._logs[self._stream]
+            if self._log.owner is self._token and self._store._logs.get(self._key) is self._log:
+                del self._store._logs[self._key]
         self.close()
 
     def close(self) -> None:
@@ -191,7 +209,7 @@ class MemoryLog(MemorySource):
                 self._log.owner = None
 
     def _check_owner(self) -> None:
-        if self._log.owner is not self._token or self._store._logs.get(self._stream) is not self._log:
+        if self._log.owner is not self._token or self._store._logs.get(self._key) is not self._log:
             raise FencedError(f"stream {self._stream!r} in {self._store} was taken over by another writer")
 
 
