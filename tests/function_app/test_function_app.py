@@ -40,10 +40,18 @@ _containers = itertools.count()
 
 @pytest.fixture(scope="module")
 def app(azurite):
-    """The app on two instances (lease, visibility and drain times scaled down tenfold)."""
+    """The app on two instances (lease, visibility and drain times scaled down tenfold), its
+    streams rolling every 64 KiB."""
     container = f"app-{next(_containers)}"
     with DurableHost(
-        app_settings(azurite, container, VAULT_PURGE_AFTER_HOURS="0", VAULT_READ_URL_SECONDS="120"),
+        # Segments of 64 KiB: every stream past that rolls, as a long-lived one does at 1 TiB.
+        app_settings(
+            azurite,
+            container,
+            VAULT_PURGE_AFTER_HOURS="0",
+            VAULT_READ_URL_SECONDS="120",
+            VAULT_SEGMENT_BYTES="65536",
+        ),
         settings=scaled(0.1),
     ) as host:
         host.store = vault_core.open_store(azurite.connection_string, container=container)
@@ -853,3 +861,19 @@ def test_the_console_is_served_from_one_function_and_reads_through_the_api(app):
     assert lag["lag_bytes"] == app.store.reader("console-orders").position() > 0
     part = httpx.get(f"{app.url}/streams/console-orders/log", headers={"Range": "bytes=65536-65539"})
     assert (part.status_code, part.content) == (206, b"MVB\xff")
+
+
+def test_the_entity_rolls_its_stream_into_sealed_segments_and_readers_read_them_all(app):
+    batches = [[Message(f"event-{n}-{i}", bytes([n]) * 2000) for i in range(4)] for n in range(40)]
+    for n, messages in enumerate(batches):
+        response = post(app, "rolling", http.encode_json(messages), **{"Idempotency-Key": f"rolling-{n}"})
+        assert response.status_code == 200, response.text
+    segments = app.store.backend.segments("rolling")
+    assert len(segments) >= 4 and all(segment.sealed for segment in segments[:-1])
+    expected = [(m.key, m.value) for messages in batches for m in messages]
+    info = httpx.get(f"{app.url}/streams/rolling", timeout=30).json()
+    assert info["segments"] == len(segments)
+    with vault_core.open_reader(info["read_url"]) as reader:  # one read URL, every segment
+        assert [(m.key, m.value) for m in reader.replay()] == expected
+    again = post(app, "rolling", http.encode_json(batches[0]), **{"Idempotency-Key": "rolling-0"})
+    assert again.status_code == 200 and app.store.reader("rolling").verify().batches == 40
