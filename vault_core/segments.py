@@ -84,11 +84,15 @@ class _Chain:
         self._readers: ThreadPoolExecutor | None = None
         self._listed = False
 
-    def segments(self, *, fresh: bool = False) -> list[tuple[Segment, LogSource]]:
+    def segments(
+        self, *, fresh: bool = False, listed: list[Segment] | None = None
+    ) -> list[tuple[Segment, LogSource]]:
+        """The segments as last listed; listed anew if `fresh` (or taken from `listed`, a listing
+        the caller just made)."""
         with self._lock:
-            if fresh or not self._listed:
+            if fresh or not self._listed or listed is not None:
                 opened: dict[Segment, LogSource | None] = dict(self._segments)
-                listed = self._lister.segments(self.stream)
+                listed = self._lister.segments(self.stream) if listed is None else listed
                 self._segments = [
                     (segment, opened.pop(segment, None) or self._open(segment)) for segment in listed
                 ]
@@ -280,7 +284,7 @@ class SegmentedLog:
                 )
             except FileNotFoundError:  # trimmed or sealed since it was listed: list again
                 continue
-            self._chain.segments(fresh=True)
+            self._chain.segments(listed=segments or [Segment(0)])  # the listing just made
             self._chain.replace(Segment(base), active)
             return active, base
         raise StreamBusyError(f"stream {self.stream!r} keeps changing its segments under another writer")
