@@ -15,7 +15,7 @@ from pathlib import Path
 
 import vault_core
 from tests.support import ROOT
-from tests.support.azurite import busy_port, free_port, stop_process
+from tests.support.azurite import busy_port, free_port_run, stop_process
 from tests.support.served import Served
 
 
@@ -46,7 +46,7 @@ def test_readme_examples_run(tmp_path):
     blocks = python_blocks()
     assert len(blocks) >= 4
     server = Served(str(tmp_path / "data"), "vault")  # what `vault serve --store ./data` runs
-    port = free_port()
+    port = free_port_run(3)  # blobs, queues, tables
     with emulator(tmp_path / "azurite", port) as connection_string:
         env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": connection_string, "VAULT_URL": server.url}
         wait_for_port(port)

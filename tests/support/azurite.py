@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import random
 import socket
 import subprocess
 import tempfile
@@ -44,6 +45,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_run(count: int) -> int:
+    """The first of `count` consecutive loopback ports free now, for a server that takes a run of
+    ports (scripts/azurite.sh takes three). Chosen below the system's ephemeral range: a port in it
+    can be handed to any outgoing connection between this check and the server's listen."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    for _ in range(200):
+        first = random.randrange(20000, ephemeral_low - count)
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(first, first + count):
+                    s = held.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+    raise RuntimeError(f"no {count} consecutive free loopback ports between 20000 and {ephemeral_low}")
+
+
 @contextlib.contextmanager
 def busy_port() -> Iterator[int]:
     """A loopback port that another process (this one) listens on, while in use."""
@@ -61,7 +83,8 @@ class Azurite:
         binary = ROOT / "node_modules" / ".bin" / "azurite"
         if not binary.exists():
             raise RuntimeError(f"{binary} is missing: run `npm ci` in {ROOT}")
-        self.port, self.table_port, queue_port = free_port(), free_port(), free_port()
+        self.port = free_port_run(3)
+        self.table_port, queue_port = self.port + 1, self.port + 2
         self._workdir = tempfile.TemporaryDirectory(prefix="azurite-")
         workdir = Path(self._workdir.name)
         self.scheme = "https" if oauth else "http"
