@@ -14,7 +14,7 @@ from collections.abc import Generator, Iterator
 from . import format as fmt
 from .errors import CorruptDataError, InvalidPosition, PositionTrimmed, check_int
 from .readahead import read_ahead
-from .stores.base import LogSource
+from .stores.base import StreamLog
 
 # A run's first request is small, so decoding starts early; each next one doubles up to the last.
 FIRST_CHUNK = 256 * 1024
@@ -38,7 +38,7 @@ def not_a_boundary(stream: str, position: int) -> InvalidPosition:
 class LogFrames:
     """One stream's log, read as its commit record and its batches, each verified before use."""
 
-    def __init__(self, stream: str, log: LogSource) -> None:
+    def __init__(self, stream: str, log: StreamLog) -> None:
         self.stream = stream
         self.log = log
 
@@ -48,15 +48,13 @@ class LogFrames:
         """The one answer to "does this stream exist?": its log is there, and not empty."""
         return self.log.size() > 0
 
-    def first_position(self) -> int:
-        """Where the stream starts: the first segment's base."""
-        return self.segment_bases()[0]
+    def first_position(self, *, fresh: bool = True) -> int:
+        """Where the stream starts: its first segment's base (`StreamLog.first_position`)."""
+        return self.log.first_position(fresh=fresh)
 
     def segment_bases(self) -> list[int]:
-        """Where each of the stream's segments starts, oldest first. A log that is one segment of
-        its own (a raw segment) has no `segment_bases` and starts at 0."""
-        bases = getattr(self.log, "segment_bases", None)
-        return (bases() or [0]) if bases is not None else [0]
+        """Where each of the stream's segments starts, oldest first ([0] for no stream yet)."""
+        return self.log.segment_bases() or [0]
 
     def commit_slots(self) -> bytes:
         """Both commit slots as stored (empty if the log does not exist)."""
@@ -142,7 +140,9 @@ class LogFrames:
             )
         if position == end:
             return position
-        first = self.first_position()
+        # As last listed, but for 0: a paged read costs no listing, and a read from 0 starts
+        # where the stream starts now.
+        first = self.first_position(fresh=position == 0)
         if position == 0 or position == first:  # 0 is where the stream starts, trimmed or not
             return first
         if position < first:

@@ -13,7 +13,7 @@ from . import framing
 from .errors import InvalidPosition, check_int
 from .framing import Frame, LogFrames, not_a_boundary
 from .seek import seek_time
-from .stores.base import LogSource
+from .stores.base import StreamLog
 from .verification import VerifyReport, verify_log
 
 # Slack beyond max_bytes that one read() fetches, so batch headers and keys fit in one request.
@@ -35,13 +35,13 @@ class StreamStatus(NamedTuple):
 class StreamReader:
     """Reads one stream. Every message returned comes from a batch whose checksum was verified."""
 
-    def __init__(self, stream: str, source: LogSource) -> None:
+    def __init__(self, stream: str, source: StreamLog) -> None:
         self.stream = stream
         self._source = source
         self._frames = LogFrames(stream, source)
 
     @property
-    def log(self) -> LogSource:
+    def log(self) -> StreamLog:
         """The log this reader reads, as the store gives it: raw bytes, for tools that copy them."""
         return self._source
 

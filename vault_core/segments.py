@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from . import format as fmt
-from .errors import CorruptDataError, FencedError, PositionTrimmed, StreamBusyError
+from .errors import CorruptDataError, FencedError, PositionTrimmed, StreamBusyError, check_int
 from .stores.base import Backend, Buffer, LogSource, LogWriter, Segment
 
 log = logging.getLogger("vault.segments")
@@ -113,9 +113,9 @@ class _Chain:
             self._owned.add(id(log))
             self._listed = True
 
-    def first(self) -> int:
-        bases = self.bases()
-        return bases[0] if bases else 0
+    def first(self, *, fresh: bool = True) -> int:
+        segments = self.segments(fresh=fresh)
+        return segments[0][0].base if segments else 0
 
     def bases(self) -> list[int]:
         return [segment.base for segment, _source in self.segments(fresh=True)]
@@ -234,9 +234,10 @@ class SegmentedSource:
             segments = listed
         return b""  # unreachable: the loop returns
 
-    def first_position(self) -> int:
-        """Where the stream starts now: 0, or the base of its oldest segment left by trimming."""
-        return self._chain.first()
+    def first_position(self, *, fresh: bool = True) -> int:
+        """Where the stream starts now: 0, or the base of its oldest segment left by trimming
+        (`StreamLog.first_position`)."""
+        return self._chain.first(fresh=fresh)
 
     def segment_bases(self) -> list[int]:
         """Where each segment starts, oldest first (listed anew)."""
@@ -330,8 +331,8 @@ class SegmentedLog:
         self._active.refresh()
         self._finish_roll()
 
-    def first_position(self) -> int:
-        return self._chain.first()
+    def first_position(self, *, fresh: bool = True) -> int:
+        return self._chain.first(fresh=fresh)
 
     def segment_bases(self) -> list[int]:
         return self._chain.bases()
@@ -397,7 +398,9 @@ class SegmentedLog:
 
     def trim(self, before: int) -> int:
         """Remove the segments that lie wholly below `before` (`trim`); the first position after."""
-        first = trim(self._backend, self.stream, before)
+        first = trim(
+            self._backend, self.stream, before, segments=[s for s, _ in self._chain.segments(fresh=True)]
+        )
         self._chain.segments(fresh=True)
         self._chain.replace(Segment(self.base), self._active)
         return first
@@ -416,15 +419,28 @@ class SegmentedLog:
         self._chain.close()
 
 
-def trim(backend: Backend, stream: str, before: int) -> int:
+def trim(
+    backend: Backend,
+    stream: str,
+    before: int,
+    *,
+    dry_run: bool = False,
+    segments: list[Segment] | None = None,
+) -> int:
     """Remove the stream's sealed segments that lie wholly below `before`, oldest first: never
     the newest, and none from the first that is not sealed yet on (a seal in progress), so the
-    chain left is whole. The stream's first position after. Needs no ownership of the stream:
-    its writer appends to the newest segment only."""
-    segments = backend.segments(stream)
-    for segment, following in itertools.pairwise(segments):
-        if following.base > before or not segment.sealed:
-            break
+    chain left is whole. The stream's first position after (with `dry_run`, what it would be,
+    nothing removed). Needs no ownership of the stream: its writer appends to the newest segment
+    only. `segments`: the listing the caller just made."""
+    if check_int("before", before) < 0:
+        raise ValueError(f"before must be a position of the stream, got {before}")
+    chain = backend.segments(stream) if segments is None else segments
+    removable = list(
+        itertools.takewhile(lambda pair: pair[1].base <= before and pair[0].sealed, itertools.pairwise(chain))
+    )
+    if dry_run:
+        return removable[-1][1].base if removable else (chain[0].base if chain else 0)
+    for segment, _following in removable:
         backend.delete_segment(stream, segment)
-    left = backend.segments(stream)
+    left = backend.segments(stream) if removable else chain
     return left[0].base if left else 0

@@ -24,7 +24,7 @@ import urllib3
 from .client import VaultClient
 from .errors import ReadUrlExpired, VaultError
 from .format import check_stream_name
-from .stores import LogSource, source_from_url
+from .stores import StreamLog, source_from_url
 
 log = logging.getLogger("vault.read_urls")
 RENEW_AT = 0.8  # of a read URL's life: a fresh one is asked for when less than a fifth is left
@@ -33,7 +33,7 @@ T = TypeVar("T")
 API_STREAM_PATH = re.compile(r"(?P<base>(?:/[^/]+)*?)/api/streams/(?P<stream>[^/]+)/?")
 
 
-def open_source(url: str, *, credential: Any = None, key: str | None = None) -> tuple[str, LogSource]:
+def open_source(url: str, *, credential: Any = None, key: str | None = None) -> tuple[str, StreamLog]:
     """The stream name and log behind a read URL from `Store.read_url` (a SAS or file:// URL; a
     plain blob URL with an Azure `credential`), or behind a stream's API URL (`is_api_url`; `key`:
     the API key), whose read URLs it asks the API for and renews as they expire."""
@@ -64,7 +64,7 @@ class _Grant:
     """One read URL's log, and who reads through it now: a log swapped out is closed once its
     last read in flight ends."""
 
-    source: LogSource
+    source: StreamLog
     renew_at: float  # time.monotonic() from which a fresh URL is asked for
     expires_at: float  # time.monotonic() at which this one expires (inf: never)
     readers: int = 0
@@ -72,7 +72,7 @@ class _Grant:
 
 
 class RenewingSource:
-    """A `LogSource` through a stream's API URL, http(s)://HOST[:PORT]/api/streams/NAME (`key`:
+    """A `StreamLog` through a stream's API URL, http(s)://HOST[:PORT]/api/streams/NAME (`key`:
     the API key, sent as x-functions-key; a `?code=` in the URL serves too). Opening it asks the
     API for the stream's read URL (client.NotFound for a stream the API does not know,
     client.Unauthorized for a missing or wrong key). Before each read it renews that URL once
@@ -110,6 +110,12 @@ class RenewingSource:
     def size(self) -> int:
         return self._through(lambda source: source.size())
 
+    def first_position(self, *, fresh: bool = True) -> int:
+        return self._through(lambda source: source.first_position(fresh=fresh))
+
+    def segment_bases(self) -> list[int]:
+        return self._through(lambda source: source.segment_bases())
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -118,7 +124,7 @@ class RenewingSource:
             self._retire(self._grant)
             self._client.close()
 
-    def _through(self, operation: Callable[[LogSource], T]) -> T:
+    def _through(self, operation: Callable[[StreamLog], T]) -> T:
         grant = self._take()
         try:
             return operation(grant.source)

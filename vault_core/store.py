@@ -115,8 +115,6 @@ class Store:
         """Remove the stream's sealed segments that lie wholly below `before` (as
         `StreamWriter.trim`, without taking the stream from its writer); its first position after.
         StoreNotFound if there is no such stream."""
-        if check_int("before", before) < 0:
-            raise ValueError(f"before must be a position of the stream, got {before}")
         if not self.has_stream(stream):
             raise StoreNotFound(f"stream {stream!r} does not exist in {self}")
         return trim_segments(self.backend, stream, before)

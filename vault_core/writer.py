@@ -233,8 +233,6 @@ class StreamWriter:
         """Remove the sealed segments that lie wholly below `before` (never the newest): their
         messages are gone for every reader. The stream's first position after, which readers
         and consumer groups below it are moved to."""
-        if check_int("before", before) < 0:
-            raise ValueError(f"before must be a position of the stream, got {before}")
         with self._lock:
             if self._closed:
                 raise VaultError(f"the writer of stream {self.stream!r} is closed")

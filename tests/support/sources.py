@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class CountingSource:
-    """Wraps a store's log source (`store.open_source(stream)`), counting the reads made through it
+    """Wraps a store's stream log (`store.open_source(stream)`), counting the reads made through it
     and the bytes they returned."""
 
     def __init__(self, source) -> None:
@@ -21,3 +21,9 @@ class CountingSource:
 
     def close(self) -> None:
         self.source.close()
+
+    def first_position(self, *, fresh: bool = True) -> int:
+        return self.source.first_position(fresh=fresh)
+
+    def segment_bases(self) -> list[int]:
+        return self.source.segment_bases()

@@ -7,9 +7,9 @@ import os
 import re
 from typing import Any
 
-from .base import Backend, LogSource, LogWriter
+from .base import Backend, LogSource, LogWriter, StreamLog
 
-__all__ = ["Backend", "LogSource", "LogWriter", "open_backend", "source_from_url"]
+__all__ = ["Backend", "LogSource", "LogWriter", "StreamLog", "open_backend", "source_from_url"]
 
 DEFAULT_CONTAINER = "vault"
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
@@ -52,7 +52,7 @@ def open_backend(
     return LocalStore(target)
 
 
-def source_from_url(url: str, *, credential: Any = None) -> tuple[str, LogSource]:
+def source_from_url(url: str, *, credential: Any = None) -> tuple[str, StreamLog]:
     """The stream name and log behind a read URL from a backend's `read_url` (a SAS or file://
     URL; a plain blob URL with an Azure `credential`; memory: in this process)."""
     scheme = url.split(":", 1)[0].lower()

@@ -65,6 +65,21 @@ class LogSource(Protocol):
     def close(self) -> None: ...
 
 
+class StreamLog(LogSource, Protocol):
+    """A whole stream's log, however many segments hold it: a `LogSource` that also says where
+    the stream starts now and where each segment begins."""
+
+    def first_position(self, *, fresh: bool = True) -> int:
+        """Where the stream starts: 0, or the base of its oldest segment trimming left. With
+        `fresh=False`, as last listed: trimming only ever moves it up, so a position below it is
+        trimmed for sure, and a read of a segment trimmed since finds that out itself."""
+        ...
+
+    def segment_bases(self) -> list[int]:
+        """Where each segment starts, oldest first, listed anew (none: no stream)."""
+        ...
+
+
 class LogWriter(LogSource, Protocol):
     """One stream's log, owned by this process alone (a blob lease, a file lock) while open; it
     reads as a `LogSource` does."""

@@ -54,7 +54,17 @@ from ..errors import (
     connection_reason,
 )
 from ..format import check_stream_name
-from .base import FIRST_SEGMENT, Backend, Buffer, LogSource, LogWriter, Segment, segment_base, segment_name
+from .base import (
+    FIRST_SEGMENT,
+    Backend,
+    Buffer,
+    LogSource,
+    LogWriter,
+    Segment,
+    StreamLog,
+    segment_base,
+    segment_name,
+)
 from .endpoints import is_path_style
 
 if TYPE_CHECKING:
@@ -686,7 +696,7 @@ def _acquire(blob: BlobClient, stream: str, lease_seconds: int, *, takeover: boo
     )
 
 
-def source_from_url(url: str, *, credential: Any = None) -> tuple[str, LogSource]:
+def source_from_url(url: str, *, credential: Any = None) -> tuple[str, StreamLog]:
     """The stream name and log of a blob read URL (a SAS URL, or a plain URL with a credential)."""
     if credential is None and "sig" not in parse_qs(urlparse(url).query):
         # Anonymous reads of a private blob answer "not found", which would read as an empty stream.

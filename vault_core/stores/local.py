@@ -30,7 +30,17 @@ from ..errors import (
     VaultError,
 )
 from ..format import check_stream_name
-from .base import FIRST_SEGMENT, Backend, Buffer, LogSource, LogWriter, Segment, segment_base, segment_name
+from .base import (
+    FIRST_SEGMENT,
+    Backend,
+    Buffer,
+    LogSource,
+    LogWriter,
+    Segment,
+    StreamLog,
+    segment_base,
+    segment_name,
+)
 
 CHECKPOINT_FOLDER = "_checkpoints"  # not a valid stream name, so never listed as a stream
 OWNER_SUFFIX = ".owner"  # beside <stream>.json: which consumer of the group holds the stream
@@ -318,7 +328,7 @@ def _segments_in(folder: Path) -> list[Segment]:
     return [Segment(base, sealed=base != bases[-1]) for base in bases]
 
 
-def source_from_url(url: str) -> tuple[str, LogSource]:
+def source_from_url(url: str) -> tuple[str, StreamLog]:
     """The stream name and log of a file:// read URL made by `LocalStore.read_url`: the stream's
     folder (`.../<stream>/`), or its first segment file (`.../<stream>/log`, as read URLs were)."""
     from ..segments import SegmentedSource

@@ -20,7 +20,7 @@ from datetime import timedelta
 from ..checkpoints import Checkpoint, CheckpointConflict, Checkpoints, checkpoint_time
 from ..errors import FencedError, StreamBusyError
 from ..format import check_stream_name
-from .base import Backend, Buffer, LogSource, LogWriter, Segment
+from .base import Backend, Buffer, LogSource, LogWriter, Segment, StreamLog
 
 SCHEME = "memory:"
 # The stores named in this process: strongly held, since a name says "the same store again".
@@ -44,7 +44,7 @@ def memory_store(target: str) -> MemoryStore:
         return store
 
 
-def source_from_url(url: str) -> tuple[str, LogSource]:
+def source_from_url(url: str) -> tuple[str, StreamLog]:
     """The stream name and log of a read URL made by `MemoryStore.read_url`, in this process."""
     where, _, stream = url[len(SCHEME) :].rpartition("/")
     with _registry_lock:
