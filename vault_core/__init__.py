@@ -35,6 +35,7 @@ from .format import Message, StoredMessage
 from .mirroring import MirrorResult, mirror
 from .publish import BadInput, PublishIncomplete, PublishProgress, PublishRefused, PublishResult, publish
 from .reader import ReadResult, StreamReader, StreamStatus
+from .retention import Retention
 from .sources import open_source
 from .store import Store, open_store
 from .verification import VerifyReport
@@ -65,6 +66,7 @@ __all__ = [
     "PublishResult",
     "ReadResult",
     "ReadUrlExpired",
+    "Retention",
     "Store",
     "StoreAccessDenied",
     "StoreError",

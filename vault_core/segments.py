@@ -258,7 +258,7 @@ class SegmentedLog:
 
     def __init__(self, backend: Backend, stream: str, *, lease_seconds: int, takeover: bool = False) -> None:
         self.stream = stream
-        self._backend = backend
+        self.backend = backend
         self._lease_seconds = lease_seconds
         self._takeover = takeover
         self._chain = _Chain(stream, backend)
@@ -273,10 +273,10 @@ class SegmentedLog:
 
     def _open_newest(self) -> tuple[LogWriter, int]:
         for _ in range(OPEN_ATTEMPTS):
-            segments = self._backend.segments(self.stream)
+            segments = self.backend.segments(self.stream)
             base = segments[-1].base if segments else 0
             try:
-                active = self._backend.open_log(
+                active = self.backend.open_log(
                     self.stream,
                     lease_seconds=self._lease_seconds,
                     takeover=self._takeover,
@@ -349,7 +349,7 @@ class SegmentedLog:
     def _continue(self, mark: fmt.CommitRecord) -> fmt.CommitRecord:
         old, old_base = self._active, self.base
         try:
-            new = self._backend.open_log(self.stream, lease_seconds=self._lease_seconds, base=mark.position)
+            new = self.backend.open_log(self.stream, lease_seconds=self._lease_seconds, base=mark.position)
         except StreamBusyError as error:
             raise FencedError(
                 f"the writer of stream {self.stream!r} lost ownership: another writer took the stream "
@@ -371,7 +371,7 @@ class SegmentedLog:
     def _seal(self, owned: LogWriter, base: int, end: int) -> None:
         """Seal a rolled segment; if storage fails, it stays a log for the next roll to seal."""
         try:
-            self._backend.seal(self.stream, owned, base, segment_length(base, end))
+            self.backend.seal(self.stream, owned, base, segment_length(base, end))
         except Exception as error:  # the stream is whole either way
             log.warning("stream %r: segment %d stays unsealed for now: %s", self.stream, base, error)
         finally:
@@ -385,7 +385,7 @@ class SegmentedLog:
             if segment.sealed:
                 continue
             try:
-                owned = self._backend.open_log(
+                owned = self.backend.open_log(
                     self.stream,
                     lease_seconds=self._lease_seconds,
                     takeover=self._takeover,
@@ -399,7 +399,7 @@ class SegmentedLog:
     def trim(self, before: int) -> int:
         """Remove the segments that lie wholly below `before` (`trim`); the first position after."""
         first = trim(
-            self._backend, self.stream, before, segments=[s for s, _ in self._chain.segments(fresh=True)]
+            self.backend, self.stream, before, segments=[s for s, _ in self._chain.segments(fresh=True)]
         )
         self._chain.segments(fresh=True)
         self._chain.replace(Segment(self.base), self._active)
@@ -409,10 +409,10 @@ class SegmentedLog:
         """Remove the stream's every segment, the newest (owned) last."""
         for segment, _source in self._chain.segments(fresh=True):
             if segment.base != self.base:
-                self._backend.delete_segment(self.stream, segment)
+                self.backend.delete_segment(self.stream, segment)
         self._active.discard()
         self._chain.close()
-        self._backend.stream_removed(self.stream)
+        self.backend.stream_removed(self.stream)
 
     def close(self) -> None:
         self._active.close()

@@ -10,11 +10,13 @@ import os
 from datetime import timedelta
 from typing import Any
 
+from . import retention
 from .checkpoints import Checkpoints
 from .errors import StoreNotFound, check_int
 from .format import check_stream_name
 from .framing import LogFrames
 from .reader import StreamReader
+from .retention import Retention
 from .segments import SegmentedLog, SegmentedSource
 from .segments import trim as trim_segments
 from .stores import DEFAULT_CONTAINER, open_backend
@@ -99,25 +101,50 @@ class Store:
         StoreNotFound if there is no such stream; StreamBusyError while a writer holds it (stop
         that writer first). A stream made again under the name starts empty, and is read from
         its start by every group."""
-        if not self.has_stream(stream):
-            raise StoreNotFound(f"stream {stream!r} does not exist in {self}")
+        self._require(stream)
         log = self.open_log(stream, lease_seconds=15)  # no writer can append meanwhile
         try:
             for group in self.consumer_groups():
                 with self.checkpoints(group) as checkpoints:
                     checkpoints.forget(stream)
+            retention.save(self.backend, stream, Retention())  # a stream made again keeps everything
         except BaseException:
             log.close()
             raise
         log.discard()
 
-    def trim(self, stream: str, before: int) -> int:
+    def trim(self, stream: str, before: int, *, dry_run: bool = False) -> int:
         """Remove the stream's sealed segments that lie wholly below `before` (as
-        `StreamWriter.trim`, without taking the stream from its writer); its first position after.
-        StoreNotFound if there is no such stream."""
+        `StreamWriter.trim`, without taking the stream from its writer); its first position after
+        (with `dry_run`, what it would be, nothing removed). StoreNotFound if there is no such
+        stream."""
+        self._require(stream)
+        return trim_segments(self.backend, stream, before, dry_run=dry_run)
+
+    def retention(self, stream: str) -> Retention:
+        """The stream's retention policy (`Retention()`, keep everything, unless one was set)."""
+        return retention.load(self.backend, check_stream_name(stream))
+
+    def set_retention(self, stream: str, policy: Retention) -> None:
+        """Set the stream's retention policy. Its writer applies it each time it rolls into a new
+        segment; `apply_retention` applies it now. StoreNotFound if there is no such stream."""
+        if not isinstance(policy, Retention):
+            raise TypeError(f"policy must be a Retention, got {type(policy).__name__}")
+        self._require(stream)
+        retention.save(self.backend, stream, policy)
+
+    def apply_retention(self, stream: str, *, dry_run: bool = False) -> int:
+        """Trim what the stream's retention policy lets go, now, without taking the stream from
+        its writer; its first position after (with `dry_run`, what it would be)."""
+        policy = self.retention(stream)
+        self._require(stream)
+        with self.reader(stream) as reader:
+            before = policy.trim_point(stream, reader.log)
+        return trim_segments(self.backend, stream, before, dry_run=dry_run)
+
+    def _require(self, stream: str) -> None:
         if not self.has_stream(stream):
             raise StoreNotFound(f"stream {stream!r} does not exist in {self}")
-        return trim_segments(self.backend, stream, before)
 
     def read_url(self, stream: str, *, expires_in: timedelta = timedelta(hours=1)) -> str:
         """A URL granting read access to this one stream and nothing else."""

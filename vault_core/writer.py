@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from typing import NamedTuple
 
 from . import format as fmt
+from . import retention
 from .errors import BatchIdConflict, CorruptDataError, FencedError, PositionTrimmed, VaultError, check_int
 from .framing import LogFrames
 from .segments import SegmentedLog
+
+log = logging.getLogger("vault.writer")
 
 # A group commit takes queued batches until its write reaches this size; the rest wait their turn.
 GROUP_BYTES = 16 * 1024 * 1024
@@ -219,6 +223,17 @@ class StreamWriter:
         self._in_doubt = True
         self._commit = self._log.roll(self._commit)
         self._in_doubt = False
+        self._keep_retention()
+
+    def _keep_retention(self) -> None:
+        """Trim what the stream's retention policy lets go, now that a segment was sealed. Only
+        logged if it fails: the stream is whole either way, and the next roll tries again."""
+        try:
+            policy = retention.load(self._log.backend, self.stream)
+            if not policy.keeps_everything:
+                self._log.trim(policy.trim_point(self.stream, self._log))
+        except Exception as error:
+            log.warning("stream %r: its retention policy was not applied this time: %s", self.stream, error)
 
     @property
     def segment_base(self) -> int:

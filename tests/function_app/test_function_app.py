@@ -877,3 +877,20 @@ def test_the_entity_rolls_its_stream_into_sealed_segments_and_readers_read_them_
         assert [(m.key, m.value) for m in reader.replay()] == expected
     again = post(app, "rolling", http.encode_json(batches[0]), **{"Idempotency-Key": "rolling-0"})
     assert again.status_code == 200 and app.store.reader("rolling").verify().batches == 40
+
+
+def test_the_entity_keeps_to_the_stream_s_retention_policy_as_it_rolls(app):
+    post(app, "kept", http.encode_json([Message("first", b"x")]), **{"Idempotency-Key": "kept-0"})
+    app.store.set_retention("kept", vault_core.Retention(keep_bytes=2 * 65536))
+    for n in range(1, 40):
+        messages = [Message(f"event-{n}-{i}", bytes([n]) * 2000) for i in range(4)]
+        response = post(app, "kept", http.encode_json(messages), **{"Idempotency-Key": f"kept-{n}"})
+        assert response.status_code == 200, response.text
+    reader = app.store.reader("kept")
+    first, end = reader.first_position(), reader.position()
+    assert first > 0 and 2 * 65536 <= end - first < 4 * 65536  # what the policy keeps, and a segment more
+    info = httpx.get(f"{app.url}/streams/kept", timeout=30).json()
+    assert info["first_position"] == first
+    with vault_core.open_reader(info["read_url"]) as through_url:
+        keys = [m.key for m in through_url.replay()]
+    assert keys[-1] == "event-39-3" and "first" not in keys and len(keys) == len(set(keys))

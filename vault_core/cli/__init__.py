@@ -11,7 +11,7 @@ import logging
 
 import click
 
-from .operating import delete, groups, streams, trim
+from .operating import delete, groups, retention, streams, trim
 from .publishing import publish
 from .reading import mirror, read, tail, verify
 from .serving import demo, serve
@@ -28,5 +28,5 @@ def main() -> None:
     logging.getLogger("azure").setLevel(logging.ERROR)
 
 
-for command in (streams, publish, read, groups, tail, verify, mirror, trim, delete, demo, serve):
+for command in (streams, publish, read, groups, tail, verify, mirror, trim, retention, delete, demo, serve):
     main.add_command(command)

@@ -1,17 +1,20 @@
-"""The commands an operator looks after a store with: `vault streams`, `groups`, `trim` and
-`delete`."""
+"""The commands an operator looks after a store with: `vault streams`, `groups`, `trim`,
+`retention` and `delete`."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from .. import format as fmt
 from ..lines import iso_time
+from ..retention import MAX_KEEP_DAYS, Retention
+from ..store import Store
 from .shared import (
     api_base,
     client_for,
@@ -165,39 +168,70 @@ def _span(seconds: float) -> str:
     return f"{whole} s"
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def confirmed(stream: str, confirm: str | None, *, doing: str, warning: str) -> None:
+    """Go on only once the user typed the stream's name (or gave it with --confirm): `doing`
+    ("delete", "trim") what `warning` says, for good."""
+    if confirm is None:
+        if not sys.stdin.isatty():
+            raise click.UsageError(f"this is for good: give --confirm {stream} to {doing} it")
+        click.echo(warning, err=True)
+        confirm = click.prompt(
+            f"Type the stream's name to {doing} it", err=True, default="", show_default=False
+        )
+    if confirm != stream:
+        raise click.ClickException(f"{confirm!r} is not {stream!r}: nothing was changed")
+
+
+def confirm_option(doing: str) -> Callable[[F], F]:
+    return click.option(
+        "--confirm",
+        metavar="STREAM",
+        help=f"The stream's name again, to {doing} it without a prompt (in scripts).",
+    )
+
+
 @click.command()
 @click.argument("stream")
 @store_option()
 @container_option
-@click.option(
-    "--confirm",
-    metavar="STREAM",
-    help="The stream's name again, to delete it without a prompt (in scripts).",
-)
+@confirm_option("delete")
 def delete(stream: str, target: str | None, container: str, confirm: str | None) -> None:
     """Delete STREAM for good: its log and every consumer group's checkpoint on it. Asks for the
     stream's name first (or takes it from --confirm); refused while a writer holds the stream."""
+    store = stream_store(stream, target, container)
+    status = store.reader(stream).status()
+    confirmed(
+        stream,
+        confirm,
+        doing="delete",
+        warning=f"This deletes stream {stream} in {store} for good: position {status.position}, last append "
+        f"{iso_time(status.last_append) if status.last_append else '-'}, and every consumer group's "
+        "checkpoint on it.",
+    )
+    store.delete_stream(stream)
+    click.echo(f"deleted stream {stream} (it was at position {status.position})")
+
+
+def stream_store(stream: str, target: str | None, container: str) -> Store:
+    """The store, which must hold the stream."""
     fmt.check_stream_name(stream)
     store = existing_store(target, container)
     if not store.has_stream(stream):
-        raise click.ClickException(f"stream {stream!r} does not exist in {store}; nothing was deleted")
-    status = store.reader(stream).status()
-    if confirm is None:
-        if not sys.stdin.isatty():
-            raise click.UsageError(f"deleting a stream is for good: give --confirm {stream} to delete it")
-        click.echo(
-            f"This deletes stream {stream} in {store} for good: position {status.position}, last append "
-            f"{iso_time(status.last_append) if status.last_append else '-'}, and every consumer group's "
-            "checkpoint on it.",
-            err=True,
-        )
-        confirm = click.prompt(
-            "Type the stream's name to delete it", err=True, default="", show_default=False
-        )
-    if confirm != stream:
-        raise click.ClickException(f"{confirm!r} is not {stream!r}: nothing was deleted")
-    store.delete_stream(stream)
-    click.echo(f"deleted stream {stream} (it was at position {status.position})")
+        raise click.ClickException(f"stream {stream!r} does not exist in {store}; nothing was changed")
+    return store
+
+
+keep_bytes_option = click.option(
+    "--keep-bytes", type=click.IntRange(0), help="Keep at least the stream's last N bytes."
+)
+keep_days_option = click.option(
+    "--keep-days",
+    type=click.FloatRange(0, MAX_KEEP_DAYS),
+    help="Keep at least what was appended in the last N days.",
+)
 
 
 @click.command()
@@ -207,15 +241,9 @@ def delete(stream: str, target: str | None, container: str, confirm: str | None)
 @click.option(
     "--before", type=click.IntRange(0), help="Remove the sealed segments wholly below this position."
 )
-@click.option("--keep-bytes", type=click.IntRange(0), help="Keep at least the stream's last N bytes.")
-@click.option(
-    "--keep-days", type=click.FloatRange(0), help="Keep at least what was appended in the last N days."
-)
-@click.option(
-    "--confirm",
-    metavar="STREAM",
-    help="The stream's name again, to trim it without a prompt (in scripts).",
-)
+@keep_bytes_option
+@keep_days_option
+@confirm_option("trim")
 def trim(
     stream: str,
     target: str | None,
@@ -229,10 +257,7 @@ def trim(
     --keep-bytes or --keep-days asks to keep (and always the newest segment): for every reader,
     and every consumer group behind resumes at the new start. Shows where the stream starts now
     and what it would start at; asks for the stream's name (or takes it from --confirm). Safe
-    while the stream's writer appends."""
-    from datetime import timedelta
-
-    fmt.check_stream_name(stream)
+    while the stream's writer appends. To trim by a standing rule, see `vault retention`."""
     given = [
         name
         for name, value in (("--before", before), ("--keep-bytes", keep_bytes), ("--keep-days", keep_days))
@@ -240,36 +265,91 @@ def trim(
     ]
     if len(given) > 1:
         raise click.UsageError(f"{' and '.join(given)} contradict: give one of them")
-    store = existing_store(target, container)
-    if not store.has_stream(stream):
-        raise click.ClickException(f"stream {stream!r} does not exist in {store}; nothing was trimmed")
-    reader = store.reader(stream)
-    position, first = reader.position(), reader.first_position()
-    if not given:
-        bases = reader.segment_bases()
-        click.echo(f"stream {stream} starts at {first} and ends at {position}, in {len(bases)} segment(s)")
-        return
-    if keep_bytes is not None:
-        before = max(0, position - keep_bytes)
-    elif keep_days is not None:
-        before = reader.seek_time(datetime.now(UTC) - timedelta(days=keep_days))
-    assert before is not None
-    wholly_below = [base for base in reader.segment_bases()[1:] if base <= before]
-    if not wholly_below:
+    store = stream_store(stream, target, container)
+    with store.reader(stream) as reader:
+        position, bases = reader.position(), reader.segment_bases()
+        if not given:
+            click.echo(
+                f"stream {stream} starts at {bases[0]} and ends at {position}, in {len(bases)} segment(s)"
+            )
+            return
+        if before is None:
+            before = Retention(keep_bytes, keep_days).trim_point(stream, reader.log)
+    would_start = store.trim(stream, before, dry_run=True)
+    if would_start == bases[0]:
         click.echo(
-            f"nothing to trim: no sealed segment of {stream} lies wholly below {before}; it starts at {first}"
+            f"nothing to trim: no sealed segment of {stream} lies wholly below {before}; "
+            f"it starts at {bases[0]}"
         )
         return
-    if confirm is None:
-        if not sys.stdin.isatty():
-            raise click.UsageError(f"trimming removes messages for good: give --confirm {stream} to trim it")
-        click.echo(
-            f"This removes stream {stream}'s positions {first} to {wholly_below[-1]} for good "
-            f"({wholly_below[-1] - first} bytes), for every reader.",
-            err=True,
-        )
-        confirm = click.prompt("Type the stream's name to trim it", err=True, default="", show_default=False)
-    if confirm != stream:
-        raise click.ClickException(f"{confirm!r} is not {stream!r}: nothing was trimmed")
+    confirm_trim(stream, confirm, bases[0], would_start)
     now = store.trim(stream, before)
-    click.echo(f"trimmed stream {stream}: it starts at {now} (was {first}), and ends at {position}")
+    click.echo(f"trimmed stream {stream}: it starts at {now} (was {bases[0]}), and ends at {position}")
+
+
+def confirm_trim(stream: str, confirm: str | None, first: int, would_start: int, why: str = "") -> None:
+    confirmed(
+        stream,
+        confirm,
+        doing="trim",
+        warning=f"This removes stream {stream}'s positions {first} to {would_start} for good "
+        f"({would_start - first} bytes), for every reader{why}.",
+    )
+
+
+@click.command()
+@click.argument("stream")
+@store_option()
+@container_option
+@keep_bytes_option
+@keep_days_option
+@click.option("--keep-everything", is_flag=True, help="Drop the policy: trim nothing from now on.")
+@click.option("--apply", "apply_now", is_flag=True, help="Trim now what the stream's policy lets go.")
+@confirm_option("trim")
+def retention(
+    stream: str,
+    target: str | None,
+    container: str,
+    keep_bytes: int | None,
+    keep_days: float | None,
+    keep_everything: bool,
+    apply_now: bool,
+    confirm: str | None,
+) -> None:
+    """Show or set STREAM's retention policy: keep at least its last --keep-bytes bytes and at
+    least its last --keep-days days (both hold if both are given; by default a stream keeps
+    everything). The stream's writer applies it each time the stream rolls into a new segment;
+    setting a policy applies it at once (asking for the stream's name, or taking it from
+    --confirm, if that removes anything), and --apply applies the policy set, for a stream that
+    rolls seldom. Whole sealed segments go, never the newest: a stream keeps at least what the
+    policy says, and up to one segment more."""
+    setting = keep_bytes is not None or keep_days is not None
+    if keep_everything and setting:
+        raise click.UsageError("--keep-everything contradicts --keep-bytes and --keep-days: give one")
+    store = stream_store(stream, target, container)
+    policy = Retention(keep_bytes, keep_days) if setting or keep_everything else store.retention(stream)
+    with store.reader(stream) as reader:
+        position, bases = reader.position(), reader.segment_bases()
+        before = policy.trim_point(stream, reader.log)
+    would_start = store.trim(stream, before, dry_run=True)
+    if setting or keep_everything:
+        if would_start != bases[0]:
+            confirm_trim(
+                stream, confirm, bases[0], would_start, f", as the new policy ({policy}) lets them go"
+            )
+        store.set_retention(stream, policy)
+        click.echo(f"stream {stream}: retention set to {policy}")
+    elif not apply_now:
+        click.echo(
+            f"stream {stream}: {policy}; it starts at {bases[0]} and ends at {position}, "
+            f"in {len(bases)} segment(s)"
+            + (f"; applied now, it would start at {would_start}" if would_start != bases[0] else "")
+        )
+        return
+    if would_start != bases[0]:
+        now = store.trim(stream, before)
+        click.echo(f"trimmed stream {stream}: it starts at {now} (was {bases[0]}), and ends at {position}")
+    elif apply_now:
+        click.echo(
+            f"nothing to trim: stream {stream}'s policy ({policy}) lets no whole sealed segment go yet"
+        )
