@@ -34,6 +34,7 @@ def test_the_writer_applies_the_policy_each_time_it_rolls(store):
         results = append(writer, range(20))
     store.set_retention("s", Retention(keep_bytes=3 * SEGMENT))
     assert store.retention("s") == Retention(keep_bytes=3 * SEGMENT)
+    assert store.streams() == ["s"]  # the policy beside it is no stream
     with store.writer("s", segment_bytes=SEGMENT) as writer:
         results |= append(writer, range(20, 200))
         first = writer.first_position()
