@@ -399,5 +399,20 @@ def test_a_segmented_and_trimmed_stream_shows_from_where_it_starts(browser, tmp_
         assert expected[0].offset > first > 0
         assert shown_messages(page) == [(m.offset, m.key) for m in expected]
         page.close()
+        # A time before all that is left finds the stream's first message, as vault_core does.
+        page = open_view(browser, served, "#/stream/seg?time=2000-01-01T00:00:00Z")
+        assert shown_messages(page) == [(m.offset, m.key) for m in expected]
+        page.close()
+        # Below the start: said, not shown as damage.
+        trimmed_offset = vault_core.open_store(str(tmp_path / "store")).reader("seg").first_position() - 1
+        page = open_view(browser, served, f"#/stream/seg?offset={trimmed_offset}")
+        assert f"trimmed away: the stream starts at {first} now" in page.locator(".damage").inner_text()
+        page.close()
+        # The streams view charts it from where it starts, with no error.
+        page = open_view(browser, served, "#/")
+        page.wait_for_selector("#streams tr[data-stream='seg'][data-position]", timeout=WAIT_MS)
+        assert page.locator("#streams .damage").count() == 0
+        assert int(page.locator("#streams tr[data-stream='seg']").get_attribute("data-position")) == ends[-1]
+        page.close()
     finally:
         served.stop()

@@ -30,11 +30,10 @@ async function readerOf(stream) {
   const info = await api(`/streams/${encodeURIComponent(stream)}`);
   const route = httpSource(`${API}/streams/${encodeURIComponent(stream)}/log`, headers());
   // A stream of several segments is several blobs: the host's log route shows them as one log.
-  const reader = !/^https?:/i.test(info.read_url) || info.segments > 1
-    ? new LogReader(route)
-    : new LogReader(firstThatWorks(httpSource(info.read_url), route));
-  reader.first = info.first_position ?? 0; // where a trimmed stream starts: reading from 0 starts there
-  return reader;
+  const source = !/^https?:/i.test(info.read_url) || info.segments > 1
+    ? route
+    : firstThatWorks(httpSource(info.read_url), route);
+  return new LogReader(source, info.first_position ?? 0); // reading from 0 starts where it starts now
 }
 
 // The read URL first; if the browser may not read it (an account without a CORS rule for this
@@ -167,7 +166,7 @@ async function streamView(stream, params) {
     } else if (params.get("live") && !params.get("offset")) {
       position = (await reader.commit()).position;
     } else {
-      position = Number(params.get("offset") || 0) || reader.first;
+      position = Number(params.get("offset") || 0);
     }
     if (params.get("live")) return tail(reader, position, table, status, shows);
     const page = await reader.read(position, PAGE);

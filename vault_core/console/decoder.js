@@ -154,10 +154,12 @@ export function decodeRecords(bytes, at, header) {
   return messages;
 }
 
-// Reads one stream's log. Never interprets bytes at or above the committed position.
+// Reads one stream's log. Never interprets bytes at or above the committed position. `first` is
+// where the stream starts (its oldest segment's base; 0 unless trimmed): nothing below it is read.
 export class LogReader {
-  constructor(source) {
+  constructor(source, first = 0) {
     this.source = source;
+    this.first = first;
   }
 
   async commit() {
@@ -192,12 +194,17 @@ export class LogReader {
     }
   }
 
-  // The start of the batch holding `position`: 0, the end, a batch start, or a record offset.
+  // The start of the batch holding `position`: 0 (where the stream starts), the end, a batch
+  // start, or a record offset.
   async locate(position, end) {
     if (!Number.isInteger(position) || position < 0 || position > end) {
       throw new InvalidPosition(`position ${position} is outside the stream (0 to ${end})`);
     }
-    if (position === 0 || position === end) return position;
+    if (position === end) return position;
+    if (position === 0 || position === this.first) return this.first;
+    if (position < this.first) {
+      throw new InvalidPosition(`position ${position} was trimmed away: the stream starts at ${this.first} now`);
+    }
     const probe = await this.source.read(DATA_START + position, 4);
     if (probe.length < 4) throw new CorruptData(position, LOG_ENDS);
     if (startsWith(probe, 0, BATCH_MAGIC)) return position;
@@ -281,9 +288,9 @@ export class LogReader {
     const commit = await this.commit();
     const end = commit.position;
     if (end === 0 || commit.timestampMs < whenMs) return end;
-    const first = await this.headerAt(0, end);
-    if (first.timestampMs >= whenMs) return (await this.whole(first)).recordsAt;
-    let low = 0;
+    const first = await this.headerAt(this.first, end);
+    if (first.timestampMs >= whenMs) return first.position + (await this.whole(first)).recordsAt;
+    let low = this.first;
     let high = end;
     let top = end;
     while (top - low > SEEK_SPAN) {
@@ -347,9 +354,10 @@ export class LogReader {
   async growth(samples = 24) {
     const commit = await this.commit();
     const points = [];
-    const step = commit.position / samples;
+    const step = (commit.position - this.first) / samples;
     for (let i = 0; i < samples && commit.position > 0; i++) {
-      const found = await this.nextBatch(Math.floor(i * step), Math.floor((i + 1) * step), commit.position, false);
+      const [from, to] = [i, i + 1].map((n) => this.first + Math.floor(n * step));
+      const found = await this.nextBatch(from, to, commit.position, false);
       if (found) points.push([found.timestampMs, found.position]);
     }
     if (commit.position > 0) points.push([commit.timestampMs, commit.position]);
