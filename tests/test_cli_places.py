@@ -132,7 +132,7 @@ def test_delete_asks_for_the_name_and_takes_the_groups_checkpoints_with_it(store
     unconfirmed = vault("delete", "s", *where)
     assert unconfirmed.returncode == 2 and "--confirm s" in unconfirmed.stderr.decode()
     mistyped = vault("delete", "s", *where, "--confirm", "t")
-    assert mistyped.returncode == 1 and "nothing was deleted" in mistyped.stderr.decode()
+    assert mistyped.returncode == 1 and "nothing was changed" in mistyped.stderr.decode()
     assert "s" in store.streams()
     with store.writer("s"):
         busy = vault("delete", "s", *where, "--confirm", "s")
