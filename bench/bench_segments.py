@@ -27,10 +27,12 @@ MB = 1_000_000
 BATCH = [Message(f"key-{i % 8}", bytes([i % 251]) * 4096) for i in range(64)]  # 256 KiB of values
 TARGET_REPLAY_RATIO = 0.9
 
-# List prices per GB-month, LRS, in USD, as the design assumed them (East US, 2026): Standard page
-# blobs ~0.045 (what an active segment costs), block blobs in Cool ~0.01 and in Cold ~0.0036.
-# Check today's on https://azure.microsoft.com/pricing/details/storage/blobs/ and .../page-blobs/.
+# List prices in USD, LRS, East US (docs/performance.md says where each comes from and how far it
+# was checked): per GB-month stored, Standard page blobs ~0.045 (what an active segment costs),
+# block blobs in Cool ~0.01 and in Cold ~0.0036; per GB read back, Cool ~0.01 and Cold ~0.03.
+# Today's are on https://azure.microsoft.com/pricing/details/storage/blobs/ and .../page-blobs/.
 PRICES = {"page blob (hot, as today)": 0.045, "block blob, Cool": 0.01, "block blob, Cold": 0.0036}
+READ_PRICES = {"Cool": 0.01, "Cold": 0.03}
 
 
 def write(
@@ -92,6 +94,9 @@ def main() -> None:
     print(f"  Cool after 30 days             {1000 * cooled:8.2f}  (averaged over a year)")
     print(f"  Cool after 30, Cold after 90   {1000 * tiered:8.2f}  (averaged over a year)")
     print(f"  in Cold, steady state          {1000 * cold:8.2f}")
+    print("a replay of a TB read back, USD (retrieval; Hot and page blobs charge none):")
+    for tier, price in READ_PRICES.items():
+        print(f"  from {tier:<4}                      {1000 * price:8.2f}")
 
 
 if __name__ == "__main__":

@@ -222,7 +222,7 @@ def test_writers_taking_over_from_each_other_lose_and_duplicate_nothing(azurite_
     acknowledged: dict[str, vault_core.AppendResult] = {}
 
     def owner(name: str) -> None:
-        writer = None
+        writer, pause = None, random.Random(name)
         for n in range(12):
             messages, batch_id = batch(1 + n % 3, f"{name}-{n}"), f"{name}-{n}"
             for _attempt in range(8):  # bounded; a busy machine fences more often
@@ -234,6 +234,9 @@ def test_writers_taking_over_from_each_other_lose_and_duplicate_nothing(azurite_
                     if writer is not None:
                         writer.close()
                     writer = None
+                    # A fenced owner backs off a little, as a host moving an entity does: two
+                    # owners that retake the stream in lockstep would fence each other forever.
+                    time.sleep(pause.uniform(0, 0.05))
         if writer is not None:
             writer.close()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -235,6 +236,39 @@ def killed_mid_roll(store: vault_core.Store, step: str, monkeypatch: pytest.Monk
     if blob:  # the roll the crash cut short was finished: no segment left half sealed
         segments = store.backend.segments("s")
         assert all(segment.sealed for segment in segments[:-1])
+
+
+def test_appends_go_on_while_the_segment_left_behind_is_sealed(store, monkeypatch):
+    """Sealing copies a whole segment, TiBs at the default size: the writer's appends must not
+    wait for it. Here a seal is held until appends into the new segment were acknowledged."""
+    sealing, release = threading.Event(), threading.Event()
+    real = type(store.backend).seal
+
+    def held(self, *args):
+        sealing.set()
+        assert release.wait(60)
+        return real(self, *args)
+
+    monkeypatch.setattr(type(store.backend), "seal", held)
+    with store.writer("s", segment_bytes=SEGMENT) as writer:
+        try:
+            for i in range(400):
+                writer.append(batch(i), batch_id=f"b-{i}")
+                if writer.segment_base > 0:  # rolled: the seal of segment 0 is on its way
+                    break
+            assert sealing.wait(60)
+            rolled_at = writer.segment_base
+            append(writer, range(i + 1, i + 4))  # less than a segment: no roll waits
+            assert writer.segment_base == rolled_at
+            if "BlobStore" in repr(store.backend):  # the others list every older segment as sealed
+                assert not store.backend.segments("s")[0].sealed
+            assert stored(store) == expected(range(i + 4))
+        finally:
+            release.set()
+    # Closing the writer waited for the seal.
+    segments = store.backend.segments("s")
+    assert len(segments) >= 2 and all(segment.sealed for segment in segments[:-1])
+    assert stored(store) == expected(range(i + 4))
 
 
 def test_trimming_removes_whole_segments_below_a_position(store):

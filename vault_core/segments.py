@@ -26,8 +26,8 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
 from . import format as fmt
@@ -262,13 +262,17 @@ class SegmentedLog:
         self._lease_seconds = lease_seconds
         self._takeover = takeover
         self._chain = _Chain(stream, backend)
+        # Sealing copies a whole segment (up to TiBs, server-side): it runs in a thread of its
+        # own, one seal at a time, while appends go on in the new segment.
+        self._sealer: ThreadPoolExecutor | None = None
+        self._sealing: Future[None] | None = None
         self._active, self.base = self._open_newest()
         self.created = self._active.created and self.base == 0
         self.rolls = backend.can_roll(stream)  # a stream made before segments stays one
         try:
             self._finish_roll()
         except BaseException:
-            self._active.close()
+            self.close()
             raise
 
     def _open_newest(self) -> tuple[LogWriter, int]:
@@ -303,7 +307,7 @@ class SegmentedLog:
             self._first_commit(before)
         elif commit is not None and commit.rolled:
             self._continue(commit)
-        self._seal_leftovers()
+        self._in_background(self._seal_leftovers)
 
     def _has_data(self) -> bool:
         return bool(self._active.read(fmt.DATA_START, fmt.PAGE).strip(b"\0"))
@@ -331,6 +335,13 @@ class SegmentedLog:
         self._active.refresh()
         self._finish_roll()
 
+    def settle(self) -> None:
+        """Wait for the seal in progress, if any (a roll seals the segment it left in the
+        background)."""
+        if self._sealing is not None:
+            self._sealing.result()
+            self._sealing = None
+
     def first_position(self, *, fresh: bool = True) -> int:
         return self._chain.first(fresh=fresh)
 
@@ -339,14 +350,17 @@ class SegmentedLog:
 
     # --- rolling and trimming ----------------------------------------------------------------
 
-    def roll(self, commit: fmt.CommitRecord) -> fmt.CommitRecord:
+    def roll(self, commit: fmt.CommitRecord, *, then: Callable[[], None] | None = None) -> fmt.CommitRecord:
         """Continue the stream in a new segment at `commit.position`, the current commit; the new
-        segment's first commit, which the writer goes on from."""
+        segment's first commit, which the writer goes on from. The old segment is sealed in the
+        background, and `then` called after (from that thread)."""
         mark = commit._replace(counter=commit.counter + 1, flags=fmt.COMMIT_ROLLED)
+        self.settle()  # the seal before is done: one at a time, and the chain is ours to change
         self._active.write_commit_slot(fmt.COMMIT_SLOTS[mark.counter % 2], fmt.encode_commit_record(mark))
-        return self._continue(mark)
+        return self._continue(mark, then)
 
-    def _continue(self, mark: fmt.CommitRecord) -> fmt.CommitRecord:
+    def _continue(self, mark: fmt.CommitRecord, then: Callable[[], None] | None = None) -> fmt.CommitRecord:
+        self.settle()
         old, old_base = self._active, self.base
         try:
             new = self.backend.open_log(self.stream, lease_seconds=self._lease_seconds, base=mark.position)
@@ -360,8 +374,28 @@ class SegmentedLog:
         first = _commit_in(self.stream, new.read(0, SLOTS))
         if first is None:
             first = self._first_commit(mark)
-        self._seal(old, old_base, mark.position)
+
+        def seal() -> None:
+            self._seal(old, old_base, mark.position)
+            if then is not None:
+                then()
+
+        self._in_background(seal)
         return first
+
+    def _in_background(self, work: Callable[[], None]) -> None:
+        """Run `work` in the sealing thread, after what runs there already. What it does leaves
+        the stream whole whether it succeeds or not: a failure is only logged."""
+
+        def logged() -> None:
+            try:
+                work()
+            except Exception as error:
+                log.warning("stream %r: sealing or trimming failed for now: %s", self.stream, error)
+
+        if self._sealer is None:
+            self._sealer = ThreadPoolExecutor(1, thread_name_prefix="vault-sealing")
+        self._sealing = self._sealer.submit(logged)
 
     def _first_commit(self, mark: fmt.CommitRecord) -> fmt.CommitRecord:
         first = mark._replace(counter=mark.counter + 1, flags=0)
@@ -372,12 +406,12 @@ class SegmentedLog:
         """Seal a rolled segment; if storage fails, it stays a log for the next roll to seal."""
         try:
             self.backend.seal(self.stream, owned, base, segment_length(base, end))
+            self._chain.segments(fresh=True)
+            self._chain.replace(Segment(self.base), self._active)
         except Exception as error:  # the stream is whole either way
             log.warning("stream %r: segment %d stays unsealed for now: %s", self.stream, base, error)
         finally:
             owned.close()
-        self._chain.segments(fresh=True)
-        self._chain.replace(Segment(self.base), self._active)
 
     def _seal_leftovers(self) -> None:
         segments = self._chain.segments()
@@ -407,6 +441,7 @@ class SegmentedLog:
 
     def discard(self) -> None:
         """Remove the stream's every segment, the newest (owned) last."""
+        self.settle()
         for segment, _source in self._chain.segments(fresh=True):
             if segment.base != self.base:
                 self.backend.delete_segment(self.stream, segment)
@@ -415,8 +450,14 @@ class SegmentedLog:
         self.backend.stream_removed(self.stream)
 
     def close(self) -> None:
-        self._active.close()
-        self._chain.close()
+        """Close the log, once the seal in progress is done."""
+        try:
+            self.settle()
+        finally:
+            if self._sealer is not None:
+                self._sealer.shutdown()
+            self._active.close()
+            self._chain.close()
 
 
 def trim(

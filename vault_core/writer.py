@@ -221,13 +221,13 @@ class StreamWriter:
         """Continue in a new segment. The batches are acknowledged already: a roll that fails
         leaves the writer in doubt, and its next append finishes the roll first."""
         self._in_doubt = True
-        self._commit = self._log.roll(self._commit)
+        self._commit = self._log.roll(self._commit, then=self._keep_retention)
         self._in_doubt = False
-        self._keep_retention()
 
     def _keep_retention(self) -> None:
-        """Trim what the stream's retention policy lets go, now that a segment was sealed. Only
-        logged if it fails: the stream is whole either way, and the next roll tries again."""
+        """Trim what the stream's retention policy lets go, now that a segment was sealed (in
+        the sealing thread, while appends go on). Only logged if it fails: the stream is whole
+        either way, and the next roll tries again."""
         try:
             policy = retention.load(self._log.backend, self.stream)
             if not policy.keeps_everything:

@@ -868,8 +868,13 @@ def test_the_entity_rolls_its_stream_into_sealed_segments_and_readers_read_them_
     for n, messages in enumerate(batches):
         response = post(app, "rolling", http.encode_json(messages), **{"Idempotency-Key": f"rolling-{n}"})
         assert response.status_code == 200, response.text
+    deadline = time.monotonic() + 30  # the last roll's segment is sealed in the background
     segments = app.store.backend.segments("rolling")
-    assert len(segments) >= 4 and all(segment.sealed for segment in segments[:-1])
+    while not all(segment.sealed for segment in segments[:-1]):
+        assert time.monotonic() < deadline, "a rolled segment was never sealed"
+        time.sleep(0.1)
+        segments = app.store.backend.segments("rolling")
+    assert len(segments) >= 4
     expected = [(m.key, m.value) for messages in batches for m in messages]
     info = httpx.get(f"{app.url}/streams/rolling", timeout=30).json()
     assert info["segments"] == len(segments)
