@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -155,17 +158,18 @@ def _print_batches(
     line = to_json if as_json else to_text
     left = limit
     try:
-        for batch in batches:
-            messages = batch.messages if left is None else batch.messages[:left]
-            sys.stdout.write("".join(line(message) + "\n" for message in messages))
-            sys.stdout.flush()  # whoever reads our output sees each batch as it comes
-            if left is not None:
-                left -= len(messages)
-                if left == 0:
-                    if consumer is not None:
-                        rest = batch.messages[len(messages) :]
-                        consumer.commit(rest[0].offset if rest else batch.next_position)
-                    return
+        with _ctrl_c_ends_it():
+            for batch in batches:
+                messages = batch.messages if left is None else batch.messages[:left]
+                sys.stdout.write("".join(line(message) + "\n" for message in messages))
+                sys.stdout.flush()  # whoever reads our output sees each batch as it comes
+                if left is not None:
+                    left -= len(messages)
+                    if left == 0:
+                        if consumer is not None:
+                            rest = batch.messages[len(messages) :]
+                            consumer.commit(rest[0].offset if rest else batch.next_position)
+                        return
     except KeyboardInterrupt:  # how a follow ends
         return
     finally:
@@ -175,6 +179,29 @@ def _print_batches(
         close = getattr(batches, "close", None)
         if close is not None:
             close()
+
+
+@contextlib.contextmanager
+def _ctrl_c_ends_it() -> Iterator[None]:
+    """Ctrl-C ends a follow, however it lands. Python raises KeyboardInterrupt wherever the main
+    thread is, and one raised inside a weakref or `__del__` callback is printed and dropped: the
+    follow would go on for ever. So Ctrl-C also starts a timer that raises it again every half
+    second, until the follow has ended."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield  # signals are the main thread's; Windows has no interval timers
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0.5, 0.5)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupt), signal.signal(signal.SIGALRM, interrupt)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGALRM, previous[1])
 
 
 @click.command()
