@@ -9,7 +9,8 @@ from azure.storage.blob import BlobClient, BlobServiceClient
 import vault_core
 from tests.support.transports import LosingTransport
 from vault_core import Message
-from vault_core.stores.blob import BlobStore, client_options
+from vault_core.stores.blob import BlobStore
+from vault_core.stores.retries import blob_client_options
 
 
 def test_read_url_is_read_only_and_for_one_stream(azurite_store):
@@ -68,7 +69,7 @@ def store_losing(azurite, container: str, error: Exception) -> tuple[vault_core.
     """A blob store whose next commit, once armed, lands and then fails with `error`."""
     transport = LosingTransport(error, is_commit)
     service = BlobServiceClient.from_connection_string(
-        azurite.connection_string, transport=transport, **client_options()
+        azurite.connection_string, transport=transport, **blob_client_options()
     )
     return vault_core.Store(BlobStore(service, container)), transport
 

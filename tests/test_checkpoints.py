@@ -22,7 +22,8 @@ from vault_core import Checkpoint, CheckpointConflict, Consumer, Message
 from vault_core.stores import tables
 from vault_core.stores.blob import BlobStore
 from vault_core.stores.local import LocalStore
-from vault_core.stores.tables import TABLE_NAME, TableCheckpoints, client_options, table_url
+from vault_core.stores.retries import table_client_options
+from vault_core.stores.tables import TABLE_NAME, TableCheckpoints, table_url
 
 WAIT = 10  # seconds any test waits for another thread, at most
 
@@ -419,7 +420,7 @@ def is_entity_update(request) -> bool:
 def test_a_save_retried_after_its_response_was_lost_is_no_conflict(azurite):
     transport = LosingTransport(ServiceResponseError("connection reset"), is_entity_update)
     table = TableClient.from_connection_string(
-        azurite.connection_string, table_name=TABLE_NAME, transport=transport, **client_options()
+        azurite.connection_string, table_name=TABLE_NAME, transport=transport, **table_client_options()
     )
     with TableCheckpoints(table, "lost-save", "billing") as checkpoints:
         first = checkpoints.save("orders", 1, expected=None)

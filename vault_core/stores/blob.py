@@ -40,7 +40,6 @@ from azure.storage.blob import (
     BlobType,
     ContainerClient,
     ContainerSasPermissions,
-    ExponentialRetry,
     generate_blob_sas,
     generate_container_sas,
 )
@@ -67,6 +66,7 @@ from .base import (
     segment_name,
 )
 from .endpoints import is_path_style
+from .retries import blob_client_options
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -90,11 +90,6 @@ STORE_KEY, STREAM_KEY = "vaultstore", "vaultstream"
 REMOVED_KEY = "vaultremoved"  # set when the stream was deleted: its container waits, unlisted
 # The blob index tag on sealed segments, which the Bicep's lifecycle rules tier by.
 SEALED_TAG = {"vault": "sealed-segment"}
-
-
-def client_options() -> dict[str, Any]:
-    """Options for every blob client: quick retries (the SDK default first waits 15 s)."""
-    return {"retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=4)}
 
 
 class BlobStore(Backend):
@@ -127,7 +122,7 @@ class BlobStore(Backend):
 
     @classmethod
     def from_connection_string(cls, connection_string: str, *, container: str) -> BlobStore:
-        service = BlobServiceClient.from_connection_string(connection_string, **client_options())
+        service = BlobServiceClient.from_connection_string(connection_string, **blob_client_options())
         store = cls(service, container)
 
         def by_connection_string() -> TableClient:
@@ -154,7 +149,7 @@ class BlobStore(Backend):
             from azure.identity import DefaultAzureCredential
 
             credential = DefaultAzureCredential()
-        service = BlobServiceClient(account_url, credential=credential, **client_options())
+        service = BlobServiceClient(account_url, credential=credential, **blob_client_options())
         return cls(service, container)
 
     def streams(self) -> list[str]:
@@ -723,7 +718,7 @@ def source_from_url(url: str, *, credential: Any = None) -> tuple[str, StreamLog
         raise ValueError(
             f"{url!r} carries no SAS token: pass credential= (e.g. DefaultAzureCredential()) to read it"
         )
-    blob = BlobClient.from_blob_url(url, credential=credential, **client_options())
+    blob = BlobClient.from_blob_url(url, credential=credential, **blob_client_options())
     stream, _, leaf = blob.blob_name.rpartition("/")
     if leaf != LOG_BLOB:
         raise ValueError(f"not a stream read URL: {url!r} (expected .../<stream>/{LOG_BLOB})")
@@ -736,7 +731,9 @@ def source_from_url(url: str, *, credential: Any = None) -> tuple[str, StreamLog
         return stream, SegmentedSource(_OneBlob(ReadUrlSource(blob, stream, expiry)), stream)
     query = urlsplit(url).query
     container_url = blob.url.split("?", 1)[0].rsplit("/", 2)[0] + (f"?{query}" if query else "")
-    container = ContainerClient.from_container_url(container_url, credential=credential, **client_options())
+    container = ContainerClient.from_container_url(
+        container_url, credential=credential, **blob_client_options()
+    )
     return stream, SegmentedSource(_ReadUrlContainer(container, stream, expiry), stream)
 
 

@@ -23,14 +23,9 @@ from azure.data.tables import EdmType, EntityProperty, TableClient, UpdateMode
 
 from ..checkpoints import Checkpoint, CheckpointConflict, Checkpoints, checkpoint_time
 from .endpoints import is_path_style
+from .retries import table_client_options
 
 TABLE_NAME = "vaultcheckpoints"
-
-
-def client_options() -> dict[str, Any]:
-    """Options for every table client: quick retries, as for blobs (the tables SDK takes the
-    retry settings themselves, not a policy; its default tries 10 times, up to 2 min apart)."""
-    return {"retry_total": 4}
 
 
 def table_url(blob_url: str) -> str:
@@ -63,7 +58,7 @@ def client_for(blob_url: str, credential: Any) -> TableClient:
     account_key = getattr(credential, "account_key", None)
     if account_key:  # the blob SDK's shared key credential, which the tables SDK does not take
         credential = AzureNamedKeyCredential(credential.account_name, account_key)
-    return TableClient(table_url(blob_url), TABLE_NAME, credential=credential, **client_options())
+    return TableClient(table_url(blob_url), TABLE_NAME, credential=credential, **table_client_options())
 
 
 def client_from(connection_string: str) -> TableClient:
@@ -79,7 +74,9 @@ def client_from(connection_string: str) -> TableClient:
             "the store's connection string has a BlobEndpoint but no TableEndpoint: add "
             "TableEndpoint=<the account's Table service URL>, where consumer checkpoints are kept"
         )
-    return TableClient.from_connection_string(connection_string, table_name=TABLE_NAME, **client_options())
+    return TableClient.from_connection_string(
+        connection_string, table_name=TABLE_NAME, **table_client_options()
+    )
 
 
 class TableCheckpoints(Checkpoints):
