@@ -23,4 +23,6 @@ echo "--- the Function App's suites and the HTTP contract against it, on Python 
 .venv-functions/bin/python -m pytest tests/function_app tests/test_http.py
 echo "--- again on the pure-Python record path (VAULT_PURE_PYTHON=1)"
 VAULT_PURE_PYTHON=1 exec .venv/bin/python -m pytest -q tests/test_conformance.py tests/test_format_doc.py \
-    tests/test_http.py tests/test_seek.py tests/test_cli.py tests/test_faults.py
+    tests/test_http.py tests/test_seek.py tests/test_cli.py tests/test_faults.py \
+    tests/test_storage_faults.py::test_appends_through_storage_faults_are_stored_once_in_order \
+    tests/test_storage_faults.py::test_reads_through_storage_faults_return_the_stream_as_it_is
