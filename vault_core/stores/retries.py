@@ -32,9 +32,9 @@ RETRIES = len(WAITS)
 THROTTLED = (429, 503)  # the answers whose Retry-After is honoured
 MAX_RETRY_AFTER = 30.0
 CONNECT_TIMEOUT = 5  # seconds to open a connection: on Azure it takes milliseconds
-# Seconds without a byte of the answer. Azure answers a Put Page of 4 MiB or a read of a chunk
-# within milliseconds once the request is sent; a request that hangs this long is retried.
-READ_TIMEOUT = 20
+# Seconds without a byte of the answer: the SDK's own 60. A busy emulator (or storage account)
+# can take over 20 s to start a large read's answer, and cutting it off only sends it again.
+READ_TIMEOUT = 60
 
 
 class QuickRetry(ExponentialRetry):
