@@ -38,6 +38,28 @@ def messages(batch_id: str) -> list[Message]:
     return [Message(batch_id, f"{batch_id}/{i}".encode() * 20) for i in range(1 + len(batch_id) % 4)]
 
 
+def retried(call: Callable[[], object]) -> object:
+    """`call` until it gets through, as an operator re-running a command would: bounded."""
+    for attempt in range(ATTEMPTS):
+        try:
+            return call()
+        except Exception:
+            if attempt == ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def written(azurite, batches: int) -> tuple[str, vault_core.Store]:
+    """A new container holding stream "s" of `batches` batches, appended straight to Azurite;
+    the container and that store."""
+    container = f"faults-{next(_containers)}"
+    direct = vault_core.open_store(azurite.connection_string, container=container)
+    with direct.writer("s") as writer:
+        for n in range(batches):
+            writer.append(messages(f"b-{n}"), batch_id=f"b-{n}")
+    return container, direct
+
+
 def produce(producers: int, batches: int, append: Callable[[str], object]) -> dict[str, list[str]]:
     """Each producer appends its batches one after another, retrying a refused one with the same
     batch id; each producer's acknowledged batch ids, in order."""
@@ -47,14 +69,8 @@ def produce(producers: int, batches: int, append: Callable[[str], object]) -> di
         ids = acknowledged.setdefault(name, [])
         for n in range(batches):
             batch_id = f"{name}-{n}"
-            for attempt in range(ATTEMPTS):
-                try:
-                    append(batch_id)
-                    ids.append(batch_id)
-                    break
-                except Exception:
-                    if attempt == ATTEMPTS - 1:
-                        raise
+            retried(lambda batch_id=batch_id: append(batch_id))
+            ids.append(batch_id)
 
     threads = [threading.Thread(target=producer, args=(f"p{p}",)) for p in range(producers)]
     for thread in threads:
@@ -74,7 +90,7 @@ def assert_once_in_order(store: vault_core.Store, stream: str, acknowledged: dic
     everything = [batch_id for ids in acknowledged.values() for batch_id in ids]
     assert sorted(order) == sorted(everything)  # nothing unacknowledged is there
     assert all(counts[batch_id] == len(messages(batch_id)) for batch_id in everything)  # whole, once
-    assert [(k, v) for k, v in stored] == [(m.key, m.value) for batch_id in order for m in messages(batch_id)]
+    assert stored == [(m.key, m.value) for batch_id in order for m in messages(batch_id)]
     assert store.reader(stream).verify().batches == len(order)
 
 
@@ -102,11 +118,7 @@ def test_appends_through_storage_faults_are_stored_once_in_order(azurite, proxie
 
 def test_reads_through_storage_faults_return_the_stream_as_it_is(azurite, proxied):
     blobs, _tables, connection = proxied
-    container = f"faults-{next(_containers)}"
-    direct = vault_core.open_store(azurite.connection_string, container=container)
-    with direct.writer("s") as writer:
-        for n in range(300):
-            writer.append(messages(f"b-{n}"), batch_id=f"b-{n}")
+    container, direct = written(azurite, 300)
     expected = [(m.offset, m.key, m.value) for m in direct.reader("s").replay()]
     blobs.inject(replace(FAULTY, seed=2))
     reader = vault_core.open_store(connection, container=container).reader("s")
@@ -124,11 +136,7 @@ def test_reads_through_storage_faults_return_the_stream_as_it_is(azurite, proxie
 
 def test_a_consumer_group_through_storage_faults_reads_every_batch_and_skips_none(azurite, proxied):
     blobs, tables, connection = proxied
-    container = f"faults-{next(_containers)}"
-    direct = vault_core.open_store(azurite.connection_string, container=container)
-    with direct.writer("s") as writer:
-        for n in range(200):
-            writer.append(messages(f"b-{n}"), batch_id=f"b-{n}")
+    container, direct = written(azurite, 200)
     store = vault_core.open_store(connection, container=container)
     for proxy, seed in ((blobs, 3), (tables, 4)):
         proxy.inject(replace(FAULTY, seed=seed))
@@ -179,17 +187,6 @@ def test_vault_serve_through_storage_faults_stores_each_acknowledged_batch_once(
     assert_once_in_order(
         vault_core.open_store(azurite.connection_string, container=container), "s", acknowledged
     )
-
-
-def retried(call: Callable[[], object]) -> object:
-    """`call` until it gets through, as an operator re-running a command would: bounded."""
-    for attempt in range(ATTEMPTS):
-        try:
-            return call()
-        except Exception:
-            if attempt == ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
 
 
 def test_a_mirror_through_storage_faults_is_the_stream_byte_for_byte(azurite, proxied, tmp_path):

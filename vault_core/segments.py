@@ -355,12 +355,11 @@ class SegmentedLog:
         segment's first commit, which the writer goes on from. The old segment is sealed in the
         background, and `then` called after (from that thread)."""
         mark = commit._replace(counter=commit.counter + 1, flags=fmt.COMMIT_ROLLED)
-        self.settle()  # the seal before is done: one at a time, and the chain is ours to change
         self._active.write_commit_slot(fmt.COMMIT_SLOTS[mark.counter % 2], fmt.encode_commit_record(mark))
         return self._continue(mark, then)
 
     def _continue(self, mark: fmt.CommitRecord, then: Callable[[], None] | None = None) -> fmt.CommitRecord:
-        self.settle()
+        self.settle()  # the seal before is done: one at a time, and the chain is ours to change
         old, old_base = self._active, self.base
         try:
             new = self.backend.open_log(self.stream, lease_seconds=self._lease_seconds, base=mark.position)
