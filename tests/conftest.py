@@ -8,7 +8,10 @@ from collections.abc import Iterator
 import pytest
 
 import vault_core
+from tests.support import telemetry
 from tests.support.azurite import Azurite, FakeEntraCredential
+
+telemetry.install()  # the vault's metrics, recorded in this process and read by the tests
 
 _containers = itertools.count()
 

@@ -15,6 +15,7 @@ from dataclasses import replace
 import pytest
 
 import vault_core
+from tests.support import telemetry
 from tests.support.served import Served
 from tests.support.storage_proxy import CALM, FAULTS, Faults, StorageProxy
 from vault_core import Message
@@ -100,16 +101,27 @@ def assert_faulted(proxy: StorageProxy, at_least: int = 10) -> None:
     assert proxy.faulted() >= at_least and kinds >= min(3, at_least), proxy.faults
 
 
+def assert_counted(before: dict[str, float], after: dict[str, float], proxy: StorageProxy) -> None:
+    """Every fault the proxy injected was counted in vault.storage.faults, as its kind."""
+    counted = {kind: after.get(kind, 0) - before.get(kind, 0) for kind in after}
+    assert counted.get("throttled", 0) == proxy.faults["busy"]
+    assert counted.get("timeout", 0) == proxy.faults["timeout"]
+    lost = counted.get("connection", 0) + counted.get("response", 0)
+    assert lost == proxy.faults["reset"] + proxy.faults["drop"]
+
+
 def test_appends_through_storage_faults_are_stored_once_in_order(azurite, proxied):
     blobs, _tables, connection = proxied
     container = f"faults-{next(_containers)}"
     store = vault_core.open_store(connection, container=container)
+    counted = telemetry.by("vault.storage.faults", "kind", stream="s")
     with store.writer("s") as writer:
         writer.append(messages("first"), batch_id="first")
         blobs.inject(replace(FAULTY, seed=1))
         acknowledged = produce(4, 40, lambda batch_id: writer.append(messages(batch_id), batch_id=batch_id))
         blobs.inject(CALM)
     assert_faulted(blobs)
+    assert_counted(counted, telemetry.by("vault.storage.faults", "kind", stream="s"), blobs)
     acknowledged["first"] = ["first"]
     assert_once_in_order(
         vault_core.open_store(azurite.connection_string, container=container), "s", acknowledged
@@ -138,6 +150,7 @@ def test_a_consumer_group_through_storage_faults_reads_every_batch_and_skips_non
     blobs, tables, connection = proxied
     container, direct = written(azurite, 200)
     store = vault_core.open_store(connection, container=container)
+    faults_before = telemetry.total("vault.storage.faults")
     for proxy, seed in ((blobs, 3), (tables, 4)):
         proxy.inject(replace(FAULTY, seed=seed))
     seen: list[str] = []
@@ -161,6 +174,8 @@ def test_a_consumer_group_through_storage_faults_reads_every_batch_and_skips_non
     assert list(dict.fromkeys(seen)) == names
     assert direct.checkpoints("g").get("s").position == direct.reader("s").position()
     assert_faulted(tables)  # (a replay makes few blob requests: reads through faults are tested above)
+    # Table storage's faults are counted as the blob service's are.
+    assert telemetry.total("vault.storage.faults") - faults_before == blobs.faulted() + tables.faulted()
 
 
 @pytest.mark.parametrize("producers", [1, 8])
@@ -180,9 +195,18 @@ def test_vault_serve_through_storage_faults_stores_each_acknowledged_batch_once(
         blobs.inject(replace(FAULTY, seed=10 + producers))
         acknowledged = produce(producers, 160 // producers, publish)
         blobs.inject(CALM)
+        samples = telemetry.scrape(server.url)
     finally:
         server.stop()
     assert blobs.faulted() > 0
+    # What the server counted is what the proxy did to it.
+    assert telemetry.summed(samples, "vault_storage_faults_total") == blobs.faulted()
+    assert telemetry.summed(samples, "vault_storage_faults_total", kind="throttled") == blobs.faults["busy"]
+    assert 0 < telemetry.summed(samples, "vault_storage_retries_total") <= blobs.faulted()
+    assert (
+        telemetry.summed(samples, "vault_append_batches_total", stream="s")
+        == 1 + 160 // producers * producers
+    )
     acknowledged["first"] = ["first"]
     assert_once_in_order(
         vault_core.open_store(azurite.connection_string, container=container), "s", acknowledged

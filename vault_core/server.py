@@ -24,7 +24,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import http_models as http
-from . import openapi
+from . import metrics, openapi
 from . import routes as api
 from .service import (
     CONSOLE,
@@ -155,6 +155,12 @@ def create_app(
     async def openapi_document(request: Request) -> Response:
         return Response(openapi.document_bytes(), media_type=http.JSON)
 
+    async def metrics_text(request: Request) -> Response:
+        """The instruments in Prometheus' text format: consumer lag is read from the store now."""
+        authorize(request.headers, request.query_params.get("code"))
+        body, content_type = await asyncio.to_thread(metrics.prometheus_text)
+        return Response(body, headers={"Content-Type": content_type})
+
     def route(spec: api.Route, handler: Callable[[Request], Awaitable[Response]]) -> Route:
         return Route(spec.path, _answered(handler), methods=list(spec.methods))
 
@@ -167,12 +173,14 @@ def create_app(
             route(api.BATCH_STATUS, batch_status),
             route(api.STREAM_LOG, stream_log),
             route(api.LIST_GROUPS, list_groups),
+            # vault serve's own: the Function App exports its metrics to Application Insights.
+            Route("/metrics", _answered(metrics_text), methods=["GET"]),
             # The console: static files that read the API and, through it, the logs.
             Route("/", lambda request: RedirectResponse(f"{api.CONSOLE.prefix}/"), methods=["GET"]),
             Mount(api.CONSOLE.prefix, StaticFiles(directory=CONSOLE, html=True)),
         ],
         exception_handlers={404: _not_found, 405: _not_allowed},
-        lifespan=lambda app: _closing(writers),
+        lifespan=lambda app: _closing(writers, metrics.observe_lags(store)),
     )
     publish_prefix = api.PUBLISH.prefix + "/"  # a publish is answered before the router
 
@@ -296,8 +304,9 @@ class _BodyBudget:
 
 
 @contextlib.asynccontextmanager
-async def _closing(writers: Writers) -> AsyncIterator[None]:
+async def _closing(writers: Writers, unobserve: Callable[[], None]) -> AsyncIterator[None]:
     yield
+    unobserve()
     writers.close()  # give the leases back when the server stops
 
 

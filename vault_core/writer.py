@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
 from . import format as fmt
-from . import retention
+from . import metrics, retention
 from .errors import BatchIdConflict, CorruptDataError, FencedError, PositionTrimmed, VaultError, check_int
 from .framing import LogFrames
 from .segments import SegmentedLog
@@ -111,7 +112,9 @@ class StreamWriter:
         """Append a batch already encoded (`format.prepare_batch`, or the HTTP API's binary body
         taken straight to records), with the batch id it was encoded with; as `append`."""
         request = _Append(batch)
+        started = time.perf_counter()
         self._run([request])
+        metrics.timed(self.stream, started)
         if request.error is not None:
             raise request.error
         assert request.result is not None
@@ -129,7 +132,10 @@ class StreamWriter:
                 prepared.append(_Append.prepare(messages, batch_id))
             except (ValueError, TypeError) as error:  # refused alone, before anything is stored
                 prepared.append(error)
-        self._run([item for item in prepared if isinstance(item, _Append)])
+        queued = [item for item in prepared if isinstance(item, _Append)]
+        started = time.perf_counter()
+        self._run(queued)
+        metrics.timed(self.stream, started, len(queued))
         return [item.outcome() if isinstance(item, _Append) else item for item in prepared]
 
     def _run(self, requests: list[_Append]) -> None:
@@ -156,8 +162,9 @@ class StreamWriter:
             if self._log.rolls and self._commit.position - self._log.base >= self._segment_bytes:
                 self._roll()
         except BaseException as error:
-            if isinstance(error, FencedError):
+            if isinstance(error, FencedError) and self._fenced is None:
                 self._fenced = error
+                metrics.writer_fenced.add(1, {"stream": self.stream})
             for request in group:
                 request.finish(error=error)
             if not isinstance(error, Exception):
@@ -171,6 +178,7 @@ class StreamWriter:
         position, ring = commit.position, commit.ring
         buffers: list[bytes | bytearray] = [self._tail]
         added: list[tuple[int, int]] = []  # (batch id hash, batch start) of the ids this commit adds
+        messages = 0
         first_with_id: dict[bytes, _Append] = {}
         for index, request in enumerate(group):
             if position - commit.position >= GROUP_BYTES:
@@ -198,6 +206,7 @@ class StreamWriter:
                 ring = fmt.ring_add(ring, id_hash, position)
                 added.append((id_hash, position))
             position += len(request.prepared.buffer)
+            messages += request.prepared.message_count
             request.result = AppendResult(position, offsets)
             buffers.append(request.prepared.buffer)
         if len(buffers) > 1:
@@ -214,6 +223,7 @@ class StreamWriter:
             self._commit = new_commit
             self._index_ring(added, commit.ring)
             self._tail = _last_bytes(buffers[:-1], fmt.data_at(position) % fmt.PAGE)
+            metrics.appended(self.stream, len(buffers) - 2, messages, position - commit.position)
         for request in group:
             request.finish()
 

@@ -176,11 +176,24 @@ class StorageProxy:
                     client_writer.write(_storage_error(fault, request.head, retry_after))
                     await client_writer.drain()
                     continue
-                if upstream is None:
-                    upstream = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-                upstream[1].write(request.head + request.body)
-                await upstream[1].drain()
-                answer = await _read_message(upstream[0], request=False, method=method)
+                answer = None
+                for _attempt in range(2):
+                    # Storage closes a connection idle for a while (Azurite after 5 s): a request
+                    # sent on one that was closed meanwhile goes again on a new one, as a front end
+                    # between the caller and storage would send it, not as a fault of ours.
+                    reused = upstream is not None
+                    if upstream is None:
+                        upstream = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+                    try:
+                        upstream[1].write(request.head + request.body)
+                        await upstream[1].drain()
+                        answer = await _read_message(upstream[0], request=False, method=method)
+                    except ConnectionError:  # reset before an answer began
+                        answer = None
+                    if answer is not None or not reused:
+                        break
+                    upstream[1].close()
+                    upstream = None
                 if answer is None:
                     _reset(client_writer)
                     return

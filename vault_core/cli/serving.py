@@ -10,7 +10,7 @@ import uuid
 
 import click
 
-from .. import Message, open_reader
+from .. import Message, metrics, open_reader
 from .shared import (
     container_option,
     open_target,
@@ -170,6 +170,7 @@ def serve(
             "pass --port"
         ) from None
     store = open_target(target, container)
+    metrics.install()  # what GET /metrics answers with
     app = create_app(
         store,
         api_key=api_key,

@@ -44,6 +44,7 @@ from azure.storage.blob import (
     generate_container_sas,
 )
 
+from .. import metrics
 from ..checkpoints import check_group_name
 from ..errors import (
     FencedError,
@@ -692,6 +693,8 @@ def _acquire(blob: BlobClient, stream: str, lease_seconds: int, *, takeover: boo
     for attempt in range(TAKEOVER_ATTEMPTS):
         try:
             lease.acquire(lease_seconds)
+            if attempt:  # acquired after breaking another writer's lease
+                metrics.writer_takeovers.add(1, {"stream": stream})
             return lease
         except HttpResponseError as error:
             if error.status_code != 409:

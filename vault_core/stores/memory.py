@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Sequence
 from datetime import timedelta
 
+from .. import metrics
 from ..checkpoints import Checkpoint, CheckpointConflict, Checkpoints, checkpoint_time
 from ..errors import FencedError, StreamBusyError
 from ..format import check_stream_name
@@ -101,8 +102,10 @@ class MemoryStore(Backend):
                 if not create:
                     raise FileNotFoundError(f"stream {stream!r} has no segment at {base} in {self}")
                 log = self._logs[stream, base] = _Log()
-            elif log.owner is not None and not takeover:
-                raise StreamBusyError(f"stream {stream!r} has another live writer in {self}")
+            elif log.owner is not None:
+                if not takeover:
+                    raise StreamBusyError(f"stream {stream!r} has another live writer in {self}")
+                metrics.writer_takeovers.add(1, {"stream": stream})
             token = log.owner = object()
         return MemoryLog(self, (stream, base), log, token, created)
 

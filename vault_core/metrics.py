@@ -1,0 +1,196 @@
+"""What the vault measures, as OpenTelemetry instruments, and where a host sends them.
+
+The instruments are made at import from OpenTelemetry's global meter, so the library records
+into whatever MeterProvider its host installs (and into nothing, at no cost, where none is):
+`vault serve` installs `install()`'s, whose Prometheus view it answers `GET /metrics` with; the
+Function App installs Azure Monitor's (function_app.py), which exports to Application Insights.
+Every append, commit and storage retry is counted where it happens, in the writer and the
+stores, so both hosts report the same numbers under the same names.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from opentelemetry import metrics
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import MetricReader
+    from prometheus_client import CollectorRegistry
+
+    from .consumer import GroupLag
+    from .store import Store
+
+# Seconds: an append on Azurite takes about a millisecond, on Azure some tens; one that waited out
+# storage's retries, seconds.
+SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)  # batches in one commit, operations in one call
+STATE_BYTES = (256, 1024, 4096, 16384, 65536, 262144, 1048576)
+
+_meter = metrics.get_meter("message-vault")
+
+append_messages = _meter.create_counter(
+    "vault.append.messages", unit="{message}", description="Messages appended and committed"
+)
+append_bytes = _meter.create_counter(
+    "vault.append.bytes", unit="By", description="Bytes of batches appended and committed, headers included"
+)
+append_batches = _meter.create_counter(
+    "vault.append.batches", unit="{batch}", description="Batches appended and committed"
+)
+append_duration = _meter.create_histogram(
+    "vault.append.duration",
+    unit="s",
+    description="Seconds from an append's call to its outcome (committed, found already stored, or refused)",
+    explicit_bucket_boundaries_advisory=SECONDS,
+)
+commit_size = _meter.create_histogram(
+    "vault.commit.size",
+    unit="{batch}",
+    description="Batches in one commit: above 1, group commit is sharing writes between producers",
+    explicit_bucket_boundaries_advisory=BATCHES,
+)
+storage_retries = _meter.create_counter(
+    "vault.storage.retries", unit="{retry}", description="Storage requests sent again after a fault, by kind"
+)
+storage_faults = _meter.create_counter(
+    "vault.storage.faults",
+    unit="{fault}",
+    description="Storage requests that failed, by kind (retried or not): connection, response, timeout, "
+    "throttled, server",
+)
+writer_takeovers = _meter.create_counter(
+    "vault.writer.takeovers", unit="{takeover}", description="Writers opened by ending another writer's lease"
+)
+writer_fenced = _meter.create_counter(
+    "vault.writer.fenced", unit="{writer}", description="Writers stopped because another took their stream"
+)
+entity_operations = _meter.create_histogram(
+    "vault.entity.operations",
+    unit="{operation}",
+    description="Operations in one invocation of a stream's entity (the Function App)",
+    explicit_bucket_boundaries_advisory=BATCHES,
+)
+entity_state_bytes = _meter.create_histogram(
+    "vault.entity.state.bytes",
+    unit="By",
+    description="Bytes of the state a stream's entity hands back to the Durable runtime (the Function App)",
+    explicit_bucket_boundaries_advisory=STATE_BYTES,
+)
+
+
+def appended(stream: str, batches: int, messages: int, size: int) -> None:
+    """One commit of `batches` batches holding `messages` messages in `size` bytes."""
+    attributes = {"stream": stream}
+    append_batches.add(batches, attributes)
+    append_messages.add(messages, attributes)
+    append_bytes.add(size, attributes)
+    commit_size.record(batches, attributes)
+
+
+def timed(stream: str, started: float, count: int = 1) -> None:
+    """`count` appends that began at `started` (time.perf_counter()) have their outcome now."""
+    took = time.perf_counter() - started
+    for _ in range(count):
+        append_duration.record(took, {"stream": stream})
+
+
+def storage_fault(kind: str, *, retried: bool, stream: str | None) -> None:
+    attributes = {"kind": kind} if stream is None else {"kind": kind, "stream": stream}
+    storage_faults.add(1, attributes)
+    if retried:
+        storage_retries.add(1, attributes)
+
+
+class _Lags:
+    """The consumer groups' lag in one store, read once per collection although two gauges ask
+    (a collection calls each gauge's callback in turn)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._read_at = -1.0
+        self._lags: list[GroupLag] = []
+
+    def current(self) -> list[GroupLag]:
+        from .consumer import group_lags
+
+        with self._lock:
+            if time.monotonic() - self._read_at > 1.0:
+                self._lags = group_lags(self._store)
+                self._read_at = time.monotonic()
+            return self._lags
+
+
+_observed: list[_Lags] = []
+
+
+Callback = Callable[[metrics.CallbackOptions], Iterable[metrics.Observation]]
+
+
+def _observe(value: Callable[[GroupLag], float]) -> Callback:
+    def observations(options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        return [
+            metrics.Observation(value(lag), {"group": lag.group, "stream": lag.stream})
+            for lags in list(_observed)
+            for lag in lags.current()
+        ]
+
+    return observations
+
+
+_meter.create_observable_gauge(
+    "vault.consumer.lag.bytes",
+    callbacks=[_observe(lambda lag: lag.lag_bytes)],
+    unit="By",
+    description="Bytes a consumer group has yet to read of a stream",
+)
+_meter.create_observable_gauge(
+    "vault.consumer.lag.seconds",
+    callbacks=[_observe(lambda lag: lag.behind())],
+    unit="s",
+    description="Seconds since the first message a consumer group has not read was appended (0: caught up)",
+)
+
+
+def observe_lags(store: Store) -> Callable[[], None]:
+    """Report every consumer group's lag on each stream it reads in `store`, read each time the
+    metrics are collected; returns what stops it."""
+    lags = _Lags(store)
+    _observed.append(lags)
+    return lambda: _observed.remove(lags)
+
+
+_installed: CollectorRegistry | None = None
+_install_lock = threading.Lock()
+
+
+def install(readers: Sequence[MetricReader] = ()) -> None:
+    """Make this process record the instruments: a MeterProvider with a Prometheus view (what
+    `prometheus_text` answers) and `readers` besides. Once per process; later calls change nothing."""
+    global _installed
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+    from prometheus_client import CollectorRegistry
+
+    with _install_lock:
+        if _installed is not None:
+            return
+        registry = CollectorRegistry()
+        prometheus = PrometheusMetricReader(
+            registry=registry, disable_target_info=True, scope_info_enabled=False
+        )
+        metrics.set_meter_provider(MeterProvider(metric_readers=[prometheus, *readers]))
+        _installed = registry
+
+
+def prometheus_text() -> tuple[bytes, str]:
+    """The instruments in Prometheus' text format, and its content type (`install` first)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    if _installed is None:
+        raise RuntimeError("metrics.install() was not called in this process")
+    return generate_latest(_installed), CONTENT_TYPE_LATEST
