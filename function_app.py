@@ -9,8 +9,9 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from vault_core import routes
-from vault_core.functions import entity, http_handlers, orchestration
+from vault_core.functions import entity, http_handlers, orchestration, telemetry
 
+telemetry.export_metrics()  # to Application Insights, where it is configured
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 

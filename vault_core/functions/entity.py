@@ -19,7 +19,7 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from azure.durable_functions.models.entities import EntityState, OperationResult
 
 from .. import http_models as http
-from .. import transfer
+from .. import metrics, transfer
 from ..errors import FencedError, StreamBusyError
 from ..format import BATCH_ID, Message
 from ..service import problem_for
@@ -92,7 +92,11 @@ def _entity_batch(body: str) -> str:
         )
         for o in outcomes
     ]
-    return EntityState(results=results, signals=[], entity_exists=True, state=state).to_json_string()
+    answer = EntityState(results=results, signals=[], entity_exists=True, state=state).to_json_string()
+    stream = {"stream": entity.entity_key}
+    metrics.entity_operations.record(len(operations), stream)
+    metrics.entity_state_bytes.record(len(json.dumps(state)), stream)
+    return answer
 
 
 class _Append:
