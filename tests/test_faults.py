@@ -435,7 +435,7 @@ def _read_until_damage(
     return messages, damage.value.position
 
 
-def test_a_log_cut_short_is_reported_at_the_first_batch_not_wholly_in_it(store, monkeypatch, tmp_path):
+def test_a_log_cut_short_is_reported_at_the_first_batch_not_wholly_in_it(store, monkeypatch, tmp_path, request):
     """Wherever the log ends below the committed position, every way of reading it returns the
     batches wholly in the log, then reports the start of the first batch that is not: the same
     position whatever the size of the reads."""
@@ -461,8 +461,12 @@ def test_a_log_cut_short_is_reported_at_the_first_batch_not_wholly_in_it(store, 
             start for start, r in zip(starts, results, strict=True) if fmt.data_at(r.position) > cut
         )
         before = [m for m in everything if m.offset < damaged_at]
+        # Reads of a few bytes meet every boundary; on Azurite, whose requests take a millisecond
+        # each, reads of hundreds of bytes do it in a fraction of the requests (the framing is
+        # the same code over either store).
+        tiny = (7, 64) if request.node.callspec.params["store"] == "local" else (509, 1021)
         for first, largest in [
-            (7, 64),
+            tiny,
             (4096, 4096),
             (framing.FIRST_CHUNK, framing.REPLAY_CHUNK),
         ]:
