@@ -435,7 +435,9 @@ def _read_until_damage(
     return messages, damage.value.position
 
 
-def test_a_log_cut_short_is_reported_at_the_first_batch_not_wholly_in_it(store, monkeypatch, tmp_path, request):
+def test_a_log_cut_short_is_reported_at_the_first_batch_not_wholly_in_it(
+    store, monkeypatch, tmp_path, request
+):
     """Wherever the log ends below the committed position, every way of reading it returns the
     batches wholly in the log, then reports the start of the first batch that is not: the same
     position whatever the size of the reads."""

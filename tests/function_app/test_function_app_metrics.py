@@ -66,6 +66,20 @@ def test_the_app_exports_its_appends_to_application_insights(metered):
     assert all(point["min"] >= 1 for point in ingestion.metric("vault.entity.state.bytes", stream="exported"))
 
 
+def test_the_app_exports_consumer_lag(metered, azurite):
+    host, _blobs, ingestion, container = metered
+    client = VaultClient(host.url, attempts=6)
+    first = client.publish("lagging", messages("l0"), idempotency_key="l0")
+    last = client.publish("lagging", messages("l1"), idempotency_key="l1")
+    store = vault_core.open_store(azurite.connection_string, container=container)
+    with store.checkpoints("projection") as checkpoints:
+        checkpoints.save("lagging", first.position, expected=None)
+    lag = {"group": "projection", "stream": "lagging"}
+    eventually(lambda: bool(ingestion.metric("vault.consumer.lag.bytes", **lag)))
+    assert ingestion.metric("vault.consumer.lag.bytes", **lag)[-1]["value"] == last.position - first.position
+    assert ingestion.metric("vault.consumer.lag.seconds", **lag)[-1]["value"] >= 0
+
+
 def test_entity_appends_through_storage_faults_are_stored_once_and_the_faults_counted(metered, azurite):
     host, blobs, ingestion, container = metered
     clients = threading.local()

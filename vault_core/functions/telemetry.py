@@ -1,12 +1,13 @@
 """Where the Function App's metrics go: Application Insights, through Azure Monitor's
 OpenTelemetry distro, when APPLICATIONINSIGHTS_CONNECTION_STRING is set (the Bicep sets it).
 
-The distro exports the vault's metrics (vault_core.metrics) and nothing else: requests, logs and
-the Durable runtime's telemetry reach Application Insights through the Functions host, as before
-(host.json's telemetryMode is OpenTelemetry, so host and worker speak the same conventions), and
-sending logs from here too would send each twice. The distro's instrumentation of HTTP clients
-and the Azure SDKs stays off: it would make every storage request of every append a dependency
-record, which costs more than the appends; the storage metrics count what matters of them.
+The distro exports the vault's metrics (vault_core.metrics), consumer lag included, and nothing
+else: requests, logs and the Durable runtime's telemetry reach Application Insights through the
+Functions host, as before (host.json's telemetryMode is OpenTelemetry, so host and worker speak
+the same conventions), and sending logs from here too would send each twice. The distro's
+instrumentation of HTTP clients and the Azure SDKs stays off: it would make each storage request
+of each append a dependency record, costing more than the append; the storage metrics count
+what matters of them.
 
 With APPLICATIONINSIGHTS_AUTHENTICATION_STRING `Authorization=AAD` (the Bicep's: the component
 takes only Entra ID-authenticated telemetry), the app's managed identity signs what it sends.
@@ -19,7 +20,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .settings import setting
+from .. import metrics
+from .settings import setting, store
 
 _INSTRUMENTED = ("azure_sdk", "requests", "urllib", "urllib3", "django", "fastapi", "flask", "psycopg2")
 _OFF = {name: {"enabled": False} for name in _INSTRUMENTED}
@@ -38,6 +40,9 @@ def export_metrics() -> bool:
     configure_azure_monitor(
         connection_string=connection_string, credential=_credential(), instrumentation_options=_OFF
     )
+    # Each export (every minute) reads the consumer groups' lag: a Table query per group and a
+    # commit record per stream they read. Every instance reports it: take the largest.
+    metrics.observe_lags(store())
     return True
 
 
