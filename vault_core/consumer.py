@@ -11,10 +11,11 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NamedTuple
 
+from . import metrics
 from .checkpoints import Checkpoint, Checkpoints
 from .errors import InvalidPosition, OwnershipLost, check_int
 from .reader import ReadResult, StreamReader
@@ -220,3 +221,12 @@ def group_lags(store: Store, group: str | None = None) -> list[GroupLag]:
                     )
                 )
     return lags
+
+
+def observe_group_lags(store: Store) -> Callable[[], None]:
+    """Report every consumer group's lag on each stream it reads in `store` as the metrics
+    `vault.consumer.lag.bytes` and `.seconds`, read whenever they are collected; returns what
+    stops it."""
+    return metrics.observe_lags(
+        lambda: [(lag.group, lag.stream, lag.lag_bytes, lag.behind()) for lag in group_lags(store)]
+    )

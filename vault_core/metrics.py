@@ -21,9 +21,6 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader
     from prometheus_client import CollectorRegistry
 
-    from .consumer import GroupLag
-    from .store import Store
-
 # Seconds: an append on Azurite takes about a millisecond, on Azure some tens; one that waited out
 # storage's retries, seconds.
 SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -105,38 +102,38 @@ def storage_fault(kind: str, *, retried: bool, stream: str | None) -> None:
         storage_retries.add(1, attributes)
 
 
-class _Lags:
-    """The consumer groups' lag in one store, read once per collection although two gauges ask
-    (a collection calls each gauge's callback in turn)."""
+# One consumer group's lag on one stream: the group, the stream, bytes and seconds behind.
+LagReading = tuple[str, str, int, float]
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+
+class _Lags:
+    """A source of lag readings, read once per collection although two gauges ask (a collection
+    calls each gauge's callback in turn)."""
+
+    def __init__(self, read: Callable[[], list[LagReading]]) -> None:
+        self._read = read
         self._lock = threading.Lock()
         self._read_at = -1.0
-        self._lags: list[GroupLag] = []
+        self._readings: list[LagReading] = []
 
-    def current(self) -> list[GroupLag]:
-        from .consumer import group_lags
-
+    def current(self) -> list[LagReading]:
         with self._lock:
             if time.monotonic() - self._read_at > 1.0:
-                self._lags = group_lags(self._store)
+                self._readings = self._read()
                 self._read_at = time.monotonic()
-            return self._lags
+            return self._readings
 
 
 _observed: list[_Lags] = []
-
-
 Callback = Callable[[metrics.CallbackOptions], Iterable[metrics.Observation]]
 
 
-def _observe(value: Callable[[GroupLag], float]) -> Callback:
+def _observe(value: Callable[[LagReading], float]) -> Callback:
     def observations(options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
         return [
-            metrics.Observation(value(lag), {"group": lag.group, "stream": lag.stream})
+            metrics.Observation(value(reading), {"group": reading[0], "stream": reading[1]})
             for lags in list(_observed)
-            for lag in lags.current()
+            for reading in lags.current()
         ]
 
     return observations
@@ -144,22 +141,22 @@ def _observe(value: Callable[[GroupLag], float]) -> Callback:
 
 _meter.create_observable_gauge(
     "vault.consumer.lag.bytes",
-    callbacks=[_observe(lambda lag: lag.lag_bytes)],
+    callbacks=[_observe(lambda reading: reading[2])],
     unit="By",
     description="Bytes a consumer group has yet to read of a stream",
 )
 _meter.create_observable_gauge(
     "vault.consumer.lag.seconds",
-    callbacks=[_observe(lambda lag: lag.behind())],
+    callbacks=[_observe(lambda reading: reading[3])],
     unit="s",
     description="Seconds since the first message a consumer group has not read was appended (0: caught up)",
 )
 
 
-def observe_lags(store: Store) -> Callable[[], None]:
-    """Report every consumer group's lag on each stream it reads in `store`, read each time the
-    metrics are collected; returns what stops it."""
-    lags = _Lags(store)
+def observe_lags(read: Callable[[], list[LagReading]]) -> Callable[[], None]:
+    """Report the lags `read` returns each time the metrics are collected (see
+    consumer.observe_group_lags); returns what stops it."""
+    lags = _Lags(read)
     _observed.append(lags)
     return lambda: _observed.remove(lags)
 

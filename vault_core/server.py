@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import http_models as http
 from . import metrics, openapi
 from . import routes as api
+from .consumer import observe_group_lags
 from .service import (
     CONSOLE,
     Writers,
@@ -180,7 +181,7 @@ def create_app(
             Mount(api.CONSOLE.prefix, StaticFiles(directory=CONSOLE, html=True)),
         ],
         exception_handlers={404: _not_found, 405: _not_allowed},
-        lifespan=lambda app: _closing(writers, metrics.observe_lags(store)),
+        lifespan=lambda app: _closing(writers, observe_group_lags(store)),
     )
     publish_prefix = api.PUBLISH.prefix + "/"  # a publish is answered before the router
 

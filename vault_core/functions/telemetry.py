@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .. import metrics
+from ..consumer import observe_group_lags
 from .settings import setting, store
 
 _INSTRUMENTED = ("azure_sdk", "requests", "urllib", "urllib3", "django", "fastapi", "flask", "psycopg2")
@@ -42,7 +42,7 @@ def export_metrics() -> bool:
     )
     # Each export (every minute) reads the consumer groups' lag: a Table query per group and a
     # commit record per stream they read. Every instance reports it: take the largest.
-    metrics.observe_lags(store())
+    observe_group_lags(store())
     return True
 
 
