@@ -272,6 +272,25 @@ def test_the_streams_view_lists_every_stream_with_its_position(browser, vault):
     page.close()
 
 
+def test_the_streams_view_shows_each_streams_append_rate_and_p99_from_get_metrics(browser, vault):
+    client = VaultClient(vault.url)
+    client.publish("metered", [Message("m", b"0")])  # listed when the page opens
+    page = open_view(browser, vault, "#/")
+    rate = page.locator("#streams tr[data-stream='metered'] td.rate")
+    rate.wait_for(timeout=WAIT_MS)
+    sent, deadline = 0, time.monotonic() + 30
+    while not float(rate.get_attribute("data-rate") or 0) and time.monotonic() < deadline:  # bounded
+        client.publish("metered", [Message("m", b"x" * 100) for _ in range(5)])
+        sent += 5
+    shown = float(rate.get_attribute("data-rate") or 0)
+    assert 0 < shown <= sent  # messages a second, over a window of a few seconds
+    p99 = float(page.locator("#streams tr[data-stream='metered'] td.p99").get_attribute("data-seconds"))
+    assert 0 < p99 < 5
+    assert page.locator("#streams tr[data-stream='orders'] td.p99").text_content() == "-"  # no appends
+    screenshot(page, "streams-figures")
+    page.close()
+
+
 def test_a_streams_messages_from_an_offset_are_vault_cores(browser, vault):
     reader = vault.store().reader("orders")
     offset = reader.read(0, max_messages=2).next_position  # the third message

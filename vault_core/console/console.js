@@ -8,7 +8,8 @@ const KEY = "message-vault-key"; // sessionStorage: gone when the browser sessio
 const PAGE = 200; // messages shown per read
 const view = document.getElementById("view");
 const text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
-let live = null; // the tail view's timer
+let live = null; // the timer of the view shown: the tail's, or the streams' figures
+const FIGURES_SECONDS = 5; // the window of the append rate and p99 shown beside each stream
 
 function headers() {
   const key = sessionStorage.getItem(KEY);
@@ -102,12 +103,85 @@ function chart(points) {
   return box;
 }
 
+// vault serve's GET /metrics, what a Prometheus scrape reads: its samples, by name and labels.
+// The Function App has none (its metrics go to Application Insights): then null.
+async function scrape() {
+  const response = await fetch("/metrics", { headers: headers() });
+  if (!response.ok) return null;
+  const samples = [];
+  for (const line of (await response.text()).split("\n")) {
+    const sample = /^(\w+)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!sample) continue; // a # HELP or # TYPE line
+    const labels = Object.fromEntries([...(sample[2] || "").matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((m) => [m[1], m[2]]));
+    samples.push({ name: sample[1], labels, value: Number(sample[3]) });
+  }
+  return { at: performance.now(), samples };
+}
+
+// A stream's append rate (messages a second) and p99 append time (seconds) between two scrapes:
+// the p99 from the duration histogram's buckets, interpolated within its bucket as Prometheus'
+// histogram_quantile does; null without appends in between.
+export function figures(before, after, stream) {
+  const total = (scraped, name, le) => scraped.samples
+    .filter((s) => s.name === name && s.labels.stream === stream && (le === undefined || s.labels.le === le))
+    .reduce((sum, s) => sum + s.value, 0);
+  const delta = (name, le) => total(after, name, le) - total(before, name, le);
+  const rate = delta("vault_append_messages_total") / ((after.at - before.at) / 1000);
+  const count = delta("vault_append_duration_seconds_count");
+  if (!count) return { rate, p99: null };
+  const bounds = [...new Set(after.samples.filter((s) => s.name === "vault_append_duration_seconds_bucket" && s.labels.stream === stream)
+    .map((s) => s.labels.le))].sort((a, b) => Number(a) - Number(b)); // "+Inf" sorts last
+  const wanted = 0.99 * count;
+  let lower = 0, below = 0;
+  for (const le of bounds) {
+    const upper = Number(le), within = delta("vault_append_duration_seconds_bucket", le);
+    if (within >= wanted) {
+      if (!Number.isFinite(upper)) return { rate, p99: lower }; // past the last bound: at least that
+      return { rate, p99: lower + (upper - lower) * (within > below ? (wanted - below) / (within - below) : 1) };
+    }
+    lower = upper;
+    below = within;
+  }
+  return { rate, p99: lower };
+}
+
+function showFigures(table, before, after) {
+  for (const row of table.querySelectorAll("tr[data-stream]")) {
+    const [rate, p99] = [row.querySelector("td.rate"), row.querySelector("td.p99")];
+    if (!rate) continue;
+    const shown = figures(before, after, row.dataset.stream);
+    rate.dataset.rate = String(shown.rate);
+    rate.textContent = `${shown.rate.toFixed(1)} msg/s`;
+    p99.dataset.seconds = shown.p99 === null ? "" : String(shown.p99);
+    p99.textContent = shown.p99 === null ? "-" : `${(shown.p99 * 1000).toFixed(1)} ms`;
+  }
+}
+
+// Every few seconds, what each stream appended since the last look (the same numbers GET
+// /metrics gives a scraper); where the host has no /metrics, a note where to look instead.
+async function watchFigures(table) {
+  let before = await scrape();
+  if (!before) {
+    for (const cell of table.querySelectorAll("td.rate, td.p99")) {
+      cell.textContent = "-";
+      cell.title = "this host sends its metrics to Application Insights";
+    }
+    return;
+  }
+  live = setInterval(async () => {
+    const after = await scrape();
+    if (!after) return;
+    showFigures(table, before, after);
+    before = after;
+  }, FIGURES_SECONDS * 1000);
+}
+
 async function streamsView() {
   const { streams } = await api("/streams");
-  const table = element("table", { id: "streams" },
-    element("tr", {}, ...["stream", "position", "size", "last append", "growth"].map((h) => element("th", {}, h))));
+  const columns = ["stream", "position", "size", "last append", "growth", "append rate", "p99 append"];
+  const table = element("table", { id: "streams" }, element("tr", {}, ...columns.map((h) => element("th", {}, h))));
   view.replaceChildren(element("h2", {}, "Streams"), table);
-  if (!streams.length) table.append(element("tr", {}, element("td", { colspan: 5, class: "note" }, "no streams yet")));
+  if (!streams.length) table.append(element("tr", {}, element("td", { colspan: 7, class: "note" }, "no streams yet")));
   for (const { stream } of streams) {
     const row = element("tr", { "data-stream": stream }, element("td", {}, element("a", { href: `#/stream/${stream}?offset=0` }, stream)));
     table.append(row);
@@ -120,11 +194,14 @@ async function streamsView() {
         element("td", { class: "num" }, bytes(size)),
         element("td", {}, commit.position ? iso(commit.timestampMs) : "-"),
         element("td", {}, chart(points)),
+        element("td", { class: "num rate" }, "…"),
+        element("td", { class: "num p99" }, "…"),
       );
     } catch (error) {
-      row.append(element("td", { colspan: 4 }, damage(error)));
+      row.append(element("td", { colspan: 6 }, damage(error)));
     }
   }
+  await watchFigures(table);
 }
 
 function messageRow(message) {
