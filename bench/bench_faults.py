@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import vault_core  # noqa: E402
+from tests.support import telemetry  # noqa: E402
 from tests.support.azurite import Azurite  # noqa: E402
 from tests.support.served import Served  # noqa: E402
 from tests.support.storage_proxy import CALM, Faults, StorageProxy  # noqa: E402
@@ -52,6 +53,7 @@ class Phase:
     acknowledged: dict[str, list[str]] = field(default_factory=dict)  # producer -> batch ids, in order
     latencies: list[float] = field(default_factory=list)  # seconds per acknowledged batch, retries included
     seconds: float = 0.0
+    commits: tuple[float, float] = (0.0, 0.0)  # commits made and the batches they held (vault.commit.size)
 
     def rate(self) -> float:
         return sum(len(ids) for ids in self.acknowledged.values()) / self.seconds
@@ -121,12 +123,14 @@ def direct(connection: str, producers: int, seconds: float, proxy: StorageProxy)
     with store.writer(stream) as writer:
         for label, faults in PHASES.items():
             proxy.inject(faults)
+            before = commits_in_process(stream)
             phases[label] = run_phase(
                 label,
                 producers,
                 lambda batch_id: writer.append(messages(batch_id), batch_id=batch_id),
                 seconds,
             )
+            phases[label].commits = minus(commits_in_process(stream), before)
     proxy.inject(CALM)
     check(store, stream, phases)
     return phases
@@ -147,12 +151,32 @@ def served(connection: str, producers: int, seconds: float, proxy: StorageProxy)
     try:
         for label, faults in PHASES.items():
             proxy.inject(faults)
+            before = commits_served(server.url, stream)
             phases[label] = run_phase(label, producers, append, seconds)
+            phases[label].commits = minus(commits_served(server.url, stream), before)
     finally:
         proxy.inject(CALM)
         server.stop()
     check(vault_core.open_store(connection, container="bench"), stream, phases)
     return phases
+
+
+def commits_in_process(stream: str) -> tuple[float, float]:
+    return telemetry.total("vault.commit.size", stream=stream), telemetry.histogram_sum(
+        "vault.commit.size", stream=stream
+    )
+
+
+def commits_served(url: str, stream: str) -> tuple[float, float]:
+    samples = telemetry.scrape(url)
+    return (
+        telemetry.summed(samples, "vault_commit_size_count", stream=stream),
+        telemetry.summed(samples, "vault_commit_size_sum", stream=stream),
+    )
+
+
+def minus(after: tuple[float, float], before: tuple[float, float]) -> tuple[float, float]:
+    return after[0] - before[0], after[1] - before[1]
 
 
 def report(title: str, phases: dict[str, Phase]) -> None:
@@ -169,7 +193,8 @@ def report(title: str, phases: dict[str, Phase]) -> None:
             f"  {label:<8}{phase.rate():8.1f} batches/s  {ratio:5.2f}x  append p50 "
             f"{statistics.median(phase.latencies) * 1000:6.1f} ms  p99 "
             f"{statistics.quantiles(phase.latencies, n=100)[98] * 1000:7.1f} ms  max "
-            f"{max(phase.latencies) * 1000:7.1f} ms{verdict}"
+            f"{max(phase.latencies) * 1000:7.1f} ms  {phase.commits[1] / max(phase.commits[0], 1):4.1f} "
+            f"batches/commit{verdict}"
         )
 
 
@@ -178,6 +203,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase (10)")
     parser.add_argument("--only", choices=("direct", "served"), help="one of the two runs")
     args = parser.parse_args()
+    telemetry.install()  # the writer's commit sizes, read in this process
     azurite = Azurite()
     try:
         with StorageProxy(azurite.port) as proxy:
