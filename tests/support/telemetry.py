@@ -19,38 +19,36 @@ def install() -> None:
     metrics.install([READER])
 
 
-def _points(name: str) -> Iterator[tuple[dict[str, Any], Any]]:
+def _points(name: str, **attributes: str) -> Iterator[tuple[dict[str, Any], Any]]:
+    """The data points of metric `name` that have these attributes (and any others)."""
     data = READER.get_metrics_data()
     for resource in data.resource_metrics if data else []:
         for scope in resource.scope_metrics:
             for metric in scope.metrics:
                 if metric.name == name:
                     for point in metric.data.data_points:
-                        yield dict(point.attributes or {}), point
+                        labels = dict(point.attributes or {})
+                        if all(labels.get(key) == value for key, value in attributes.items()):
+                            yield labels, point
 
 
 def total(name: str, **attributes: str) -> float:
     """A counter's total, or a histogram's count, over the points with these attributes."""
     return sum(
         point.count if isinstance(point, HistogramDataPoint) else point.value
-        for labels, point in _points(name)
-        if all(labels.get(key) == value for key, value in attributes.items())
+        for _labels, point in _points(name, **attributes)
     )
 
 
 def histogram_sum(name: str, **attributes: str) -> float:
-    return sum(
-        point.sum
-        for labels, point in _points(name)
-        if all(labels.get(key) == value for key, value in attributes.items())
-    )
+    return sum(point.sum for _labels, point in _points(name, **attributes))
 
 
 def by(name: str, key: str, **attributes: str) -> dict[str, float]:
     """A counter's totals by the value of attribute `key`."""
     totals: dict[str, float] = {}
-    for labels, point in _points(name):
-        if key in labels and all(labels.get(k) == v for k, v in attributes.items()):
+    for labels, point in _points(name, **attributes):
+        if key in labels:
             totals[labels[key]] = totals.get(labels[key], 0) + point.value
     return totals
 
