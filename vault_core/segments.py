@@ -430,9 +430,7 @@ class SegmentedLog:
             self._seal(owned, segment.base, following.base)
 
     def trim(self, before: int) -> int:
-        """Remove the segments that lie wholly below `before` (`trim`); the first position after.
-        The writer's own seal in progress is waited for first: what it trims is then up to it."""
-        self.settle()
+        """Remove the segments that lie wholly below `before` (`trim`); the first position after."""
         first = trim(
             self.backend, self.stream, before, segments=[s for s, _ in self._chain.segments(fresh=True)]
         )

@@ -261,6 +261,9 @@ class StreamWriter:
         with self._lock:
             if self._closed:
                 raise VaultError(f"the writer of stream {self.stream!r} is closed")
+            # This writer's own seal in progress first, so that what it trims is up to `before`.
+            # (Not in SegmentedLog.trim: the sealing thread trims too, for retention.)
+            self._log.settle()
             return self._log.trim(before)
 
     def _index_ring(self, added: list[tuple[int, int]], old_ring: bytes) -> None:
