@@ -61,8 +61,10 @@ def test_open_store_accepts_a_path_style_account_url(azurite):
 
 
 def is_commit(request) -> bool:
-    """A commit is the page write that carries If-Match."""
-    return bool(request.method == "PUT" and "comp=page" in request.url and request.headers.get("If-Match"))
+    """A commit is the page write at the start of a commit slot."""
+    slots = {f"bytes={start}-" for start in vault_core.format.COMMIT_SLOTS}
+    page_range = request.headers.get("x-ms-range", "")
+    return request.method == "PUT" and "comp=page" in request.url and page_range.startswith(tuple(slots))
 
 
 def store_losing(azurite, container: str, error: Exception) -> tuple[vault_core.Store, LosingTransport]:

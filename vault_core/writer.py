@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 from . import format as fmt
@@ -48,9 +49,16 @@ class StreamWriter:
     """Appends to one stream while owning it. Use as a context manager, or call close().
 
     An append writes the batch's data pages, makes them durable, then writes the next commit slot
-    (fenced by the lease and the log's ETag). Only then does it return: a crash at any point leaves
-    the stream at its last acknowledged position. Safe to share between threads: batches appended
-    meanwhile by other threads are committed together with one data write and one commit.
+    (fenced by the lease). Only then does it return: a crash at any point leaves the stream at its
+    last acknowledged position. Safe to share between threads: batches appended meanwhile by other
+    threads are committed together with one data write and one commit, and commits are pipelined:
+    while one group's commit is on its way to storage, the next group's data is written (past the
+    position that commit makes, so neither can spoil the other); its commit follows once the one
+    before it is durable.
+
+    One thread at a time holds the writer's *turn*: it takes every queued batch, writes their
+    data, waits for the commit in flight, and hands its own commit on; it sends that commit after
+    giving up the turn, so the next thread can write the next group's data meanwhile.
     """
 
     def __init__(self, stream: str, log: SegmentedLog, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
@@ -58,11 +66,15 @@ class StreamWriter:
         self._log = log
         self._segment_bytes = check_segment_bytes(segment_bytes)
         self._frames = LogFrames(stream, log)
-        self._lock = threading.Lock()  # held by the thread leading a group commit
-        self._queue_lock = threading.Lock()
+        # Guards the queue, the turn and every request's and commit's completion, which waiting
+        # threads are woken for.
+        self._changed = threading.Condition(threading.Lock())
         self._queue: list[_Append] = []
+        self._turn_taken = False
+        self._in_flight: _Commit | None = None  # the commit being sent, by the thread that led it
         self._closed = False
         self._fenced: FencedError | None = None
+        # A write or commit failed, so what the log holds is unknown until it is read again.
         self._in_doubt = False
         try:
             self._load()
@@ -78,7 +90,8 @@ class StreamWriter:
             empty = fmt.encode_commit_record(fmt.EMPTY_COMMIT_RECORD)
             self._log.write_commit_slot(fmt.COMMIT_SLOTS[0], empty)
         commit = fmt.decode_commit_record(self.stream, slots)
-        self._commit = commit
+        self._commit = commit  # the commit the next group builds on: the last one handed on
+        self._durable = commit  # the last commit known to be durable
         # Batch id hash -> starts of the batches in the ring with that hash (collisions are rare,
         # not impossible: every candidate is checked against the id stored in its batch).
         self._batch_starts: dict[int, list[int]] = {}
@@ -96,7 +109,7 @@ class StreamWriter:
     @property
     def position(self) -> int:
         """The committed length of the stream."""
-        return self._commit.position
+        return self._durable.position
 
     def append(self, messages: Sequence[fmt.Message], *, batch_id: str | None = None) -> AppendResult:
         """Append messages as one batch: all become visible at once, or none do.
@@ -139,40 +152,77 @@ class StreamWriter:
         return [item.outcome() if isinstance(item, _Append) else item for item in prepared]
 
     def _run(self, requests: list[_Append]) -> None:
-        """Queue the requests and lead group commits until they are all done (another thread's
-        group commit may take some of them along)."""
-        with self._queue_lock:
+        """Queue the requests, and lead group commits while some of them are still queued (the
+        thread that has the turn takes every queued request along) until all are done."""
+        with self._changed:
             self._queue.extend(requests)
-        with self._lock:
-            while not all(request.done for request in requests):
-                self._lead()
+        while True:
+            with self._changed:
+                while not all(request.done for request in requests):
+                    if not self._turn_taken and not all(request.taken for request in requests):
+                        self._turn_taken = True
+                        break
+                    self._changed.wait()
+                else:
+                    return
+            try:
+                handed_on = self._lead()
+            finally:
+                self._end_turn()
+            if handed_on is not None:
+                self._send(handed_on)
 
-    def _lead(self) -> None:
-        with self._queue_lock:
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """The writer to itself: no group is being prepared meanwhile (a commit may be in flight)."""
+        with self._changed:
+            while self._turn_taken:
+                self._changed.wait()
+            self._turn_taken = True
+        try:
+            yield
+        finally:
+            self._end_turn()
+
+    def _end_turn(self) -> None:
+        with self._changed:
+            self._turn_taken = False
+            self._changed.notify_all()
+
+    def _lead(self) -> _Commit | None:
+        """Take the queue and write its group's data; the commit to send, if there is one."""
+        with self._changed:
             group, self._queue = self._queue, []
+            for request in group:
+                request.taken = True
         try:
             if self._closed:
                 raise VaultError(f"the writer of stream {self.stream!r} is closed")
             if self._fenced is not None:
                 raise self._fenced
             if self._in_doubt:
-                self._log.refresh()
-                self._load()
-            self._append(group)
-            if self._log.rolls and self._commit.position - self._log.base >= self._segment_bytes:
-                self._roll()
+                self._settle()
+            return self._append(group)
         except BaseException as error:
-            if isinstance(error, FencedError) and self._fenced is None:
-                self._fenced = error
-                metrics.writer_fenced.add(1, {"stream": self.stream})
-            for request in group:
-                request.finish(error=error)
+            self._fail(group, error)
             if not isinstance(error, Exception):
                 raise
+            return None
 
-    def _append(self, group: list[_Append]) -> None:
-        """Commit the batches of `group` with one data write and one commit; requests it leaves
-        for the next group are removed from `group` and put back at the head of the queue."""
+    def _fail(self, requests: list[_Append], error: BaseException) -> None:
+        if isinstance(error, FencedError):
+            with self._changed:
+                first = self._fenced is None
+                self._fenced = self._fenced or error
+            if first:
+                metrics.writer_fenced.add(1, {"stream": self.stream})
+        for request in requests:
+            request.finish(error=error)
+
+    def _append(self, group: list[_Append]) -> _Commit | None:
+        """Write the data of the batches of `group` in one write, and make the commit that
+        acknowledges them, to send once the one in flight is durable. Requests it leaves for the
+        next group are removed from `group` and put back at the head of the queue."""
         commit = self._commit
         timestamp = max(fmt.now_ms(), commit.timestamp_ms)  # never decreases within a stream
         position, ring = commit.position, commit.ring
@@ -182,7 +232,9 @@ class StreamWriter:
         first_with_id: dict[bytes, _Append] = {}
         for index, request in enumerate(group):
             if position - commit.position >= GROUP_BYTES:
-                with self._queue_lock:
+                with self._changed:
+                    for left in group[index:]:
+                        left.taken = False
                     self._queue[:0] = group[index:]
                 del group[index:]
                 break
@@ -193,8 +245,8 @@ class StreamWriter:
                         request.follow(twin, self.stream)
                         continue
                     earlier = self._find(request.batch_id, request.prepared)
-                    if earlier is not None:
-                        request.finish(earlier)
+                    if earlier is not None:  # done once the commits before are durable
+                        request.result = earlier
                         continue
             except BatchIdConflict as error:  # this batch is refused; the others go on
                 request.finish(error=error)
@@ -209,23 +261,80 @@ class StreamWriter:
             messages += request.prepared.message_count
             request.result = AppendResult(position, offsets)
             buffers.append(request.prepared.buffer)
-        if len(buffers) > 1:
-            written = len(self._tail) + position - commit.position
-            buffers.append(bytes(-written % fmt.PAGE))  # whole pages
-            new_commit = fmt.CommitRecord(commit.counter + 1, position, timestamp, ring)
-            # From the first byte written until the commit is known, a failure leaves the outcome
-            # unknown: the next append re-reads the log before doing anything.
-            self._in_doubt = True
+        if len(buffers) == 1:  # nothing new to store: done once what was found is durable
+            self._drain()
+            for request in group:
+                request.finish()
+            return None
+        written = len(self._tail) + position - commit.position
+        buffers.append(bytes(-written % fmt.PAGE))  # whole pages
+        try:
             self._log.write(fmt.data_at(commit.position) - len(self._tail), buffers)
-            slot = fmt.COMMIT_SLOTS[new_commit.counter % 2]
-            self._log.write_commit_slot(slot, fmt.encode_commit_record(new_commit))
-            self._in_doubt = False
-            self._commit = new_commit
-            self._index_ring(added, commit.ring)
-            self._tail = _last_bytes(buffers[:-1], fmt.data_at(position) % fmt.PAGE)
-            metrics.appended(self.stream, len(buffers) - 2, messages, position - commit.position)
-        for request in group:
-            request.finish()
+        except BaseException:
+            self._in_doubt = True  # some of its pages may be stored: the log is read again
+            raise
+        self._commit = fmt.CommitRecord(commit.counter + 1, position, timestamp, ring)
+        self._index_ring(added, commit.ring)
+        self._tail = _last_bytes(buffers[:-1], fmt.data_at(position) % fmt.PAGE)
+        self._drain()  # the commit before this one is durable, or this group fails with it
+        self._in_flight = _Commit(self._commit, group, len(buffers) - 2, messages, position - commit.position)
+        return self._in_flight
+
+    def _send(self, handed_on: _Commit) -> None:
+        """Write a commit (the one before it is durable) and finish its requests."""
+        try:
+            slot = fmt.COMMIT_SLOTS[handed_on.record.counter % 2]
+            self._log.write_commit_slot(slot, fmt.encode_commit_record(handed_on.record))
+        except BaseException as error:
+            self._in_doubt = True  # it may have landed: the next append reads the log again
+            handed_on.error = error
+            self._fail(handed_on.group, error)
+            if not isinstance(error, Exception):
+                raise
+        else:
+            self._durable = handed_on.record
+            metrics.appended(self.stream, handed_on.batches, handed_on.messages, handed_on.bytes)
+            for request in handed_on.group:
+                request.finish()
+        finally:
+            with self._changed:
+                handed_on.finished = True
+                self._changed.notify_all()
+        if handed_on.error is None and self._log.rolls:
+            self._roll_when_full()
+
+    def _drain(self) -> None:
+        """Wait (holding the turn) for the commit in flight; raise its error if it failed."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            with self._changed:
+                while not in_flight.finished:
+                    self._changed.wait()
+            if in_flight.error is not None:
+                raise in_flight.error
+
+    def _settle(self) -> None:
+        """Holding the turn: nothing in flight, and the log read again if a failure left it in
+        doubt."""
+        with contextlib.suppress(Exception):  # it failed its own requests already
+            self._drain()
+        if self._in_doubt:
+            self._log.refresh()
+            self._load()
+
+    def _roll_when_full(self) -> None:
+        """Roll once the newest segment holds `segment_bytes`. The batches are acknowledged
+        already: a roll that fails leaves the writer in doubt, and its next append finishes it."""
+        if self._durable.position - self._log.base < self._segment_bytes:
+            return
+        with self._turn():
+            try:
+                self._settle()
+                full = self._commit.position - self._log.base >= self._segment_bytes
+                if full and not self._closed and self._fenced is None:
+                    self._roll()
+            except Exception as error:
+                log.warning("stream %r did not roll into a new segment yet: %s", self.stream, error)
 
     def _roll(self) -> None:
         """Continue in a new segment. The batches are acknowledged already: a roll that fails
@@ -258,9 +367,10 @@ class StreamWriter:
         """Remove the sealed segments that lie wholly below `before` (never the newest): their
         messages are gone for every reader. The stream's first position after, which readers
         and consumer groups below it are moved to."""
-        with self._lock:
+        with self._turn():
             if self._closed:
                 raise VaultError(f"the writer of stream {self.stream!r} is closed")
+            self._settle()
             # This writer's own seal in progress first, so that what it trims is up to `before`.
             # (Not in SegmentedLog.trim: the sealing thread trims too, for retention.)
             self._log.settle()
@@ -285,7 +395,8 @@ class StreamWriter:
         batch_id_bytes = fmt.check_batch_id(batch_id)
         if not batch_id_bytes:
             raise ValueError("find needs a batch id")
-        with self._lock:
+        with self._turn():
+            self._settle()  # what it finds is committed
             return self._stored(batch_id_bytes)
 
     def _stored(self, batch_id: bytes) -> tuple[AppendResult, list[fmt.StoredMessage]] | None:
@@ -321,10 +432,12 @@ class StreamWriter:
     def close(self) -> None:
         """Give up the stream. A stream this writer created and appended nothing to (its first
         append refused, say) is removed: a refused append leaves nothing behind."""
-        with self._lock:
+        with self._turn():
             if not self._closed:
+                with contextlib.suppress(Exception):  # it failed its own requests already
+                    self._drain()
                 self._closed = True
-                if self._log.created and self._commit.position == 0 and not self._in_doubt:
+                if self._log.created and self._durable.position == 0 and not self._in_doubt:
                     self._log.discard()
                 else:
                     self._log.close()
@@ -339,7 +452,7 @@ class StreamWriter:
 class _Append:
     """One caller's batch, queued for a group commit."""
 
-    __slots__ = ("batch_id", "done", "error", "prepared", "result", "twin")
+    __slots__ = ("batch_id", "done", "error", "prepared", "result", "taken", "twin")
 
     def __init__(self, prepared: fmt.PreparedBatch) -> None:
         self.prepared = prepared
@@ -347,6 +460,7 @@ class _Append:
         self.result: AppendResult | None = None
         self.error: BaseException | None = None
         self.twin: _Append | None = None
+        self.taken = False  # by the thread whose turn it is, for its group
         self.done = False
 
     @classmethod
@@ -375,6 +489,22 @@ class _Append:
         self.result = result or self.result
         self.error = error
         self.done = True
+
+
+class _Commit:
+    """A group's commit, handed on by the thread that wrote its data, to send once the commit
+    before it is durable."""
+
+    __slots__ = ("batches", "bytes", "error", "finished", "group", "messages", "record")
+
+    def __init__(
+        self, record: fmt.CommitRecord, group: list[_Append], batches: int, messages: int, size: int
+    ) -> None:
+        self.record = record
+        self.group = group
+        self.batches, self.messages, self.bytes = batches, messages, size
+        self.error: BaseException | None = None
+        self.finished = False
 
 
 def _same_records(one: bytes | bytearray | memoryview, other: bytes | bytearray | memoryview) -> bool:

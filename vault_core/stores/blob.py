@@ -6,9 +6,11 @@ SAS) reach all of a stream's segments and nothing of any other stream. Streams m
 segments live in the store's container itself, as one page blob `<stream>/log`: they are read and
 written there as they always were, and never roll (a blob SAS reaches only that blob).
 
-Every data and commit write carries the writer's blob lease; a commit also carries `If-Match` with
-the ETag of this writer's last data write, so nothing written by anyone else in between can be
-committed over. Readers need only read access to the stream's blobs (a SAS, or Entra ID).
+Every data and commit write carries the writer's blob lease, the fence: a writer that took over
+broke it, so from then on storage refuses every write of the writer before. A commit carries no
+condition on the blob's ETag, so that the next group's data can be written while it is in flight
+(the writer pipelines commits), and a commit whose answer was lost is simply sent again: the same
+pages, the same bytes. Readers need only read access to the stream's blobs (a SAS, or Entra ID).
 """
 
 from __future__ import annotations
@@ -593,29 +595,9 @@ class BlobLog:
         self._etag = self._put(*last)
 
     def write_commit_slot(self, start: int, record: bytes) -> None:
+        """May be sent while the next group's data is being written (see the module's doc)."""
         self._keep_lease()
-        try:
-            result = self._blob.upload_page(
-                record,
-                offset=start,
-                length=len(record),
-                lease=self._lease,
-                etag=self._etag,
-                match_condition=MatchConditions.IfNotModified,
-            )
-        except HttpResponseError as error:
-            if error.status_code == 412 and self._landed(start, record):
-                return  # a retry of a commit whose first attempt succeeded
-            self._raise_fenced(error)
-        self._etag = str(result["etag"])
-
-    def _landed(self, start: int, record: bytes) -> bool:
-        """Whether the log already holds exactly this commit (then our lease still stands)."""
-        try:
-            self.refresh()
-            return self.read(start, len(record)) == record and self._renew()
-        except (HttpResponseError, FencedError):
-            return False
+        self._etag = self._put(start, memoryview(record))
 
     def _put(self, at: int, piece: memoryview) -> str:
         try:
@@ -637,21 +619,26 @@ class BlobLog:
 
     def hold(self) -> None:
         """Keep the lease through work that writes nothing for a while (a seal's copy)."""
-        with self._lease_lock:
-            self._keep_lease()
+        self._keep_lease()
 
     def _keep_lease(self) -> None:
         """Renew the lease once half of it has passed. A lease that expired while this writer was
-        idle is taken back only if nobody else took it and the log did not change."""
-        elapsed = time.monotonic() - self._renewed
-        if elapsed < self._lease_seconds / 2:
+        idle is taken back only if nobody else took it and the log did not change (a writer
+        that idle has no write in flight, so its last ETag is the log's if nobody wrote since)."""
+        if time.monotonic() - self._renewed < self._lease_seconds / 2:
             return
-        before = self._etag
-        self._renew()
-        if elapsed >= self._lease_seconds - 1:
-            self.refresh()
-            if self._etag != before:
-                raise FencedError(f"stream {self._stream!r} changed while this writer's lease had expired")
+        with self._lease_lock:  # a seal's copies and a commit in flight may both get here
+            elapsed = time.monotonic() - self._renewed
+            if elapsed < self._lease_seconds / 2:
+                return
+            before = self._etag
+            self._renew()
+            if elapsed >= self._lease_seconds - 1:
+                self.refresh()
+                if self._etag != before:
+                    raise FencedError(
+                        f"stream {self._stream!r} changed while this writer's lease had expired"
+                    )
 
     def _renew(self) -> bool:
         started = time.monotonic()
