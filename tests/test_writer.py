@@ -102,6 +102,84 @@ def test_threads_sharing_one_writer_share_commits(memory_store):
     assert log.commits < 0.75 * 8 * 20
 
 
+class PipelineLog(CountingLog):
+    """A memory log whose next commit, once armed, is held on its way until a data write starts
+    behind it, and then lands (and, with `lose`, its answer is lost)."""
+
+    def __init__(self, log, *, lose: bool = False):
+        super().__init__(log)
+        self.lose = lose
+        self.armed = False
+        self.holding = threading.Event()
+        self.written_behind = threading.Event()
+        self.events: list[str] = []
+
+    def write(self, start, parts):
+        self.events.append("data")
+        super().write(start, parts)
+        if self.holding.is_set():
+            self.written_behind.set()
+
+    def write_commit_slot(self, start, record):
+        if not self.armed:
+            self.events.append("commit")
+            return super().write_commit_slot(start, record)
+        self.armed = False
+        self.events.append("commit held")
+        self.holding.set()
+        assert self.written_behind.wait(10), "no data was written while a commit was in flight"
+        super().write_commit_slot(start, record)
+        self.events.append("commit landed")
+        if self.lose:
+            raise ConnectionResetError("the commit's answer was lost")
+
+
+def append_behind_a_held_commit(log: PipelineLog, writer: StreamWriter) -> list[object]:
+    """Append "a" (whose commit is held) and, while it is in flight, "b"; each one's outcome."""
+    outcomes: list[object] = [None, None]
+
+    def append(index: int, key: str) -> None:
+        try:
+            outcomes[index] = writer.append([Message(key, b"v")], batch_id=key)
+        except Exception as error:
+            outcomes[index] = error
+
+    log.armed = True
+    first = threading.Thread(target=append, args=(0, "a"))
+    first.start()
+    assert log.holding.wait(10)
+    append(1, "b")
+    first.join(10)
+    return outcomes
+
+
+def test_the_next_groups_data_is_written_while_a_commit_is_in_flight(memory_store):
+    log = PipelineLog(memory_store.open_log("s", lease_seconds=60))
+    writer = StreamWriter("s", log)
+    writer.append([Message("first", b"v")])
+    del log.events[:]
+    a, b = append_behind_a_held_commit(log, writer)
+    # b's data went to storage while a's commit was on its way; b's commit only after a's landed.
+    assert log.events == ["data", "commit held", "data", "commit landed", "commit"]
+    assert a.position < b.position == writer.position
+    writer.close()
+    assert [m.key for m in memory_store.reader("s").replay()] == ["first", "a", "b"]
+
+
+def test_a_commit_that_fails_in_flight_fails_the_group_behind_it_and_retries_store_each_once(memory_store):
+    log = PipelineLog(memory_store.open_log("s", lease_seconds=60), lose=True)
+    writer = StreamWriter("s", log)
+    a, b = append_behind_a_held_commit(log, writer)
+    # a's commit landed but its answer was lost; b was written behind it and never committed.
+    assert isinstance(a, ConnectionResetError) and b is a
+    assert writer.position == 0  # nothing is acknowledged
+    retried_b = writer.append([Message("b", b"v")], batch_id="b")
+    retried_a = writer.append([Message("a", b"v")], batch_id="a")  # found: it had landed
+    assert retried_a.position < retried_b.position == writer.position
+    writer.close()
+    assert [m.key for m in memory_store.reader("s").replay()] == ["a", "b"]
+
+
 def test_a_second_writer_is_refused_and_a_takeover_fences_the_first(memory_store):
     first = memory_store.writer("s")
     first.append(batch(1, "first"))
