@@ -328,10 +328,11 @@ class StreamWriter:
         if self._durable.position - self._log.base < self._segment_bytes:
             return
         with self._turn():
+            if self._closed or self._fenced is not None:
+                return
             try:
                 self._settle()
-                full = self._commit.position - self._log.base >= self._segment_bytes
-                if full and not self._closed and self._fenced is None:
+                if self._commit.position - self._log.base >= self._segment_bytes:
                     self._roll()
             except Exception as error:
                 log.warning("stream %r did not roll into a new segment yet: %s", self.stream, error)
